@@ -1,0 +1,74 @@
+# resnext-lab: `make help` lists every target.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+SCALE  ?= proxy
+OUT    ?= outputs
+ARGS   ?=
+# the paper's tables and figures that train
+EXPERIMENTS := table3 table4 residual fig5 fig7 table7 forms
+
+.PHONY: help install test test-all lint format demo table1 table2 report dashboard bench clean $(EXPERIMENTS)
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z0-9_ -]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  \033[1m%-22s\033[0m %s\n", $$1, $$2}'
+	@printf "  \033[1m%-22s\033[0m %s\n" "$(EXPERIMENTS)" "" | sed 's/ *$$//'
+	@echo "                         each: run that paper table's sweep at SCALE (resumable), then its report in reports/<table>/<SCALE>"
+	@echo "  variables: SCALE=smoke|proxy|paper (default proxy)  ARGS='extra Hydra overrides'  OUT=outputs"
+
+install: ## create .venv, install the project (editable, with dev tools) and Fashion-MNIST where apt-get works
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip setuptools wheel -q
+	$(PY) -m pip install -e '.[dev]'
+	@if [ -d /usr/share/datasets/fashion-mnist ]; then echo "Fashion-MNIST: /usr/share/datasets/fashion-mnist"; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) || echo "warning: apt-get could not install dataset-fashion-mnist; set data.root or data.download=true"; \
+	elif command -v apt-get >/dev/null && command -v sudo >/dev/null; then \
+	  (sudo apt-get update -qq && sudo apt-get install -y -qq dataset-fashion-mnist) || echo "warning: could not install dataset-fashion-mnist; set data.root or data.download=true"; \
+	else echo "note: no apt-get here: set data.root=DIR (Fashion-MNIST IDX files) or data.download=true"; fi
+
+test: ## the test suite (fast tests; `make test-all` adds the slow ones)
+	$(PY) -m pytest -q
+
+test-all: ## every test, the slow ones too
+	$(PY) -m pytest -q -m ''
+
+lint: ## ruff lint and format check
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: ## ruff format and autofix
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
+
+demo: ## a small cardinality-vs-width ablation on real Fashion-MNIST, CPU-sized (prints its table)
+	$(PY) run.py -m name=demo out_root=$(OUT) trainer.accelerator=cpu \
+	  model.width_scale=0.25 model.reference.width=16 model.cardinality=1,4,16 \
+	  data.limit_train=6000 data.limit_eval=2000 data.batch_size=128 trainer.max_epochs=2 $(ARGS)
+
+table1: ## paper Table 1 (ResNet-50 vs ResNeXt-50 complexity) beside the library's exact counts
+	$(PY) -m resnext_lab.report.complexity_tables table1 --out reports/table1
+
+table2: ## paper Table 2 (d for each C at preserved complexity) beside the width solver's
+	$(PY) -m resnext_lab.report.complexity_tables table2 --out reports/table2
+
+$(EXPERIMENTS): ## run a paper table's sweep at SCALE (resumable), then its report in reports/<table>/<SCALE>
+	@status=0; $(PY) run.py -m experiment=$@ scale=$(SCALE) out_root=$(OUT) $(ARGS) || status=$$?; \
+	$(PY) -m resnext_lab.report $(OUT)/$@/$(SCALE) --experiment $@ --out reports/$@/$(SCALE) || status=$$?; \
+	exit $$status
+
+report: ## render every paper table that has results under OUT
+	@for exp in $(EXPERIMENTS); do for scale in smoke proxy paper; do \
+	  if [ -d $(OUT)/$$exp/$$scale ]; then $(PY) -m resnext_lab.report $(OUT)/$$exp/$$scale --experiment $$exp --out reports/$$exp/$$scale || exit $$?; fi; \
+	done; done
+
+dashboard: ## build the W&B report of EXP's sweep (needs credentials and network)
+	$(PY) -m resnext_lab.report.dashboard $(EXP) --scale $(SCALE)
+
+bench: ## time training steps against torchvision (DEVICE=cpu|cuda), JSON in reports/bench
+	$(PY) -m resnext_lab.bench --device $(or $(DEVICE),cpu) $(ARGS)
+
+clean: ## remove outputs/ and reports/ (results of runs)
+	rm -rf outputs reports

@@ -1,0 +1,26 @@
+"""resnext-lab's entry point: Hydra composes `conf/`, `task` picks what a run does.
+
+    python run.py                                   # train the default model (task=train)
+    python run.py task=complexity model=resnet50    # params and FLOPs only
+    python run.py -m model.cardinality=1,2,4,32,64  # a sweep at matched complexity
+    python run.py -m +experiment=table3 scale=smoke # a paper table's sweep
+"""
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from resnext_lab.cli import normalize_argv, register_resolvers, run_task
+
+register_resolvers()
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> object:
+    return run_task(cfg)
+
+
+if __name__ == "__main__":
+    sys.argv = normalize_argv(sys.argv)
+    main()

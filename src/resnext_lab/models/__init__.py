@@ -1,0 +1,31 @@
+"""The ResNeXt design space: specs, networks in three block forms, exact complexity.
+
+The spec and complexity need no torch; the network names load it on first use,
+so counting a sweep's params and FLOPs stays instant.
+"""
+
+from typing import Any
+
+from resnext_lab.models.complexity import complexity, flops, params, solve_width
+from resnext_lab.models.spec import ConfigError, ModelSpec, spec_from_config
+
+__all__ = [
+    "ConfigError",
+    "ModelSpec",
+    "ResNeXt",
+    "build",
+    "complexity",
+    "convert",
+    "flops",
+    "params",
+    "solve_width",
+    "spec_from_config",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("ResNeXt", "build", "convert"):
+        from resnext_lab.models import network
+
+        return getattr(network, name)
+    raise AttributeError(f"module 'resnext_lab.models' has no attribute {name!r}")

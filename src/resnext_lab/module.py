@@ -1,0 +1,158 @@
+"""The one LightningModule: cross-entropy, SGD with the paper's schedules, top-1/top-5 error.
+
+Errors are logged as the paper reports them, in percent: `train/top1_err`,
+`val/top1_err`, `val/top5_err`, `test/top1_err`, `test/top5_err`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from resnext_lab.errors import ConfigError
+
+SCHEDULES = ("step", "cosine", "constant")
+
+
+class Diverged(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+def validate_optim(optim: Mapping[str, Any]) -> None:
+    """Every optimiser setting checked before anything is built."""
+    if not (isinstance(optim.get("lr"), int | float) and optim["lr"] > 0):
+        raise ConfigError(f"optim.lr={optim.get('lr')!r}: must be a number > 0")
+    for key in ("momentum", "weight_decay", "warmup_epochs"):
+        value = optim.get(key, 0)
+        if not (isinstance(value, int | float) and value >= 0):
+            raise ConfigError(f"optim.{key}={value!r}: must be a number >= 0")
+    if optim.get("schedule", "cosine") not in SCHEDULES:
+        raise ConfigError(f"optim.schedule={optim.get('schedule')!r}: must be one of {', '.join(SCHEDULES)}")
+    milestones = list(optim.get("milestones") or [])
+    if any(not isinstance(m, int | float) or m <= 0 for m in milestones) or milestones != sorted(milestones):
+        raise ConfigError(f"optim.milestones={milestones}: must be increasing epochs > 0")
+
+
+def lr_factor(epoch: float, optim: Mapping[str, Any], max_epochs: int) -> float:
+    """The learning-rate multiplier at a (fractional) epoch: warm-up, then the schedule."""
+    warmup = float(optim.get("warmup_epochs", 0))
+    if warmup > 0 and epoch < warmup:
+        start = float(optim.get("warmup_start", 0.1))
+        return start + (1 - start) * epoch / warmup
+    schedule = optim.get("schedule", "cosine")
+    if schedule == "step":
+        passed = sum(epoch >= m for m in optim.get("milestones") or [])
+        return float(optim.get("gamma", 0.1)) ** passed
+    if schedule == "cosine":
+        span = max(max_epochs - warmup, 1e-8)
+        return 0.5 * (1 + math.cos(math.pi * min(max(epoch - warmup, 0.0) / span, 1.0)))
+    return 1.0
+
+
+class ClassificationModule(pl.LightningModule):
+    """Trains `net` on (images, labels) batches."""
+
+    def __init__(
+        self,
+        net: nn.Module,
+        optim: Mapping[str, Any],
+        num_classes: int,
+        channels_last: bool = False,
+        check_finite_every_n_steps: int = 50,
+    ) -> None:
+        super().__init__()
+        self.net = net
+        self.optim = dict(optim)
+        self.channels_last = channels_last
+        self.check_every = max(1, int(check_finite_every_n_steps))
+        top5 = min(5, num_classes)
+        self.metrics = nn.ModuleDict(
+            {
+                stage: nn.ModuleDict(
+                    {
+                        "top1": MulticlassAccuracy(num_classes, top_k=1, average="micro"),
+                        "top5": MulticlassAccuracy(num_classes, top_k=top5, average="micro"),
+                    }
+                )
+                for stage in ("train_", "val_", "test_")  # ModuleDict keys may not be "train"
+            }
+        )
+        if channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.net(x)
+
+    def _step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits, y)
+        for metric in self.metrics[f"{stage}_"].values():
+            metric.update(logits.detach(), y)
+        self.log(f"{stage}/loss", loss.detach(), on_step=False, on_epoch=True, batch_size=len(y), sync_dist=True)
+        return loss
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        loss = self._step(batch, "train")
+        if self.global_step % self.check_every == 0 and not torch.isfinite(loss):
+            raise Diverged(f"training loss is {loss.item()} at step {self.global_step} (epoch {self.current_epoch})")
+        return loss
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def _log_errors(self, stage: str) -> None:
+        for name, metric in self.metrics[f"{stage}_"].items():
+            self.log(f"{stage}/{name}_err", 100.0 * (1.0 - metric.compute()), prog_bar=name == "top1")
+            metric.reset()
+
+    def on_train_epoch_end(self) -> None:
+        self._log_errors("train")
+        loss = self.trainer.callback_metrics.get("train/loss")
+        if loss is not None and not torch.isfinite(loss):
+            raise Diverged(f"training loss is {loss.item()} at the end of epoch {self.current_epoch}")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_errors("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_errors("test")
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        opt = self.optim
+        lr = float(opt["lr"])
+        if opt.get("scale_lr"):
+            global_batch = self.trainer.world_size * _batch_size(self.trainer)
+            lr *= global_batch / float(opt.get("base_batch_size", 256))
+        decay, no_decay = [], []
+        for p in self.net.parameters():
+            (no_decay if opt.get("no_decay_bn_bias") and p.ndim <= 1 else decay).append(p)
+        groups = [{"params": decay, "weight_decay": float(opt.get("weight_decay", 0))}]
+        if no_decay:
+            groups.append({"params": no_decay, "weight_decay": 0.0})
+        optimizer = torch.optim.SGD(
+            groups, lr=lr, momentum=float(opt.get("momentum", 0.9)), nesterov=bool(opt.get("nesterov", False))
+        )
+        max_epochs = max(1, self.trainer.max_epochs or 1)
+        steps_per_epoch = max(1, self.trainer.estimated_stepping_batches // max_epochs)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: lr_factor(step / steps_per_epoch, opt, max_epochs)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def _batch_size(trainer: pl.Trainer) -> int:
+    dm = trainer.datamodule
+    return int(getattr(dm, "batch_size", 0) or dm.hparams.get("batch_size", 1))

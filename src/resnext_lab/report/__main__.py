@@ -1,0 +1,45 @@
+"""Command line: `python -m resnext_lab.report SWEEP_DIR (--table FILE.yaml | --experiment NAME) [--out DIR]`.
+
+Prints the markdown table and the written paths. Errors a user can fix (no such
+folder, no results yet, a bad `report:` node) print as one line on stderr with
+exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from resnext_lab.errors import ConfigError
+from resnext_lab.report.tables import experiment_file, load_table_def, write_report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Write the report of one sweep for one table; 0 on success, 2 on an error the user can fix."""
+    parser = argparse.ArgumentParser(
+        prog="python -m resnext_lab.report",
+        description="Rebuild a paper table from a sweep folder: seeds, 95% CIs, paper-ordering verdicts, figures.",
+    )
+    parser.add_argument("sweep_dir", type=Path, help="folder holding the jobs' results.json files (any depth)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--table", type=Path, help="YAML file with a top-level report: node")
+    source.add_argument("--experiment", help="experiment name: reads experiments/NAME.yaml")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default: SWEEP_DIR/report)")
+    args = parser.parse_args(argv)
+    out = args.out if args.out is not None else args.sweep_dir / "report"
+    try:
+        path = args.table if args.table is not None else experiment_file(args.experiment)
+        written = write_report(args.sweep_dir, load_table_def(path), out)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(written[0].read_text(encoding="utf-8"))
+    for item in written:
+        print(f"wrote {item}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,339 @@
+"""task=train: one run from a composed config to results.json.
+
+A job never takes its sweep down: every exception is recorded in results.json
+(status failed, or diverged for a NaN/inf loss) and, inside a multirun, the job
+returns so the launcher goes on; the sweep's summary exits non-zero at the end.
+A completed job is skipped when the sweep runs again; an interrupted one resumes
+from its last checkpoint (saved every epoch).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import secrets
+import subprocess
+import time
+import traceback
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from resnext_lab.errors import ConfigError
+
+log = logging.getLogger("resnext_lab")
+
+RESULTS = "results.json"
+CHECKPOINT = "checkpoints/last.ckpt"
+PACKAGES = ("torch", "torchvision", "pytorch-lightning", "torchmetrics", "hydra-core", "wandb", "resnext-lab")
+
+
+# --- results.json ----------------------------------------------------------------------------
+
+
+def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    """Write to a temporary file beside `path`, then rename: readers never see half a file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def read_results(run_dir: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((run_dir / RESULTS).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def git_commit() -> str | None:
+    try:
+        here = Path(__file__).resolve().parent
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5, check=False
+        )
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+# --- validation --------------------------------------------------------------------------------
+
+
+def validate_trainer(trainer: DictConfig) -> None:
+    epochs = trainer.get("max_epochs")
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ConfigError(f"trainer.max_epochs={epochs!r}: must be an integer >= 1")
+    if trainer.get("precision") not in ("auto", "32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "64-true"):
+        raise ConfigError(
+            f"trainer.precision={trainer.get('precision')!r}: must be one of auto, 32-true, bf16-mixed, 16-mixed"
+        )
+    every = trainer.get("check_finite_every_n_steps", 50)
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise ConfigError(f"trainer.check_finite_every_n_steps={every!r}: must be an integer >= 1")
+
+
+def _auto(value: Any, default: Any) -> Any:
+    return default if value == "auto" else value
+
+
+# --- the run -------------------------------------------------------------------------------------
+
+
+def _wandb_mode(cfg: DictConfig) -> str:
+    mode = cfg.logger.wandb.get("mode", "auto")
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    if mode != "auto":
+        return mode
+    if os.environ.get("WANDB_API_KEY"):
+        return "online"
+    try:
+        import netrc
+
+        auth = netrc.netrc().authenticators("api.wandb.ai")
+        return "online" if auth and auth[2] else "offline"
+    except (OSError, netrc.NetrcParseError):
+        return "offline"
+
+
+def _sweep_group(cfg: DictConfig) -> str:
+    from hydra.core.hydra_config import HydraConfig
+
+    if cfg.logger.wandb.get("group"):
+        return str(cfg.logger.wandb.group)
+    hc = HydraConfig.get()
+    if hc.mode is not None and hc.mode.name == "MULTIRUN":
+        return Path(hc.sweep.dir).as_posix().split(f"{cfg.out_root}/", 1)[-1]
+    return "runs"
+
+
+def _in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.initialized() and HydraConfig.get().mode is not None and HydraConfig.get().mode.name == "MULTIRUN"
+
+
+def _overrides() -> list[str]:
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def _run_dir() -> Path:
+    from hydra.core.hydra_config import HydraConfig
+
+    return Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path.cwd()
+
+
+def build_run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """Validate everything and build network, data and module; nothing trains yet."""
+    from resnext_lab.data import build_datamodule
+    from resnext_lab.models import build, complexity, spec_from_config
+    from resnext_lab.module import ClassificationModule, validate_optim
+
+    validate_trainer(cfg.trainer)
+    validate_optim(cfg.optim)
+    dm = build_datamodule(OmegaConf.to_container(cfg.data, resolve=True))
+    dm.shuffle_seed = int(cfg.seed)
+    spec = spec_from_config(
+        OmegaConf.to_container(cfg.model, resolve=True),
+        num_classes=dm.num_classes,
+        in_channels=dm.in_channels,
+        image_size=dm.image_size,
+    )
+    model_info = {**spec.summary(), **complexity(spec)}
+    return {"dm": dm, "spec": spec, "model": model_info, "build": build, "module": ClassificationModule}
+
+
+def train_task(cfg: DictConfig) -> dict[str, Any]:
+    run_dir = _run_dir()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    previous = read_results(run_dir)
+    if cfg.resume and previous and previous.get("status") == "completed":
+        log.info("skipping %s: completed before (%s)", run_dir, RESULTS)
+        return previous
+    base = {
+        "status": "running",
+        "error": None,
+        "overrides": _overrides(),
+        "experiment": cfg.get("experiment_name"),
+        "scale": cfg.get("scale_name"),
+        "seed": int(cfg.seed),
+        "task": "train",
+        "versions": versions(),
+        "git_commit": git_commit(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    start = time.perf_counter()
+    try:
+        plan = build_run(cfg, run_dir)
+        base["model"] = plan["model"]
+        write_json_atomic(run_dir / RESULTS, base)
+        outcome = _fit(cfg, run_dir, plan, base)
+        status, error = "completed", None
+    except KeyboardInterrupt:
+        base.update(status="interrupted", wall_time_s=round(time.perf_counter() - start, 2))
+        write_json_atomic(run_dir / RESULTS, base)
+        raise
+    except Exception as err:  # recorded, never lost: see the module docstring
+        from resnext_lab.module import Diverged
+
+        status = "diverged" if isinstance(err, Diverged) else "failed"
+        error = f"{type(err).__name__}: {err}" if not isinstance(err, ConfigError) else str(err)
+        outcome = base.get("_outcome", {})
+        (run_dir / "error.txt").write_text(traceback.format_exc())
+        log.error("%s: %s", status, error)
+        if not _in_multirun() and isinstance(err, ConfigError):
+            write_json_atomic(run_dir / RESULTS, {**base, "status": status, "error": error})
+            raise
+        if not _in_multirun():
+            write_json_atomic(run_dir / RESULTS, {**base, **outcome, "status": status, "error": error})
+            raise
+    result = {**base, **outcome, "status": status, "error": error, "wall_time_s": round(time.perf_counter() - start, 2)}
+    result.pop("_outcome", None)
+    write_json_atomic(run_dir / RESULTS, result)
+    if status == "completed":
+        print_summary(result, run_dir)
+    return result
+
+
+def _fit(cfg: DictConfig, run_dir: Path, plan: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+    import pytorch_lightning as pl
+    import torch
+    from pytorch_lightning.callbacks import ModelCheckpoint
+    from pytorch_lightning.loggers import CSVLogger, WandbLogger
+
+    from resnext_lab.callbacks import Throughput
+
+    t = cfg.trainer
+    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    cuda = torch.cuda.is_available() and t.accelerator in ("auto", "gpu", "cuda")
+    precision = _auto(t.precision, "bf16-mixed" if cuda else "32-true")
+    channels_last = bool(_auto(t.channels_last, cuda))
+    benchmark = bool(_auto(t.benchmark, cuda and not cfg.deterministic))
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    spec, dm = plan["spec"], plan["dm"]
+    net = plan["build"](spec)
+    if t.compile:
+        net = torch.compile(net)
+    module = plan["module"](net, OmegaConf.to_container(cfg.optim, resolve=True), spec.num_classes, channels_last,
+                            int(t.check_finite_every_n_steps))
+    log.info("%s | %s params | %s GFLOPs | %s", spec.name, f"{plan['model']['params']:,}",
+             f"{plan['model']['flops'] / 1e9:.3f}", dm.describe())
+
+    loggers: list[Any] = []
+    if cfg.logger.csv:
+        loggers.append(CSVLogger(save_dir=str(run_dir), name="csv", version=""))
+    wandb_info = None
+    if cfg.logger.wandb.enabled:
+        id_file = run_dir / "wandb_id"
+        import wandb
+
+        run_id = id_file.read_text().strip() if id_file.exists() else secrets.token_hex(4)
+        id_file.write_text(run_id)
+        mode = _wandb_mode(cfg)
+        wl = WandbLogger(
+            project=cfg.logger.wandb.project,
+            entity=cfg.logger.wandb.get("entity"),
+            group=_sweep_group(cfg),
+            name=run_dir.name if _in_multirun() else None,
+            tags=list(cfg.logger.wandb.get("tags") or []),
+            job_type=cfg.logger.wandb.get("job_type", "train"),
+            save_dir=str(run_dir),
+            id=run_id,
+            resume="allow",
+            mode=mode,
+            config=OmegaConf.to_container(cfg, resolve=True),
+        )
+        loggers.append(wl)
+        wandb_info = {"id": run_id, "mode": mode, "project": cfg.logger.wandb.project}
+
+    ckpt = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0, every_n_epochs=1)
+    trainer = pl.Trainer(
+        accelerator=t.accelerator,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        strategy=t.strategy,
+        sync_batchnorm=bool(t.sync_batchnorm),
+        max_epochs=int(t.max_epochs),
+        precision=precision,
+        benchmark=benchmark,
+        deterministic=bool(cfg.deterministic),
+        log_every_n_steps=int(t.log_every_n_steps),
+        limit_train_batches=t.limit_train_batches,
+        limit_val_batches=t.limit_val_batches,
+        limit_test_batches=t.limit_test_batches,
+        gradient_clip_val=t.gradient_clip_val,
+        enable_progress_bar=bool(t.enable_progress_bar),
+        enable_model_summary=False,
+        logger=loggers or False,
+        callbacks=[ckpt, Throughput()],
+        default_root_dir=str(run_dir),
+    )
+    last = run_dir / CHECKPOINT
+    resumed = bool(cfg.resume and last.exists())
+    if resumed:
+        log.info("resuming from %s", last)
+    outcome: dict[str, Any] = {"resumed": resumed, "metrics_csv": "csv/metrics.csv" if cfg.logger.csv else None}
+    base["_outcome"] = outcome
+    trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resumed else None)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    best_val = _best(run_dir / "csv" / "metrics.csv", "val/top1_err") if cfg.logger.csv else None
+    trainer.test(module, datamodule=dm, verbose=False)
+    metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
+    if best_val is not None:
+        metrics["best/val/top1_err"] = best_val
+    outcome.update(metrics=metrics, epochs=int(trainer.current_epoch))
+    if wandb_info is not None and trainer.is_global_zero:
+        run = wl.experiment
+        run.summary.update({**metrics, **{f"model/{k}": plan["model"][k] for k in
+                                          ("params", "flops", "cardinality", "width", "depth", "residual", "block")}})
+        wandb_info["dir"] = str(Path(run.dir).parent)
+        import wandb
+
+        wandb.finish()
+        outcome["wandb"] = wandb_info
+    return outcome
+
+
+def _best(csv_path: Path, column: str) -> float | None:
+    import csv
+
+    try:
+        with csv_path.open() as f:
+            values = [float(r[column]) for r in csv.DictReader(f) if r.get(column)]
+    except (OSError, KeyError, ValueError):
+        return None
+    return min(values) if values else None
+
+
+def print_summary(result: dict[str, Any], run_dir: Path) -> None:
+    m, model = result.get("metrics", {}), result.get("model", {})
+    w = result.get("wandb") or {}
+    lines = [
+        f"{model.get('name')}: test top-1 error {m.get('test/top1_err', float('nan')):.2f}%, "
+        f"top-5 error {m.get('test/top5_err', float('nan')):.2f}%",
+        f"  params {model.get('params', 0):,}  FLOPs {model.get('flops', 0) / 1e9:.3f} G  "
+        f"epochs {result.get('epochs')}  wall time {result.get('wall_time_s', 0):.1f} s",
+        f"  output {run_dir}",
+    ]
+    if w:
+        lines.append(f"  W&B run {w.get('id')} ({w.get('mode')}): {w.get('dir')}"
+                     + ("  (upload: wandb sync DIR)" if w.get("mode") == "offline" else ""))
+    print("\n".join(lines), flush=True)

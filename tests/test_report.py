@@ -1,0 +1,437 @@
+"""The sweep report: collection, statistics against scipy, tables, figures, CLI and notebook.
+
+Every test builds its own fake sweep in a temporary folder (the files a training
+writes: results.json and a Lightning metrics.csv per job), so the report is
+checked without training anything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from scipy import stats as sps
+
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src"
+try:
+    import resnext_lab  # noqa: F401
+except ImportError:  # a checkout without `pip install -e .`
+    sys.path.insert(0, str(SRC))
+
+from resnext_lab.errors import ConfigError, DataError  # noqa: E402
+from resnext_lab.report import (  # noqa: E402
+    Difference,
+    difference,
+    load_curves,
+    load_results,
+    load_table_def,
+    render,
+    results_frame,
+    summarize,
+    validate_table,
+    verdict,
+    welch,
+    write_report,
+)
+from resnext_lab.report.__main__ import main  # noqa: E402
+
+# Final test/top1_err per (depth, cardinality) and seed; None = a job of that seed failed/diverged.
+RUNS: dict[tuple[int, int], dict[int, float | str]] = {
+    (50, 1): {1: 10.2, 2: 10.8, 3: 10.5},
+    (50, 2): {1: 9.6, 2: 10.1, 3: 9.7},  # clearly below the baseline: the paper's ordering holds
+    (50, 4): {1: 10.9, 2: 11.6, 3: "failed"},  # above the baseline: reversed, one failed job
+    # (50, 32): no job at all -> "missing"
+    (101, 1): {1: 9.0, 2: 9.9, 3: 9.3},
+    (101, 32): {1: 8.9, 2: 10.0, 3: "diverged"},  # straddles the baseline: inconclusive
+    (101, 8): {1: 8.5, 2: 9.0, 3: 8.8},  # no paper value
+    (152, 1): {1: 8.0},  # matches no cell of the table
+}
+WIDTHS = {1: 64, 2: 40, 4: 24, 8: 14, 32: 4}
+
+TABLE: dict[str, Any] = {
+    "title": "Table 3 (proxy): cardinality vs width",
+    "metric": "test/top1_err",
+    "paired_by": "seed",
+    "x_axis": "params",
+    "rows": [
+        {
+            "label": "50-layer",
+            "baseline": "1x64d",
+            "cells": [
+                {"label": "1x64d", "match": {"model.depth": 50, "model.cardinality": 1}, "paper": 23.9},
+                {"label": "2x40d", "match": {"model.depth": 50, "model.cardinality": 2}, "paper": 23.0},
+                {"label": "4x24d", "match": {"model.depth": 50, "model.cardinality": 4}, "paper": 22.6},
+                {"label": "32x4d", "match": {"model.depth": 50, "model.cardinality": 32}, "paper": 22.2},
+            ],
+        },
+        {
+            "label": "101-layer",
+            "baseline": "1x64d",
+            "cells": [
+                {"label": "1x64d", "match": {"model.depth": 101, "model.cardinality": 1}, "paper": 22.0},
+                {"label": "32x4d", "match": {"model.depth": 101, "model.cardinality": 32}, "paper": 21.2},
+                {"label": "8x14d", "match": {"model.depth": 101, "model.cardinality": 8}, "paper": None},
+            ],
+        },
+    ],
+}
+
+
+def _values(depth: int, card: int) -> list[float]:
+    return [v for v in RUNS[(depth, card)].values() if isinstance(v, float)]
+
+
+def _write_job(job_dir: Path, depth: int, card: int, seed: int, outcome: float | str, with_csv: bool) -> None:
+    job_dir.mkdir(parents=True)
+    final = outcome if isinstance(outcome, float) else None
+    status = "completed" if final is not None else outcome
+    params = 1_000_000 + 37_000 * card + 20_000 * (depth - 50)
+    result = {
+        "status": status,
+        "error": None if final is not None else f"RuntimeError: job {status}",
+        "overrides": [f"model.depth={depth}", f"model.cardinality={card}", f"seed={seed}"],
+        "experiment": "table3",
+        "scale": "smoke",
+        "seed": seed,
+        "model": {
+            "template": "imagenet",
+            "depth": depth,
+            "cardinality": card,
+            "width": WIDTHS.get(card, 64),
+            "residual": True,
+            "block": "grouped",
+            "name": f"ResNeXt-{depth} {card}x{WIDTHS.get(card, 64)}d",
+            "params": params,
+            "flops": 40 * params,
+        },
+        "metrics": {"test/top1_err": final, "val/top1_err": None if final is None else final + 0.3},
+        "epochs": 3,
+        "wall_time_s": 12.3,
+        "metrics_csv": "csv/metrics.csv" if with_csv else None,
+        "wandb": {"id": f"run{depth}{card}{seed}", "dir": str(job_dir), "mode": "offline"},
+    }
+    (job_dir / "results.json").write_text(json.dumps(result))
+    if with_csv:
+        (job_dir / "csv").mkdir()
+        last = final if final is not None else 50.0
+        rows = []
+        for epoch in range(3):
+            train = last + 6.0 - 3.0 * epoch - 0.1 * card
+            val = last + 3.0 - 1.5 * epoch
+            rows.append({"epoch": epoch, "step": 10 * epoch + 5, "train/top1_err": train + 0.5, "train/loss": 1.0})
+            rows.append({"epoch": epoch, "step": 10 * epoch + 9, "train/top1_err": train, "train/loss": 0.9})
+            rows.append({"epoch": epoch, "step": 10 * epoch + 9, "val/top1_err": val, "val/top5_err": val / 4})
+        pd.DataFrame(rows).to_csv(job_dir / "csv" / "metrics.csv", index=False)
+
+
+def make_sweep(root: Path, with_csv: bool = True) -> Path:
+    """A multirun-like folder: jobs at two depths of nesting, plus one truncated results.json."""
+    job = 0
+    for (depth, card), seeds in RUNS.items():
+        for seed, outcome in seeds.items():
+            sub = root / "multirun" / f"{job}" if job % 2 else root / "group" / f"d{depth}" / f"{job}"
+            _write_job(sub, depth, card, seed, outcome, with_csv)
+            job += 1
+    broken = root / "multirun" / "broken"
+    broken.mkdir(parents=True)
+    (broken / "results.json").write_text('{"status": "completed", "metrics": {"test/top')
+    return root
+
+
+@pytest.fixture()
+def sweep(tmp_path: Path) -> Path:
+    return make_sweep(tmp_path / "sweep")
+
+
+@pytest.fixture()
+def table_file(tmp_path: Path) -> Path:
+    path = tmp_path / "table3.yaml"
+    path.write_text(yaml.safe_dump({"defaults": ["_self_"], "report": TABLE}, sort_keys=False))
+    return path
+
+
+def _record(frame: pd.DataFrame, row: str, cell: str) -> dict[str, Any]:
+    hits = frame[(frame["row"] == row) & (frame["cell"] == cell)]
+    assert len(hits) == 1, (row, cell)
+    return hits.iloc[0].to_dict()
+
+
+# --- collect -------------------------------------------------------------------------------------------------------
+
+
+def test_load_results_keeps_every_job(sweep: Path) -> None:
+    results = load_results(sweep)
+    assert len(results) == sum(len(s) for s in RUNS.values()) + 1
+    statuses = [r["status"] for r in results]
+    assert statuses.count("unreadable") == 1
+    assert statuses.count("failed") == 1 and statuses.count("diverged") == 1
+    broken = next(r for r in results if r["status"] == "unreadable")
+    assert broken["_dir"] == sweep / "multirun" / "broken"
+    assert "JSONDecodeError" in broken["error"] and "\n" not in broken["error"]
+    assert all(isinstance(r["_dir"], Path) for r in results)
+    frame = results_frame(results)
+    assert len(frame) == len(results) and {"model.params", "metrics.test/top1_err", "status"} <= set(frame.columns)
+
+
+def test_load_results_missing_folder(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="does not exist"):
+        load_results(tmp_path / "nope")
+
+
+def test_load_curves_collapses_sparse_rows(sweep: Path) -> None:
+    result = next(r for r in load_results(sweep) if r.get("seed") == 1 and r["model"]["cardinality"] == 2)
+    curves = load_curves(result)
+    assert list(curves.index) == [0, 1, 2]
+    assert "step" not in curves.columns
+    # The last train row of each epoch wins; val columns come from the val row.
+    expected_train = [9.6 + 6.0 - 3.0 * e - 0.2 for e in range(3)]
+    np.testing.assert_allclose(curves["train/top1_err"].to_numpy(), expected_train)
+    np.testing.assert_allclose(curves["val/top1_err"].to_numpy(), [9.6 + 3.0 - 1.5 * e for e in range(3)])
+    np.testing.assert_allclose(curves["train/loss"].to_numpy(), [0.9] * 3)
+    assert load_curves({"_dir": sweep, "metrics_csv": "nope.csv"}).empty
+    assert load_curves({"_dir": sweep}).empty
+
+
+# --- stats ---------------------------------------------------------------------------------------------------------
+
+
+def test_summarize_matches_numpy() -> None:
+    values = [10.2, 10.8, 10.5]
+    s = summarize(values)
+    assert s.n == 3
+    assert s.mean == pytest.approx(np.mean(values))
+    assert s.std == pytest.approx(np.std(values, ddof=1))
+    assert summarize([4.0]) == summarize([4.0]) and summarize([4.0]).std is None
+    assert summarize([]).mean is None
+
+
+def test_paired_interval_matches_scipy() -> None:
+    cell, base = _values(50, 2), _values(50, 1)
+    diff = difference(cell, base, [1, 2, 3], [1, 2, 3])
+    ref = sps.ttest_rel(cell, base).confidence_interval(0.95)
+    assert diff.method == "paired" and diff.n == 3
+    assert diff.delta == pytest.approx(np.mean(np.subtract(cell, base)))
+    assert (diff.low, diff.high) == (pytest.approx(ref.low), pytest.approx(ref.high))
+    # By hand: mean difference +/- t(0.975, n-1) * sd / sqrt(n).
+    d = np.subtract(cell, base)
+    half = sps.t.ppf(0.975, 2) * d.std(ddof=1) / np.sqrt(3)
+    assert diff.high - diff.low == pytest.approx(2 * half)
+
+
+def test_pairing_uses_only_shared_seeds() -> None:
+    # Seed 3 has no partner: the paired interval is over seeds 1 and 2 only.
+    diff = difference([10.9, 11.6], [10.2, 10.8, 10.5], [1, 2], [1, 2, 3])
+    ref = sps.ttest_rel([10.9, 11.6], [10.2, 10.8]).confidence_interval(0.95)
+    assert diff.method == "paired" and diff.n == 2
+    assert (diff.low, diff.high) == (pytest.approx(ref.low), pytest.approx(ref.high))
+
+
+def test_welch_interval_matches_scipy() -> None:
+    cell, base = [9.6, 10.1, 9.7, 9.9], [10.2, 10.8, 10.5]
+    ref = sps.ttest_ind(cell, base, equal_var=False).confidence_interval(0.95)
+    for diff in (welch(cell, base), difference(cell, base), difference(cell, base, [1, 2, 3, 4], [5, 6, 7])):
+        assert diff.method == "welch"
+        assert diff.delta == pytest.approx(np.mean(cell) - np.mean(base))
+        assert (diff.low, diff.high) == (pytest.approx(ref.low), pytest.approx(ref.high))
+
+
+def test_too_few_seeds_has_no_interval() -> None:
+    diff = difference([9.0], [10.0, 10.5], [1], [1, 2])  # one shared seed: Welch, and one side has n=1
+    assert diff.delta == pytest.approx(-1.25) and not diff.has_interval
+    assert verdict(diff, 22.0, 23.0) == "inconclusive"
+    assert difference([], [1.0, 2.0]).delta is None
+
+
+@pytest.mark.parametrize(
+    ("low", "high", "paper_cell", "paper_base", "expected"),
+    [
+        (-0.9, -0.4, 23.0, 23.9, "holds"),
+        (0.1, 1.3, 22.6, 23.9, "reversed"),
+        (-0.4, 0.6, 21.2, 22.0, "inconclusive"),
+        (0.2, 0.5, 31.2, 23.9, "holds"),  # the paper predicts a higher error (no shortcuts)
+        (-0.9, -0.4, None, 23.9, "no paper value"),
+        (-0.9, -0.4, 21.3, 21.3, "paper tie"),
+    ],
+)
+def test_verdict(low: float, high: float, paper_cell: float | None, paper_base: float, expected: str) -> None:
+    diff = Difference((low + high) / 2, low, high, "welch", 4)
+    assert verdict(diff, paper_cell, paper_base) == expected
+
+
+def test_verdict_missing_and_baseline() -> None:
+    assert verdict(None, 22.2, 23.9) == "missing"
+    assert verdict(difference([], [1.0, 2.0]), 22.2, 23.9) == "missing"
+    assert verdict(None, 23.9, 23.9, is_baseline=True) == "baseline"
+
+
+# --- tables --------------------------------------------------------------------------------------------------------
+
+
+def test_render_statistics_and_verdicts(sweep: Path) -> None:
+    markdown, frame = render(load_results(sweep), TABLE)
+    assert len(frame) == 7  # one line per cell, none dropped
+
+    base = _record(frame, "50-layer", "1x64d")
+    assert base["verdict"] == "baseline" and base["n"] == 3
+    assert base["mean"] == pytest.approx(np.mean(_values(50, 1)))
+    assert base["std"] == pytest.approx(np.std(_values(50, 1), ddof=1))
+
+    c2 = _record(frame, "50-layer", "2x40d")
+    ref = sps.ttest_rel(_values(50, 2), _values(50, 1)).confidence_interval(0.95)
+    assert c2["ci_method"] == "paired" and c2["verdict"] == "holds"
+    assert (c2["ci_low"], c2["ci_high"]) == (pytest.approx(ref.low), pytest.approx(ref.high))
+
+    c4 = _record(frame, "50-layer", "4x24d")
+    ref = sps.ttest_rel(_values(50, 4), _values(50, 1)[:2]).confidence_interval(0.95)
+    assert c4["n"] == 2 and c4["excluded"] == "1 failed" and c4["verdict"] == "reversed"
+    assert (c4["ci_low"], c4["ci_high"]) == (pytest.approx(ref.low), pytest.approx(ref.high))
+
+    missing = _record(frame, "50-layer", "32x4d")
+    assert missing["verdict"] == "missing" and missing["n"] == 0 and missing["jobs"] == 0
+
+    c32 = _record(frame, "101-layer", "32x4d")
+    assert c32["verdict"] == "inconclusive" and c32["excluded"] == "1 diverged"
+    assert _record(frame, "101-layer", "8x14d")["verdict"] == "no paper value"
+
+    lines = markdown.splitlines()
+    assert lines[0] == "## Table 3 (proxy): cardinality vs width"
+    line_32 = next(line for line in lines if "| 32x4d |" in line and "22.2" in line)
+    assert "missing" in line_32
+    line_4 = next(line for line in lines if "| 4x24d |" in line)
+    assert "1 failed" in line_4 and "reversed" in line_4 and "(n=2)" in line_4
+    assert "1 diverged" in next(line for line in lines if "| 32x4d |" in line and "21.2" in line)
+    assert "unreadable results.json" in markdown and "1 job(s) of the sweep match no cell" in markdown
+
+
+def test_render_welch_when_not_paired(sweep: Path) -> None:
+    _, frame = render(load_results(sweep), {**TABLE, "paired_by": None})
+    c2 = _record(frame, "50-layer", "2x40d")
+    ref = sps.ttest_ind(_values(50, 2), _values(50, 1), equal_var=False).confidence_interval(0.95)
+    assert c2["ci_method"] == "welch"
+    assert (c2["ci_low"], c2["ci_high"]) == (pytest.approx(ref.low), pytest.approx(ref.high))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"metric": None}, "report.metric"),
+        ({"rows": []}, "report.rows"),
+        ({"x_axis": "depth"}, "report.x_axis"),
+        ({"rows": [{"label": "r", "baseline": "zz", "cells": [{"label": "a", "match": {"seed": 1}}]}]}, "baseline"),
+        ({"rows": [{"label": "r", "cells": [{"label": "a"}]}]}, r"cells\[0\]\.match"),
+    ],
+)
+def test_bad_table_definition(change: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        validate_table({**TABLE, **change})
+
+
+def test_write_report_files(sweep: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    out = tmp_path / "report" / "table3"
+    written = write_report(sweep, TABLE, out)
+    names = [p.name for p in written]
+    assert names == ["table.md", "table.csv", "curves.png", "size.png", "bars.png"]
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+    csv = pd.read_csv(out / "table.csv")
+    assert len(csv) == 7
+    assert csv.set_index(["row", "cell"]).loc[("50-layer", "32x4d"), "verdict"] == "missing"
+    assert csv.set_index(["row", "cell"]).loc[("50-layer", "4x24d"), "excluded"] == "1 failed"
+    assert "skipped" not in (out / "table.md").read_text()
+    for png in written[2:]:
+        assert png.stat().st_size > 10_000
+        with Image.open(png) as image:
+            image.verify()
+        with Image.open(png) as image:
+            assert image.format == "PNG" and image.width >= 600 and image.height >= 400
+            lo, hi = image.convert("L").getextrema()
+            assert hi - lo > 100  # not a blank canvas
+
+
+def test_write_report_skips_plots_without_data(tmp_path: Path) -> None:
+    sweep = make_sweep(tmp_path / "sweep", with_csv=False)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "curves.png").write_bytes(b"stale")
+    written = write_report(sweep, TABLE, out)
+    assert [p.name for p in written] == ["table.md", "table.csv", "size.png", "bars.png"]
+    assert not (out / "curves.png").exists()
+    assert "curves.png skipped: no metrics.csv" in (out / "table.md").read_text()
+
+
+def test_write_report_without_results(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no results.json"):
+        write_report(tmp_path / "empty", TABLE, tmp_path / "out")
+
+
+# --- command line --------------------------------------------------------------------------------------------------
+
+
+def test_cli_success(sweep: Path, table_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert load_table_def(table_file)["metric"] == "test/top1_err"
+    out = tmp_path / "cli"
+    assert main([str(sweep), "--table", str(table_file), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "## Table 3 (proxy)" in printed and f"wrote {out / 'bars.png'}" in printed
+    assert (out / "table.md").is_file()
+
+
+def test_cli_bad_table(sweep: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("report:\n  rows: []\n")
+    assert main([str(sweep), "--table", str(bad), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: report.metric") and err.count("\n") == 1
+    assert main([str(sweep), "--experiment", "no_such_experiment", "--out", str(tmp_path / "o")]) == 2
+    assert "no_such_experiment.yaml" in capsys.readouterr().err
+
+
+def test_cli_missing_sweep_folder(tmp_path: Path, table_file: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run(
+        [sys.executable, "-m", "resnext_lab.report", str(tmp_path / "nope"), "--table", str(table_file)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and "does not exist" in proc.stderr
+
+
+# --- notebook ------------------------------------------------------------------------------------------------------
+
+
+def test_notebook_executes_on_fake_sweep(
+    sweep: Path, table_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    monkeypatch.setenv("RESNEXT_SWEEP", str(sweep))
+    monkeypatch.setenv("RESNEXT_TABLE", str(table_file))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    nb = nbformat.read(ROOT / "notebooks" / "analysis.ipynb", as_version=4)
+    client = nbclient.NotebookClient(
+        nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    )
+    client.execute()
+    outputs = [out for cell in nb.cells if cell.cell_type == "code" for out in cell.get("outputs", [])]
+    assert not [out for out in outputs if out.get("output_type") == "error"]
+    text = "".join(str(out.get("text", "")) + str(out.get("data", {}).get("text/markdown", "")) for out in outputs)
+    assert "WANDB_API_KEY not set" in text
+    assert "Table 3 (proxy)" in text
+    images = [out for out in outputs if "image/png" in out.get("data", {})]
+    assert len(images) == 3
