@@ -56,12 +56,14 @@ table2: ## paper Table 2 (d for each C at preserved complexity) beside the width
 
 $(EXPERIMENTS): ## run a paper table's sweep at SCALE (resumable), then its report in reports/<table>/<SCALE>
 	@status=0; $(PY) run.py -m experiment=$@ scale=$(SCALE) out_root=$(OUT) $(ARGS) || status=$$?; \
-	$(PY) -m resnext_lab.report $(OUT)/$@/$(SCALE) --experiment $@ --out reports/$@/$(SCALE) || status=$$?; \
+	$(PY) -m resnext_lab.report $(OUT)/$@/$(SCALE) --experiment $@ --scale $(SCALE) --out reports/$@/$(SCALE) || status=$$?; \
+	if [ $@ = table4 ]; then $(PY) -m resnext_lab.report $(OUT)/$@/$(SCALE) --experiment table4_top5 --scale $(SCALE) \
+	  --out reports/table4_top5/$(SCALE) || status=$$?; fi; \
 	exit $$status
 
 report: ## render every paper table that has results under OUT
 	@for exp in $(EXPERIMENTS); do for scale in smoke proxy paper; do \
-	  if [ -d $(OUT)/$$exp/$$scale ]; then $(PY) -m resnext_lab.report $(OUT)/$$exp/$$scale --experiment $$exp --out reports/$$exp/$$scale || exit $$?; fi; \
+	  if [ -d $(OUT)/$$exp/$$scale ]; then $(PY) -m resnext_lab.report $(OUT)/$$exp/$$scale --experiment $$exp --scale $$scale --out reports/$$exp/$$scale || exit $$?; fi; \
 	done; done
 
 dashboard: ## build the W&B report of EXP's sweep (needs credentials and network)

@@ -178,7 +178,7 @@ def _grouped_grads(model):
     out = []
     for block in model.blocks():
         saved = {n: p.data for n, p in block.named_parameters()}
-        for n, p in block.named_parameters():
+        for _n, p in block.named_parameters():
             p.data = p.grad
         state = block.grouped_state()
         for n, p in block.named_parameters():

@@ -1,4 +1,8 @@
-"""Lightning and Hydra callbacks: throughput per epoch, and the sweep's closing table."""
+"""Lightning callbacks: throughput per epoch and the checkpoint a rerun resumes from.
+
+Hydra's callbacks (output folder checks, the sweep's closing table) live in `sweep.py`:
+Hydra loads them for every command, and importing Lightning would cost seconds each time.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +12,6 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from hydra.experimental.callback import Callback as HydraCallback
-from omegaconf import DictConfig
 
 
 class Throughput(pl.Callback):
@@ -37,16 +39,16 @@ class Throughput(pl.Callback):
             torch.cuda.synchronize(pl_module.device)
 
 
-class SweepSummary(HydraCallback):
-    """At the end of a training multirun: one table of every job in the sweep folder, failures last.
+class LastCheckpoint(pl.Callback):
+    """Saves `path` (the run's checkpoints/last.ckpt) at the end of every training epoch: a rerun resumes there.
 
-    Exits with status 1 when any job failed or diverged, after the table is printed.
+    Lightning's ModelCheckpoint (2.6) writes its `last` file only when it also saves a top-k checkpoint,
+    so with save_top_k=0 it appeared only once training had ended and a killed job started over.
+    `trainer.save_checkpoint` writes atomically, from global rank zero, and is called on every rank.
     """
 
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        if config.get("task") != "train":
-            return
-        from resnext_lab.sweep import summarize_sweep
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
 
-        if summarize_sweep(Path(config.hydra.sweep.dir)):
-            raise SystemExit(1)
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        trainer.save_checkpoint(self.path)

@@ -66,13 +66,17 @@ def complexity_task(cfg: DictConfig) -> dict[str, Any]:
 
 
 def run_task(cfg: DictConfig) -> Any:
+    """Dispatch on `task`; a user error prints one line and exits 2, a failed training run exits 1."""
     try:
         if cfg.task == "complexity":
             return complexity_task(cfg)
         if cfg.task == "train":
-            from resnext_lab.train import train_task
+            from resnext_lab.train import RunFailed, train_task
 
-            return train_task(cfg)
+            try:
+                return train_task(cfg)
+            except RunFailed as err:
+                fail(str(err), status=1)
         raise ConfigError(f"task={cfg.task!r}: must be one of train, complexity")
     except ConfigError as err:
         fail(str(err))

@@ -27,17 +27,51 @@ class Diverged(RuntimeError):
 
 def validate_optim(optim: Mapping[str, Any]) -> None:
     """Every optimiser setting checked before anything is built."""
-    if not (isinstance(optim.get("lr"), int | float) and optim["lr"] > 0):
+    if not (_number(optim.get("lr")) and optim["lr"] > 0):
         raise ConfigError(f"optim.lr={optim.get('lr')!r}: must be a number > 0")
     for key in ("momentum", "weight_decay", "warmup_epochs"):
         value = optim.get(key, 0)
-        if not (isinstance(value, int | float) and value >= 0):
+        if not (_number(value) and value >= 0):
             raise ConfigError(f"optim.{key}={value!r}: must be a number >= 0")
+    if optim.get("nesterov") and not optim.get("momentum"):
+        raise ConfigError(f"optim.nesterov=true: needs optim.momentum > 0 (got {optim.get('momentum')!r})")
+    gamma, start = optim.get("gamma", 0.1), optim.get("warmup_start", 0.1)
+    if not (_number(gamma) and gamma > 0):
+        raise ConfigError(f"optim.gamma={gamma!r}: must be a number > 0")
+    if not (_number(start) and 0 <= start <= 1):
+        raise ConfigError(f"optim.warmup_start={start!r}: must be a number in [0, 1]")
+    base = optim.get("base_batch_size", 256)
+    if isinstance(base, bool) or not isinstance(base, int) or base < 1:
+        raise ConfigError(f"optim.base_batch_size={base!r}: must be an integer >= 1")
     if optim.get("schedule", "cosine") not in SCHEDULES:
         raise ConfigError(f"optim.schedule={optim.get('schedule')!r}: must be one of {', '.join(SCHEDULES)}")
     milestones = list(optim.get("milestones") or [])
-    if any(not isinstance(m, int | float) or m <= 0 for m in milestones) or milestones != sorted(milestones):
+    if any(not _number(m) or m <= 0 for m in milestones) or milestones != sorted(milestones):
         raise ConfigError(f"optim.milestones={milestones}: must be increasing epochs > 0")
+
+
+def _number(value: Any) -> bool:
+    """An int or float, not a bool (YAML's true would otherwise pass as 1)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def scaled_lr(optim: Mapping[str, Any], global_batch: int) -> float:
+    """`optim.lr`, times global batch / `base_batch_size` when `scale_lr` (the linear scaling rule)."""
+    lr = float(optim["lr"])
+    if optim.get("scale_lr"):
+        lr *= global_batch / float(optim.get("base_batch_size", 256))
+    return lr
+
+
+def param_groups(net: nn.Module, optim: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """SGD parameter groups: with `no_decay_bn_bias`, BN weights and all biases (the 1-d tensors) get no decay."""
+    decay, no_decay = [], []
+    for p in net.parameters():
+        (no_decay if optim.get("no_decay_bn_bias") and p.ndim <= 1 else decay).append(p)
+    groups = [{"params": decay, "weight_decay": float(optim.get("weight_decay", 0))}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
 
 
 def lr_factor(epoch: float, optim: Mapping[str, Any], max_epochs: int) -> float:
@@ -132,18 +166,13 @@ class ClassificationModule(pl.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         opt = self.optim
-        lr = float(opt["lr"])
-        if opt.get("scale_lr"):
-            global_batch = self.trainer.world_size * _batch_size(self.trainer)
-            lr *= global_batch / float(opt.get("base_batch_size", 256))
-        decay, no_decay = [], []
-        for p in self.net.parameters():
-            (no_decay if opt.get("no_decay_bn_bias") and p.ndim <= 1 else decay).append(p)
-        groups = [{"params": decay, "weight_decay": float(opt.get("weight_decay", 0))}]
-        if no_decay:
-            groups.append({"params": no_decay, "weight_decay": 0.0})
+        global_batch = self.trainer.world_size * _batch_size(self.trainer) if opt.get("scale_lr") else 0
+        lr = scaled_lr(opt, global_batch)
         optimizer = torch.optim.SGD(
-            groups, lr=lr, momentum=float(opt.get("momentum", 0.9)), nesterov=bool(opt.get("nesterov", False))
+            param_groups(self.net, opt),
+            lr=lr,
+            momentum=float(opt.get("momentum", 0.9)),
+            nesterov=bool(opt.get("nesterov", False)),
         )
         max_epochs = max(1, self.trainer.max_epochs or 1)
         steps_per_epoch = max(1, self.trainer.estimated_stepping_batches // max_epochs)
@@ -154,5 +183,9 @@ class ClassificationModule(pl.LightningModule):
 
 
 def _batch_size(trainer: pl.Trainer) -> int:
+    """The per-device training batch: our datamodules keep it in `settings`, others as `batch_size`."""
     dm = trainer.datamodule
-    return int(getattr(dm, "batch_size", 0) or dm.hparams.get("batch_size", 1))
+    size = getattr(getattr(dm, "settings", None), "batch_size", None) or getattr(dm, "batch_size", None)
+    if not size:
+        raise ConfigError("optim.scale_lr=true: the datamodule does not say its batch size; set optim.scale_lr=false")
+    return int(size)

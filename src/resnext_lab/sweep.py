@@ -1,10 +1,19 @@
-"""The closing table of a sweep, read from its jobs' results.json files."""
+"""Hydra's side of a sweep: the output folder checked and pinned before jobs start, the closing table after.
+
+Kept free of torch and Lightning: Hydra loads these callbacks for every command, `task=complexity` included.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import sys
 from pathlib import Path
 from typing import Any
+
+from hydra.experimental.callback import Callback as HydraCallback
+from omegaconf import DictConfig, open_dict, read_write
 
 COLUMNS = ("job", "C", "d", "depth", "params", "GFLOPs", "test top-1 err %", "epochs", "status")
 
@@ -44,3 +53,63 @@ def summarize_sweep(sweep_dir: Path) -> list[str]:
         lines += [f"  {b}" for b in bad]
     print("\n".join(lines), flush=True)
     return bad
+
+
+def unwritable(folder: Path) -> str | None:
+    """Why `folder` cannot be created and written, else None: the nearest existing ancestor decides."""
+    path = folder.absolute()
+    for existing in (path, *path.parents):
+        if existing.exists():
+            if not existing.is_dir():
+                return f"{existing} is not a folder"
+            if not os.access(existing, os.W_OK | os.X_OK):
+                return f"{existing} is not writable"
+            return None
+    return None
+
+
+def hydra_quote(value: str) -> str:
+    """`value` as a quoted override value: Hydra reads backslashes literally except before a quote."""
+    escaped = re.sub(r"(\\*)('|$)", lambda m: m.group(1) * 2 + ("\\'" if m.group(2) else ""), value)
+    return f"'{escaped}'"
+
+
+class OutputFolder(HydraCallback):
+    """Checks the run or sweep folder before Hydra creates it, and pins a sweep's folder for its jobs.
+
+    Hydra creates the folder before any job code runs, so an unwritable `out_root`
+    would otherwise end in a traceback. The sweep folder is named after the swept
+    overrides (`hydra.overrides.task` of the whole sweep); each job's config is composed
+    again from that job's own overrides and would name a different folder, so the
+    resolved name is passed to every job as a `hydra.sweep.dir` override.
+    """
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config, str(config.hydra.run.dir))
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = str(config.hydra.sweep.dir)
+        self._check(config, sweep_dir)
+        with read_write(config.hydra), open_dict(config.hydra):
+            config.hydra.overrides.hydra.append(f"hydra.sweep.dir={hydra_quote(sweep_dir)}")
+
+    @staticmethod
+    def _check(config: DictConfig, folder: str) -> None:
+        reason = unwritable(Path(folder))
+        if reason:
+            print(f"error: out_root={config.get('out_root')!r}: cannot write the output folder {folder}: {reason}",
+                  file=sys.stderr, flush=True)
+            raise SystemExit(2)
+
+
+class SweepSummary(HydraCallback):
+    """At the end of a training multirun: one table of every job in the sweep folder, failures last.
+
+    Exits with status 1 when any job failed or diverged, after the table is printed.
+    """
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if config.get("task") != "train":
+            return
+        if summarize_sweep(Path(config.hydra.sweep.dir)):
+            raise SystemExit(1)

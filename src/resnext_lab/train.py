@@ -9,12 +9,14 @@ from its last checkpoint (saved every epoch).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import platform
 import secrets
 import subprocess
+import sys
 import time
 import traceback
 from importlib import metadata
@@ -30,6 +32,10 @@ log = logging.getLogger("resnext_lab")
 RESULTS = "results.json"
 CHECKPOINT = "checkpoints/last.ckpt"
 PACKAGES = ("torch", "torchvision", "pytorch-lightning", "torchmetrics", "hydra-core", "wandb", "resnext-lab")
+
+
+class RunFailed(Exception):
+    """A single run failed or diverged: run.py prints this one line (the traceback is in error.txt)."""
 
 
 # --- results.json ----------------------------------------------------------------------------
@@ -52,10 +58,8 @@ def read_results(run_dir: Path) -> dict[str, Any] | None:
 def versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for name in PACKAGES:
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
     return out
 
 
@@ -65,7 +69,7 @@ def git_commit() -> str | None:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5, check=False
         )
-        return out.stdout.strip() or None
+        return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else None
     except (OSError, subprocess.SubprocessError):
         return None
 
@@ -139,6 +143,18 @@ def _run_dir() -> Path:
     return Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path.cwd()
 
 
+def process_rank() -> int:
+    """This process's global rank, known before any Trainer exists; 0 when it runs alone.
+
+    Under DDP every rank runs this task: `strategy=ddp` re-runs the command line for ranks > 0 (LOCAL_RANK)
+    and SLURM starts one task per device (SLURM_PROCID). Only rank 0 writes results.json, wandb_id and the
+    summary; Lightning keeps checkpoints, the CSV log and the W&B run on rank 0 itself.
+    """
+    from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
+    return int(getattr(rank_zero_only, "rank", 0))
+
+
 def build_run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Validate everything and build network, data and module; nothing trains yet."""
     from resnext_lab.data import build_datamodule
@@ -162,6 +178,7 @@ def build_run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 def train_task(cfg: DictConfig) -> dict[str, Any]:
     run_dir = _run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
+    rank = process_rank()  # ranks > 0 train but write nothing: see process_rank
     previous = read_results(run_dir)
     if cfg.resume and previous and previous.get("status") == "completed":
         log.info("skipping %s: completed before (%s)", run_dir, RESULTS)
@@ -179,45 +196,68 @@ def train_task(cfg: DictConfig) -> dict[str, Any]:
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     start = time.perf_counter()
+    outcome: dict[str, Any] = {}  # filled by _fit as it goes, so a failure keeps what was known
     try:
         plan = build_run(cfg, run_dir)
         base["model"] = plan["model"]
-        write_json_atomic(run_dir / RESULTS, base)
-        outcome = _fit(cfg, run_dir, plan, base)
+        if rank == 0:
+            write_json_atomic(run_dir / RESULTS, base)
+        _fit(cfg, run_dir, plan, outcome)
         status, error = "completed", None
     except KeyboardInterrupt:
-        base.update(status="interrupted", wall_time_s=round(time.perf_counter() - start, 2))
-        write_json_atomic(run_dir / RESULTS, base)
+        _finish_wandb(exit_code=255)
+        if rank == 0:
+            write_json_atomic(run_dir / RESULTS, {**base, **outcome, "status": "interrupted",
+                                                  "wall_time_s": round(time.perf_counter() - start, 2)})
         raise
     except Exception as err:  # recorded, never lost: see the module docstring
         from resnext_lab.module import Diverged
 
         status = "diverged" if isinstance(err, Diverged) else "failed"
-        error = f"{type(err).__name__}: {err}" if not isinstance(err, ConfigError) else str(err)
-        outcome = base.get("_outcome", {})
-        (run_dir / "error.txt").write_text(traceback.format_exc())
+        error = one_line(err)
+        _finish_wandb(exit_code=1)
+        error_file = run_dir / ("error.txt" if rank == 0 else f"error.rank{rank}.txt")
+        error_file.write_text(traceback.format_exc())
+        if rank == 0:
+            write_json_atomic(run_dir / RESULTS, {**base, **outcome, "status": status, "error": error,
+                                                  "wall_time_s": round(time.perf_counter() - start, 2)})
+        if not _in_multirun():  # run.py prints the one line and exits non-zero
+            if isinstance(err, ConfigError):
+                raise
+            raise RunFailed(f"{status}: {error} (traceback in {error_file})") from err
         log.error("%s: %s", status, error)
-        if not _in_multirun() and isinstance(err, ConfigError):
-            write_json_atomic(run_dir / RESULTS, {**base, "status": status, "error": error})
-            raise
-        if not _in_multirun():
-            write_json_atomic(run_dir / RESULTS, {**base, **outcome, "status": status, "error": error})
-            raise
     result = {**base, **outcome, "status": status, "error": error, "wall_time_s": round(time.perf_counter() - start, 2)}
-    result.pop("_outcome", None)
-    write_json_atomic(run_dir / RESULTS, result)
-    if status == "completed":
-        print_summary(result, run_dir)
+    if rank == 0:
+        write_json_atomic(run_dir / RESULTS, result)
+        if status == "completed":
+            print_summary(result, run_dir)
     return result
 
 
-def _fit(cfg: DictConfig, run_dir: Path, plan: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+def one_line(err: BaseException) -> str:
+    """The error as results.json and the sweep table show it: user errors as worded, others with their type."""
+    from resnext_lab.module import Diverged
+
+    text = next((line.strip() for line in str(err).splitlines() if line.strip()), "")
+    if isinstance(err, ConfigError | Diverged):
+        return text
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def _finish_wandb(exit_code: int) -> None:
+    """Close a W&B run left open by a failed job, or the next job of the sweep would log into it."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and wandb.run is not None:
+        wandb.finish(exit_code=exit_code)
+
+
+def _fit(cfg: DictConfig, run_dir: Path, plan: dict[str, Any], outcome: dict[str, Any]) -> None:
+    """Train, validate and test; `outcome` gets resumed, metrics, epochs and the W&B run as they become known."""
     import pytorch_lightning as pl
     import torch
-    from pytorch_lightning.callbacks import ModelCheckpoint
-    from pytorch_lightning.loggers import CSVLogger, WandbLogger
+    from pytorch_lightning.loggers import WandbLogger
 
-    from resnext_lab.callbacks import Throughput
+    from resnext_lab.callbacks import LastCheckpoint, Throughput
 
     t = cfg.trainer
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
@@ -237,16 +277,19 @@ def _fit(cfg: DictConfig, run_dir: Path, plan: dict[str, Any], base: dict[str, A
     log.info("%s | %s params | %s GFLOPs | %s", spec.name, f"{plan['model']['params']:,}",
              f"{plan['model']['flops'] / 1e9:.3f}", dm.describe())
 
+    last = run_dir / CHECKPOINT
+    resumed = bool(cfg.resume and last.exists())
     loggers: list[Any] = []
     if cfg.logger.csv:
-        loggers.append(CSVLogger(save_dir=str(run_dir), name="csv", version=""))
+        loggers.append(_csv_logger(run_dir, keep_rows=resumed))
     wandb_info = None
     if cfg.logger.wandb.enabled:
         id_file = run_dir / "wandb_id"
         import wandb
 
         run_id = id_file.read_text().strip() if id_file.exists() else secrets.token_hex(4)
-        id_file.write_text(run_id)
+        if process_rank() == 0:  # WandbLogger starts no run on other ranks; their id would clobber this one
+            id_file.write_text(run_id)
         mode = _wandb_mode(cfg)
         wl = WandbLogger(
             project=cfg.logger.wandb.project,
@@ -263,8 +306,8 @@ def _fit(cfg: DictConfig, run_dir: Path, plan: dict[str, Any], base: dict[str, A
         )
         loggers.append(wl)
         wandb_info = {"id": run_id, "mode": mode, "project": cfg.logger.wandb.project}
+        outcome["wandb"] = wandb_info
 
-    ckpt = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0, every_n_epochs=1)
     trainer = pl.Trainer(
         accelerator=t.accelerator,
         devices=t.devices,
@@ -282,16 +325,14 @@ def _fit(cfg: DictConfig, run_dir: Path, plan: dict[str, Any], base: dict[str, A
         gradient_clip_val=t.gradient_clip_val,
         enable_progress_bar=bool(t.enable_progress_bar),
         enable_model_summary=False,
+        enable_checkpointing=False,  # LastCheckpoint writes the one checkpoint a rerun needs
         logger=loggers or False,
-        callbacks=[ckpt, Throughput()],
+        callbacks=[LastCheckpoint(run_dir / CHECKPOINT), Throughput()],
         default_root_dir=str(run_dir),
     )
-    last = run_dir / CHECKPOINT
-    resumed = bool(cfg.resume and last.exists())
     if resumed:
         log.info("resuming from %s", last)
-    outcome: dict[str, Any] = {"resumed": resumed, "metrics_csv": "csv/metrics.csv" if cfg.logger.csv else None}
-    base["_outcome"] = outcome
+    outcome.update(resumed=resumed, metrics_csv="csv/metrics.csv" if cfg.logger.csv else None)
     trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resumed else None)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     best_val = _best(run_dir / "csv" / "metrics.csv", "val/top1_err") if cfg.logger.csv else None
@@ -305,11 +346,27 @@ def _fit(cfg: DictConfig, run_dir: Path, plan: dict[str, Any], base: dict[str, A
         run.summary.update({**metrics, **{f"model/{k}": plan["model"][k] for k in
                                           ("params", "flops", "cardinality", "width", "depth", "residual", "block")}})
         wandb_info["dir"] = str(Path(run.dir).parent)
-        import wandb
-
         wandb.finish()
-        outcome["wandb"] = wandb_info
-    return outcome
+
+
+def _csv_logger(run_dir: Path, keep_rows: bool) -> Any:
+    """`csv/metrics.csv`, flushed at every logging step so that a killed run keeps its rows.
+
+    Lightning's CSV writer deletes an existing metrics.csv when it starts; a resumed run
+    (`keep_rows`) puts the earlier rows back and appends to them.
+    """
+    import csv
+
+    from pytorch_lightning.loggers import CSVLogger
+
+    logger = CSVLogger(save_dir=str(run_dir), name="csv", version="", flush_logs_every_n_steps=1)
+    path = Path(logger.log_dir) / "metrics.csv"
+    if keep_rows and process_rank() == 0 and path.is_file():
+        rows = path.read_text()
+        writer = logger.experiment  # deletes metrics.csv
+        path.write_text(rows)
+        writer.metrics_keys = next(csv.reader([rows.partition("\n")[0]]), [])
+    return logger
 
 
 def _best(csv_path: Path, column: str) -> float | None:

@@ -1,4 +1,4 @@
-"""Command line: `python -m resnext_lab.report SWEEP_DIR (--table FILE.yaml | --experiment NAME) [--out DIR]`.
+"""Command line: `python -m resnext_lab.report SWEEP_DIR (--table FILE.yaml | --experiment NAME [--scale S]) [--out DIR]`.
 
 Prints the markdown table and the written paths. Errors a user can fix (no such
 folder, no results yet, a bad `report:` node) print as one line on stderr with
@@ -26,12 +26,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--table", type=Path, help="YAML file with a top-level report: node")
     source.add_argument("--experiment", help="experiment name: reads experiments/NAME.yaml")
+    parser.add_argument(
+        "--scale",
+        help="with --experiment: the table as NAME composes at this scale (smoke, proxy, paper), whose presets "
+        "may build smaller depths and widths than the paper's",
+    )
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: SWEEP_DIR/report)")
     args = parser.parse_args(argv)
     out = args.out if args.out is not None else args.sweep_dir / "report"
+    if args.scale and not args.experiment:
+        parser.error("--scale needs --experiment")
     try:
-        path = args.table if args.table is not None else experiment_file(args.experiment)
-        written = write_report(args.sweep_dir, load_table_def(path), out)
+        if args.scale:
+            from resnext_lab.report.dashboard import table_at_scale
+
+            table = table_at_scale(args.experiment, args.scale)
+        else:
+            table = load_table_def(args.table if args.table is not None else experiment_file(args.experiment))
+        written = write_report(args.sweep_dir, table, out)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

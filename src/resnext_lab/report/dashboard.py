@@ -1,0 +1,203 @@
+"""A W&B Report for one experiment's sweep: `python -m resnext_lab.report.dashboard EXP [--scale S]`.
+
+The report shows the runs of the sweep's W&B group (`<experiment>/<scale>`, the
+sweep folder's name under `out_root`): validation error per epoch grouped by the
+swept field, the final test error as bars, and a parallel-coordinates panel of
+the design point (C, d, depth, residual, params, FLOPs) against test error.
+Building it needs neither network nor credentials (`build_report`); saving it
+needs both, and without them the command says how to upload the offline runs.
+
+`compose_experiment` is also how `python -m resnext_lab.report ... --scale S`
+reads a table as the experiment composes at that scale (its depths and widths).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from resnext_lab.errors import ConfigError
+
+CONF_DIR = Path(__file__).resolve().parents[3] / "conf"
+SCALES = ("smoke", "proxy", "paper")
+#: Parallel-coordinates axes: W&B summary keys written by every training run, then the error.
+DESIGN_AXES = (
+    ("model/cardinality", "C"),
+    ("model/width", "d"),
+    ("model/depth", "depth"),
+    ("model/residual", "residual"),
+    ("model/params", "params"),
+    ("model/flops", "FLOPs"),
+)
+ERROR = "test/top1_err"
+
+
+def compose_experiment(name: str, scale: str) -> DictConfig:
+    """The config `python run.py -m experiment=NAME scale=SCALE` composes (hydra node included)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+
+    from resnext_lab.cli import register_resolvers
+
+    register_resolvers()
+    try:
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+            return compose("config", overrides=[f"experiment={name}", f"scale={scale}"], return_hydra_config=True)
+    except HydraException as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"experiment={name} scale={scale}: cannot compose ({first})") from exc
+
+
+def table_at_scale(name: str, scale: str) -> dict[str, Any]:
+    """The `report:` table of an experiment as it composes at `scale` (its depths and widths resolved)."""
+    cfg = compose_experiment(name, scale)
+    table = cfg.get("report")
+    if not isinstance(table, DictConfig):
+        raise ConfigError(f"experiment={name} scale={scale}: has no report: table")
+    return OmegaConf.to_container(table, resolve=True)  # type: ignore[return-value]
+
+
+def swept_fields(cfg: DictConfig) -> list[str]:
+    """The config keys the sweep varies, seeds left out (e.g. model.depth, model.cardinality)."""
+    params = cfg.hydra.sweeper.get("params") or {}
+    return [str(key) for key in params if key != "seed"]
+
+
+def group_name(cfg: DictConfig) -> str:
+    """The sweep's W&B group: its folder below out_root, `<experiment>/<scale>`."""
+    return f"{cfg.experiment_name}/{cfg.scale_name}"
+
+
+def build_report(cfg: DictConfig, entity: str, project: str | None = None) -> Any:
+    """The W&B Report object of a composed experiment; nothing is sent anywhere."""
+    import wandb_workspaces.reports.v2 as wr
+
+    project = project or str(cfg.logger.wandb.project)
+    group = group_name(cfg)
+    swept = swept_fields(cfg)
+    runs = wr.Runset(entity=entity, project=project, name=group, filters=f"Group = '{group}'")
+    by = wr.Config(swept[0]) if swept else None
+    title = str((cfg.get("report") or {}).get("title") or cfg.experiment_name)
+    panels = [
+        wr.LinePlot(
+            title="validation top-1 error (%) per epoch",
+            x="epoch",
+            y=["val/top1_err"],
+            groupby=by,
+            groupby_aggfunc="mean",
+            groupby_rangefunc="stderr",
+            layout=wr.Layout(x=0, y=0, w=12, h=8),
+        ),
+        wr.LinePlot(
+            title="training top-1 error (%) per epoch",
+            x="epoch",
+            y=["train/top1_err"],
+            groupby=by,
+            groupby_aggfunc="mean",
+            groupby_rangefunc="stderr",
+            layout=wr.Layout(x=12, y=0, w=12, h=8),
+        ),
+        wr.BarPlot(
+            title="final test top-1 error (%)",
+            metrics=[wr.SummaryMetric(ERROR)],
+            groupby=by,
+            groupby_aggfunc="mean",
+            groupby_rangefunc="stderr",
+            layout=wr.Layout(x=0, y=8, w=12, h=8),
+        ),
+        wr.ParallelCoordinatesPlot(
+            title="design point vs test error",
+            columns=[
+                *(
+                    wr.ParallelCoordinatesPlotColumn(metric=wr.SummaryMetric(key), display_name=label)
+                    for key, label in DESIGN_AXES
+                ),
+                wr.ParallelCoordinatesPlotColumn(metric=wr.SummaryMetric(ERROR), display_name="test top-1 err %"),
+            ],
+            layout=wr.Layout(x=12, y=8, w=12, h=8),
+        ),
+    ]
+    swept_text = ", ".join(swept) or "nothing"
+    return wr.Report(
+        entity=entity,
+        project=project,
+        title=f"{title} ({cfg.scale_name})"[:128],
+        description=f"W&B group {group}: runs of `python run.py -m experiment={cfg.experiment_name} "
+        f"scale={cfg.scale_name}`, grouped by {swept_text}.",
+        blocks=[
+            wr.H1(text=title),
+            wr.P(text=f"Sweep over {swept_text}; lines and bars are means over seeds with standard errors."),
+            wr.PanelGrid(runsets=[runs], panels=panels),
+        ],
+    )
+
+
+def has_credentials() -> bool:
+    """An API key in the environment or in ~/.netrc for api.wandb.ai (what `wandb login` writes)."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    import netrc
+
+    try:
+        auth = netrc.netrc().authenticators("api.wandb.ai")
+    except (OSError, netrc.NetrcParseError):
+        return False
+    return bool(auth and auth[2])
+
+
+def offline_hint(cfg: DictConfig) -> str:
+    sweep = Path(str(cfg.out_root)) / group_name(cfg)
+    return (
+        f"W&B is offline here (no credentials, no network or WANDB_MODE=offline): upload the runs of "
+        f"{group_name(cfg)} with "
+        f"`wandb login` and `wandb sync {sweep}/*/wandb/offline-run-*`, then run this again"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Build and save the report; 0 with its URL, 1 when W&B cannot be reached, 2 on a config error."""
+    parser = argparse.ArgumentParser(
+        prog="python -m resnext_lab.report.dashboard",
+        description="Build the W&B Report of an experiment's sweep (group <experiment>/<scale>).",
+    )
+    parser.add_argument("experiment", help="experiment name, e.g. table3")
+    parser.add_argument("--scale", default="proxy", choices=SCALES, help="the sweep's scale (default: proxy)")
+    parser.add_argument("--entity", default=os.environ.get("WANDB_ENTITY"), help="W&B entity (default: yours)")
+    parser.add_argument("--project", default=None, help="W&B project (default: logger.wandb.project)")
+    args = parser.parse_args(argv)
+    try:
+        cfg = compose_experiment(args.experiment, args.scale)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not has_credentials() or os.environ.get("WANDB_MODE") in ("offline", "disabled"):
+        print(f"error: {offline_hint(cfg)}", file=sys.stderr)
+        return 1
+    try:
+        import wandb
+
+        entity = args.entity or cfg.logger.wandb.get("entity") or wandb.Api().default_entity
+        report = build_report(cfg, entity=str(entity), project=args.project)
+        report.save()
+    except ImportError:
+        print("error: the dashboard needs wandb-workspaces: pip install wandb-workspaces", file=sys.stderr)
+        return 1
+    except Exception as exc:  # network, permissions, server: one line, not a traceback
+        print(
+            f"error: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}; "
+            f"{offline_hint(cfg)}",
+            file=sys.stderr,
+        )
+        return 1
+    print(report.url)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""The benchmark: a tiny CPU run end to end, the report's shape, and the checks that guard its ratios."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import statistics
+
+import pytest
+import torch
+import torchvision
+
+from resnext_lab import bench
+from resnext_lab.models import ModelSpec, build, complexity
+
+TINY = dataclasses.replace(
+    bench.settings_for("cpu", "small"),
+    imagenet_batch=2,
+    imagenet_image_size=32,
+    proxy_batch=8,
+    proxy_images=16,
+    warmup_steps=1,
+    steps_per_window=1,
+    windows=2,
+    proxy_epochs=1,
+    audit_steps=1,
+    overhead_steps=10,
+)
+MEASUREMENT_KEYS = {"label", "params", "images_per_s", "window_images_per_s", "peak_memory_mb", "first_step_s"}
+
+
+@pytest.fixture(scope="module")
+def report() -> dict:
+    measured = bench.run(TINY, ["resnet50", "proxy", "loop_overhead"], log=lambda _: None)
+    return json.loads(json.dumps(measured))  # what --out writes, read back
+
+
+def test_report_describes_the_run(report):
+    assert report["schema_version"] == bench.SCHEMA_VERSION
+    assert report["device"]["type"] == "cpu" and report["device"]["name"]
+    assert report["device"]["threads"] == TINY.threads
+    assert {"python", "torch", "torchvision", "pytorch-lightning"} <= report["versions"].keys()
+    assert report["settings"] == dataclasses.asdict(TINY)
+    assert [r["case"] for r in report["results"]] == ["resnet50", "proxy_epoch", "loop_overhead"]
+
+
+def test_figures_come_from_the_timed_windows(report):
+    for row in report["results"]:
+        assert row.keys() >= {"case", "group", "batch", "image_size", "flops", "ours", "baseline", "ratio", "extra"}
+        for m in (row["ours"], row["baseline"]):
+            assert m.keys() == MEASUREMENT_KEYS
+            assert all(rate > 0 and math.isfinite(rate) for rate in m["window_images_per_s"])
+            assert m["images_per_s"] == statistics.median(m["window_images_per_s"])
+            assert m["peak_memory_mb"] is None  # GPUs only
+        paired = zip(row["ours"]["window_images_per_s"], row["baseline"]["window_images_per_s"], strict=True)
+        assert row["ratio"] == statistics.median(a / b for a, b in paired)
+
+
+def test_torchvision_pair_is_the_same_network(report):
+    row = report["results"][0]
+    assert row["ours"]["params"] == row["baseline"]["params"] == 25_557_032
+    assert row["baseline"]["label"] == "torchvision resnet50"
+    assert len(row["ours"]["window_images_per_s"]) == TINY.windows
+    assert row["flops"] == complexity(ModelSpec(image_size=TINY.imagenet_image_size))["flops"]
+
+
+def test_proxy_epoch_compares_lightning_with_a_plain_loop(report):
+    row = report["results"][1]
+    extra = row["extra"]
+    assert row["group"] == "proxy" and row["batch"] == TINY.proxy_batch and row["image_size"] == 28
+    assert extra["steps_per_epoch"] == TINY.proxy_images // TINY.proxy_batch
+    assert len(row["ours"]["window_images_per_s"]) == TINY.proxy_epochs
+    assert extra["overhead_pct"] == pytest.approx(100 * (1 / row["ratio"] - 1))
+    assert extra["epoch_s"] == pytest.approx(extra["steps_per_epoch"] * TINY.proxy_batch / row["ours"]["images_per_s"])
+    assert extra["host_syncs_per_step"]["plain"] == 0  # the plain loop never reads a value back
+    assert extra["host_syncs_per_step"]["lightning"] >= 0
+    assert "proxy_epoch" in bench.format_table(report)
+
+
+def test_loop_overhead_is_host_time_per_step(report):
+    row = report["results"][2]
+    us = row["extra"]["us_per_step"]
+    assert row["extra"]["steps_per_epoch"] == TINY.overhead_steps
+    assert us["lightning"] > 0 and us["plain"] > 0
+    assert us["plain"] / us["lightning"] == pytest.approx(
+        statistics.median(row["ours"]["window_images_per_s"])
+        / statistics.median(row["baseline"]["window_images_per_s"])
+    )
+
+
+def test_a_mismatched_pair_is_refused():
+    with pytest.raises(bench.BenchError, match="not the same architecture"):
+        bench.check_same_params(build(ModelSpec()), torchvision.models.resnext50_32x4d(), "resnet50")
+
+
+def test_pairs_are_checked_before_anything_is_timed(monkeypatch):
+    monkeypatch.setitem(bench.TORCHVISION_PAIRS, "resnet50", ModelSpec(cardinality=32, width=4))
+    monkeypatch.setattr(bench, "measure_group", lambda *a, **k: pytest.fail("timed a mismatched pair"))
+    with pytest.raises(bench.BenchError, match="resnet50: ours has 25,028,904 parameters"):
+        bench.torchvision_case("resnet50", TINY)
+
+
+def test_host_syncs_counts_what_makes_a_gpu_host_wait():
+    x = torch.arange(-2.0, 3.0)
+    counter = bench.HostSyncs()
+    with counter:
+        x.sum().item()  # not counted: inactive
+        counter.active = True
+        x.sum().item()
+        if x.max() > 0:  # bool() of a tensor
+            pass
+        x[x > 0]  # boolean mask
+        torch.unique(x)
+        (x * 2).add_(1).relu()  # nothing to wait for
+    assert counter.count == 4
+    assert all("test_bench.py" in site for site in counter.sites)
+
+
+def test_unknown_case_is_refused():
+    with pytest.raises(bench.BenchError, match="unknown case"):
+        bench.run(TINY, ["resnet18"])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible")
+def test_cli_refuses_cuda_without_a_gpu(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["--device", "cuda"])
+    assert exit_info.value.code == 2
+    assert "--device cuda" in capsys.readouterr().err

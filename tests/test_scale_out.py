@@ -1,0 +1,218 @@
+"""Scale-out: a submitit-local sweep, DDP over two CPU processes, and the SLURM launcher preset.
+
+The first two run `run.py` end to end in subprocesses (tiny model, 256 training images); the
+SLURM checks build the real sbatch script with fake `srun`/`sbatch` commands, no cluster needed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = [
+    "model.width_scale=0.125",
+    "model.width=4",
+    "data.limit_train=256",
+    "data.limit_eval=128",
+    "data.batch_size=32",
+    "trainer.max_epochs=1",
+    "trainer.enable_progress_bar=false",
+]
+
+
+def cli(args: list[str], home: Path, timeout: int = 240) -> subprocess.CompletedProcess[str]:
+    """`python run.py ARGS` with offline, quiet W&B whose caches stay in `home`; one torch thread per process."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "HYDRA_"))}
+    env.update(WANDB_MODE="offline", WANDB_SILENT="true", WANDB_CONFIG_DIR=str(home / "config"),
+               WANDB_CACHE_DIR=str(home / "cache"), WANDB_DATA_DIR=str(home / "data"), OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "run.py", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def offline_runs(run_dir: Path) -> list[Path]:
+    return sorted((run_dir / "wandb").glob("offline-run-*"))
+
+
+# --- parallel jobs on this machine ---------------------------------------------------------------
+
+
+def test_local_launcher_runs_a_sweep_in_parallel_jobs(tmp_path: Path) -> None:
+    cli(["-m", "hydra/launcher=local", "hydra.launcher.gpus_per_node=0", f"out_root={tmp_path}", "name=sweep",
+         "model.cardinality=1,2", *TINY], home=tmp_path)
+    sweep = tmp_path / "sweep"
+    results = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/results.json"))]
+    assert sorted(r["model"]["cardinality"] for r in results) == [1, 2]
+    spans = []
+    for path, result in zip(sorted(sweep.glob("*/results.json")), results, strict=True):
+        assert result["status"] == "completed", result.get("error")
+        assert math.isfinite(result["metrics"]["test/top1_err"])
+        runs = offline_runs(path.parent)
+        assert len(runs) == 1 and runs[0].name.endswith(result["wandb"]["id"])
+        start = datetime.strptime(result["started"], "%Y-%m-%dT%H:%M:%S%z").timestamp()
+        spans.append((start, start + result["wall_time_s"]))
+    # each job ran as its own submitit process (one log folder each), both at once
+    assert len([p for p in (sweep / ".submitit").iterdir() if any(p.glob("*_result.pkl"))]) == 2
+    assert max(s for s, _ in spans) <= min(e for _, e in spans)
+
+
+# --- DDP over two CPU processes ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """One run with trainer=ddp on two gloo processes; Lightning re-runs run.py for rank 1 in the same folder."""
+    out = tmp_path_factory.mktemp("ddp")
+    run_dir = out / "run"
+    proc = cli(["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "model.cardinality=2",
+                f"out_root={out}", f"hydra.run.dir={run_dir}", *TINY], home=out)
+    return run_dir, proc.stdout
+
+
+def test_ddp_rank_zero_alone_writes_results_wandb_and_summary(ddp_run: tuple[Path, str]) -> None:
+    run_dir, stdout = ddp_run
+    assert (run_dir / "train_ddp_process_1.log").exists()  # rank 1 really ran, as a child in this folder
+    result = json.loads((run_dir / "results.json").read_text())
+    assert result["status"] == "completed", result.get("error")
+    assert math.isfinite(result["metrics"]["test/loss"]) and math.isfinite(result["metrics"]["train/loss"])
+    runs = offline_runs(run_dir)
+    assert len(runs) == 1
+    assert runs[0].name.endswith((run_dir / "wandb_id").read_text()) and result["wandb"]["id"] in runs[0].name
+    assert stdout.count("test top-1 error") == 1  # one summary, from rank 0
+    assert not list(run_dir.glob("error*.txt"))
+    assert (run_dir / "checkpoints" / "last.ckpt").exists()
+
+
+def _evaluate_alone(run_dir: Path) -> tuple[dict[str, float], dict[str, float]]:
+    """The checkpoint's test metrics from one process: over the whole test set, and over rank 0's half."""
+    from resnext_lab.data.batches import shard
+    from resnext_lab.train import build_run
+
+    cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    plan = build_run(cfg, run_dir)
+    dm = plan["dm"]
+    dm.setup("test")
+    module = plan["module"](plan["build"](plan["spec"]), OmegaConf.to_container(cfg.optim), plan["spec"].num_classes)
+    module.load_state_dict(torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"])
+    module.eval()
+    with torch.no_grad():
+        logits = module(dm.prepare_batch(dm.test_images, train=False))
+    labels = dm.test_labels
+
+    def metrics(index: torch.Tensor) -> dict[str, float]:
+        out, y = logits[index], labels[index]
+        return {
+            "test/loss": float(F.cross_entropy(out, y)),
+            "test/top1_err": 100.0 * float((out.argmax(1) != y).float().mean()),
+            "test/top5_err": 100.0 * float((out.topk(5, dim=1).indices != y[:, None]).all(1).float().mean()),
+        }
+
+    everything = torch.arange(len(labels))
+    return metrics(everything), metrics(shard(everything, 0, 2, drop_last=False))
+
+
+def test_ddp_metrics_are_reduced_over_both_ranks(ddp_run: tuple[Path, str]) -> None:
+    """Each rank tests a disjoint half of the 128 test images; results.json must hold the whole set's numbers."""
+    run_dir, _ = ddp_run
+    metrics = json.loads((run_dir / "results.json").read_text())["metrics"]
+    whole, half = _evaluate_alone(run_dir)
+    for key, value in whole.items():
+        assert metrics[key] == pytest.approx(value, rel=1e-4, abs=1e-4), key
+    # the check can fail: rank 0's half alone gives another mean loss
+    assert half["test/loss"] != pytest.approx(whole["test/loss"], rel=1e-4, abs=1e-4)
+
+
+def test_ddp_learning_rate_follows_the_global_batch(ddp_run: tuple[Path, str]) -> None:
+    """trainer=ddp sets optim.scale_lr: lr 0.1 x (2 devices x 32 images) / 256."""
+    run_dir, _ = ddp_run
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    assert state["optimizer_states"][0]["param_groups"][0]["initial_lr"] == pytest.approx(0.1 * 2 * 32 / 256)
+
+
+# --- the trainer presets -------------------------------------------------------------------------
+
+
+def compose(overrides: list[str]) -> Any:
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from resnext_lab.cli import register_resolvers
+
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return hydra_compose("config", overrides=overrides, return_hydra_config=True)
+
+
+def test_paper_preset_is_8_gpus_of_32_images_at_lr_0_1() -> None:
+    cfg = compose(["trainer=paper_8gpu"])
+    assert (cfg.trainer.devices, cfg.trainer.strategy, cfg.trainer.accelerator) == (8, "ddp", "gpu")
+    assert cfg.data.batch_size == 32
+    assert cfg.optim.scale_lr and cfg.optim.lr * 8 * 32 / cfg.optim.base_batch_size == pytest.approx(0.1)
+
+
+# --- SLURM ---------------------------------------------------------------------------------------
+
+SLURM = ["hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.account=mylab",
+         "hydra.launcher.timeout_min=240", "hydra.launcher.mem_gb=48", "hydra.launcher.array_parallelism=1",
+         "trainer=ddp", "trainer.devices=4"]
+
+
+@pytest.fixture()
+def fake_slurm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """`srun` and `sbatch` on PATH: submitit writes its real sbatch script and 'submits' job 4242."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "sbatch").write_text("#!/bin/sh\necho 'Submitted batch job 4242'\n")
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    return tmp_path
+
+
+def test_slurm_preset_builds_the_requested_job_array(fake_slurm: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from hydra.utils import instantiate
+    from submitit.core.utils import DelayedSubmission
+    from submitit.slurm.slurm import SlurmJob
+
+    sweep = fake_slurm / "sweep"
+    cfg = compose([*SLURM, f"hydra.sweep.dir={sweep}"])
+    launcher = instantiate(cfg.hydra.launcher)
+    launcher.config = cfg  # what launcher.setup() keeps; launch() reads only the config
+    monkeypatch.setattr(SlurmJob, "results", lambda self: ["not run"])  # nothing polls a cluster
+    launcher.launch([["model.cardinality=1"], ["model.cardinality=2"]], initial_job_idx=0)
+
+    script = (sweep / ".submitit" / "4242" / "4242_submission.sh").read_text()
+    for line in ("--partition=gpu", "--account=mylab", "--gpus-per-node=4", "--ntasks-per-node=4", "--nodes=1",
+                 "--time=240", "--mem=48GB", "--cpus-per-task=8", "--array=0-1%1", "--signal=USR2@120",
+                 "--requeue"):
+        assert f"#SBATCH {line}\n" in script, line
+    assert re.search(r"^srun .* -m submitit\.core\._submit ", script, re.M)
+
+    # time-out or pre-emption: the job checkpoints into a resubmission of itself with the same arguments,
+    # so the requeued job composes the same overrides into the same folder and resumes from last.ckpt
+    delayed = DelayedSubmission.load(sweep / ".submitit" / "4242_1" / "4242_1_submitted.pkl")
+    assert delayed._timeout_countdown == cfg.hydra.launcher.max_num_timeout == 5
+    again = delayed._checkpoint_function()
+    assert again is not None and again.args == delayed.args
+    assert again.args[0] == ["model.cardinality=2"] and again.args[2] == 1  # overrides, job number
+
+
+def test_slurm_tasks_follow_the_devices_of_each_run() -> None:
+    """Lightning's SLURM environment needs one task per device: both follow trainer.devices and num_nodes."""
+    launcher = compose(["hydra/launcher=slurm", "trainer=ddp", "trainer.devices=8", "trainer.num_nodes=2"]).hydra.launcher
+    assert (launcher.tasks_per_node, launcher.gpus_per_node, launcher.nodes) == (8, 8, 2)

@@ -1,0 +1,399 @@
+"""task=train: every config composes, and `run.py` behaves end to end as a sweep tool must.
+
+Sweeps, exit statuses and the closing table are Hydra's multirun plus our callbacks, so most
+tests here run `run.py` in a subprocess with a tiny model (27k params, 256 images, ~1 s an
+epoch) and read what the jobs leave: results.json, the W&B offline run file, the CSV metrics.
+The learning-rate schedule, parameter groups and lr scaling are tested as units at the end.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import re
+import signal
+import stat
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import torch
+from conftest import ROOT, TINY, cli_env, find_job, job_dirs, wandb_summary, wandb_values
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, OmegaConf
+
+from resnext_lab.cli import register_resolvers
+from resnext_lab.data import build_datamodule
+from resnext_lab.errors import ConfigError
+from resnext_lab.models import build, complexity, spec_from_config
+from resnext_lab.module import ClassificationModule, lr_factor, param_groups, scaled_lr, validate_optim
+from resnext_lab.train import validate_trainer
+
+CONF = ROOT / "conf"
+GROUPS = ("model", "data", "optim", "trainer", "logger", "task", "scale")
+OPTIONS = [(g, f.stem) for g in GROUPS for f in sorted((CONF / g).glob("*.yaml"))]
+ERROR_KEYS = ("test/top1_err", "test/top5_err", "val/top1_err")
+
+RunCli = Callable[..., subprocess.CompletedProcess[str]]
+
+
+def tiny(*overrides: str) -> list[str]:
+    """TINY with `overrides` replacing the entries of the same keys (Hydra would keep both in the job's name)."""
+    keys = {o.split("=", 1)[0] for o in overrides}
+    return [o for o in TINY if o.split("=", 1)[0] not in keys] + list(overrides)
+
+
+def results(job: Path) -> dict[str, Any]:
+    return json.loads((job / "results.json").read_text())
+
+
+def csv_rows(job: Path) -> list[dict[str, str]]:
+    with (job / "csv" / "metrics.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def epochs_with(rows: list[dict[str, str]], column: str) -> list[int]:
+    return [int(r["epoch"]) for r in rows if r.get(column)]
+
+
+def show(proc: subprocess.CompletedProcess[str]) -> str:
+    return f"exit {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-4000:]}"
+
+
+# --- configs ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def compose_config() -> Iterator[Callable[..., DictConfig]]:
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        yield lambda *overrides: compose("config", overrides=list(overrides))
+
+
+@pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
+def test_every_config_composes_and_validates(compose_config: Callable[..., DictConfig], group: str,
+                                             option: str) -> None:
+    cfg = compose_config(f"{group}={option}")
+    OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
+    assert cfg.task in ("train", "complexity")
+    validate_trainer(cfg.trainer)
+    validate_optim(OmegaConf.to_container(cfg.optim, resolve=True))
+    dm = build_datamodule(OmegaConf.to_container(cfg.data, resolve=True))  # validates; reads no file
+    assert isinstance(cfg.logger.wandb.enabled, bool) and isinstance(cfg.logger.csv, bool)
+    spec = spec_from_config(OmegaConf.to_container(cfg.model, resolve=True), num_classes=dm.num_classes,
+                            in_channels=dm.in_channels, image_size=dm.image_size)
+    assert complexity(spec)["params"] > 0
+
+
+#: conf/model name -> (params in millions, GFLOPs) as the paper gives them (Tables 3, 4 and 7).
+PAPER = {
+    "resnet50": (25.5, 4.1),
+    "resnext50_32x4d": (25.0, 4.2),
+    "resnet101": (44.5, 7.8),
+    "resnext101_32x4d": (44.2, 8.0),
+    "resnet200": (None, 15.0),
+    "resnet101_1x100d": (None, 15.1),
+    "resnext101_2x64d": (None, 15.3),
+    "resnext101_64x4d": (None, 15.3),
+    "resnext29_8x64d": (34.4, None),
+    "resnext29_16x64d": (68.1, None),
+}
+MODELS = sorted(f.stem for f in (CONF / "model").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_named_models_describe_their_networks(compose_config: Callable[..., DictConfig], name: str) -> None:
+    """Each model config gives the paper's complexity; the small ones are built (the big ones only counted: slow)."""
+    spec = spec_from_config(OmegaConf.to_container(compose_config(f"model={name}").model, resolve=True))
+    counts = complexity(spec)
+    params_m, gflops = PAPER.get(name, (None, None))
+    if params_m is not None:
+        assert counts["params"] / 1e6 == pytest.approx(params_m, rel=0.01)
+    if gflops is not None:
+        assert counts["flops"] / 1e9 == pytest.approx(gflops, rel=0.02)
+    if counts["params"] > 2e6:
+        return
+    net = build(spec).eval()
+    assert sum(p.numel() for p in net.parameters()) == counts["params"]
+    with torch.no_grad():
+        out = net(torch.randn(2, spec.in_channels, spec.image_size, spec.image_size))
+    assert out.shape == (2, spec.num_classes)
+
+
+# --- a sweep end to end -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def smoke(run_cli: RunCli, tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """Two jobs, two epochs each, with W&B (offline) and CSV logging: the default `python run.py -m` path."""
+    out = tmp_path_factory.mktemp("smoke")
+    proc = run_cli("-m", *tiny("model.cardinality=1,2", "trainer.max_epochs=2", "deterministic=true"),
+                   f"out_root={out}")
+    return proc, out
+
+
+def test_smoke_sweep_writes_results_wandb_and_csv(smoke: tuple[subprocess.CompletedProcess[str], Path]) -> None:
+    proc, out = smoke
+    assert proc.returncode == 0, show(proc)
+    sweep = out / "sweeps" / "model.cardinality=1,2"  # named after the swept overrides, so a rerun finds it
+    jobs = job_dirs(sweep)
+    assert len(jobs) == 2, list(jobs)
+    for c in (1, 2):
+        job = find_job(sweep, f"model.cardinality={c}")
+        r = results(job)
+        assert r["status"] == "completed" and r["error"] is None
+        for key in ERROR_KEYS:
+            assert 0 <= r["metrics"][key] <= 100, key
+        assert r["model"]["cardinality"] == c and r["model"]["params"] > 0 and r["model"]["flops"] > 0
+        assert r["seed"] == 0 and r["epochs"] == 2 and r["resumed"] is False
+        assert f"model.cardinality={c}" in r["overrides"]
+        assert {"torch", "pytorch-lightning", "hydra-core", "wandb", "torchmetrics"} <= set(r["versions"])
+
+        runs = list(job.glob("wandb/offline-run-*/run-*.wandb"))
+        assert [p.name for p in runs] == [f"run-{r['wandb']['id']}.wandb"]
+        summary = wandb_summary(runs[0])
+        assert summary["test/top1_err"] == pytest.approx(r["metrics"]["test/top1_err"])
+        assert summary["model/cardinality"] == c
+        assert [h["epoch"] for h in wandb_values(runs[0], "history") if "val/top1_err" in h] == [0, 1]
+
+        rows = csv_rows(job)
+        assert epochs_with(rows, "val/top1_err") == [0, 1]
+        last_val = [float(row["val/top1_err"]) for row in rows if row["val/top1_err"]][-1]
+        assert last_val == pytest.approx(r["metrics"]["val/top1_err"])
+
+    table = proc.stdout[proc.stdout.index(f"sweep {sweep} (2 jobs)"):].splitlines()
+    assert "test top-1 err %" in table[1]
+    assert sorted(line.split()[-1] for line in table[2:4]) == ["completed", "completed"]
+    assert "did not complete" not in proc.stdout
+
+
+def test_same_seed_same_metrics_other_seed_differs(run_cli: RunCli, tmp_path: Path,
+                                                   smoke: tuple[subprocess.CompletedProcess[str], Path]) -> None:
+    """deterministic=true: seed 0 repeats the smoke sweep's C=1 job exactly (another process, folder and logger)."""
+    first = results(find_job(smoke[1] / "sweeps" / "model.cardinality=1,2", "model.cardinality=1"))
+    proc = run_cli("-m", *tiny("model.cardinality=1", "trainer.max_epochs=2", "deterministic=true", "seed=0,1",
+                               "logger=csv"), f"out_root={tmp_path}", "name=seeds")
+    assert proc.returncode == 0, show(proc)
+    same, other = (results(find_job(tmp_path / "seeds", f"seed={s}")) for s in (0, 1))
+    keys = [*ERROR_KEYS, "train/loss", "val/loss", "test/loss"]
+    assert {k: same["metrics"][k] for k in keys} == {k: first["metrics"][k] for k in keys}
+    assert other["seed"] == 1 and other["metrics"]["train/loss"] != first["metrics"]["train/loss"]
+
+
+def test_failed_job_is_recorded_and_the_sweep_goes_on(run_cli: RunCli, tmp_path: Path) -> None:
+    proc = run_cli("-m", *tiny("data.root=/nonexistent,null", "data.download=false"), f"out_root={tmp_path}",
+                   "name=faults")
+    assert proc.returncode == 1, show(proc)
+    assert "Traceback" not in proc.stderr
+    sweep = tmp_path / "faults"
+    bad, good = find_job(sweep, "data.root=/nonexistent"), find_job(sweep, "data.root=null")
+    failed = results(bad)
+    assert failed["status"] == "failed"
+    assert failed["error"].startswith("data.root: ") and "/nonexistent" in failed["error"]
+    assert "\n" not in failed["error"]
+    assert "Traceback" in (bad / "error.txt").read_text()
+    ok = results(good)
+    assert ok["status"] == "completed"
+    # the failed job's W&B run was closed, so the next job logged to its own
+    runs = list(good.glob(f"wandb/offline-run-*/run-{ok['wandb']['id']}.wandb"))
+    assert len(runs) == 1 and "test/top1_err" in wandb_summary(runs[0])
+    summary = proc.stdout[proc.stdout.index("1 job(s) did not complete:"):].splitlines()
+    assert summary[1].strip().startswith(f"{bad.name}: failed: data.root: ")
+
+
+def test_diverged_job_is_detected_and_the_sweep_goes_on(run_cli: RunCli, tmp_path: Path) -> None:
+    proc = run_cli("-m", *tiny("optim.lr=1e30,0.1", "trainer.check_finite_every_n_steps=1", "logger=csv"),
+                   f"out_root={tmp_path}", "name=nan")
+    assert proc.returncode == 1, show(proc)
+    assert "Traceback" not in proc.stderr
+    sweep = tmp_path / "nan"
+    diverged, ok = (results(find_job(sweep, f"optim.lr={lr}")) for lr in ("1e+30", "0.1"))
+    assert diverged["status"] == "diverged"
+    assert re.fullmatch(r"training loss is (nan|-?inf) at step \d+ \(epoch 0\)", diverged["error"]), diverged["error"]
+    assert ok["status"] == "completed"  # ran after the diverged job: Hydra keeps the overrides' order
+    assert ok["started"] >= diverged["started"]
+    assert "1 job(s) did not complete:" in proc.stdout and ": diverged: training loss is " in proc.stdout
+
+
+def test_killed_sweep_resumes_and_skips_completed_jobs(run_cli: RunCli, start_cli: Callable[..., Any],
+                                                       tmp_path: Path) -> None:
+    args = ["-m", *tiny("trainer.max_epochs=1,4", "logger=csv"), f"out_root={tmp_path}", "name=resume"]
+    sweep = tmp_path / "resume"
+    first = start_cli(*args)
+    deadline = time.monotonic() + 180
+    ckpt = None
+    while ckpt is None:  # the 4-epoch job's first checkpoint (the 1-epoch job, run before it, has one too)
+        assert first.poll() is None, f"the sweep ended (exit {first.returncode}) before it could be killed"
+        assert time.monotonic() < deadline, "no checkpoint of the 4-epoch job within 180 s"
+        time.sleep(0.05)
+        for path in sweep.glob("*/checkpoints/last.ckpt"):
+            if "trainer.max_epochs=4" in OmegaConf.load(path.parent.parent / ".hydra" / "overrides.yaml"):
+                ckpt = path
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    done, killed = find_job(sweep, "trainer.max_epochs=1"), ckpt.parent.parent
+    assert results(done)["status"] == "completed" and results(killed)["status"] == "running"
+    done_stat, done_bytes = (done / "results.json").stat(), (done / "results.json").read_bytes()
+    saved_epoch = torch.load(ckpt, map_location="cpu", weights_only=False)["epoch"]
+    assert saved_epoch < 3
+
+    proc = run_cli(*args)
+    assert proc.returncode == 0, show(proc)
+    assert (done / "results.json").stat().st_mtime_ns == done_stat.st_mtime_ns
+    assert (done / "results.json").read_bytes() == done_bytes
+    assert f"skipping {done}" in proc.stderr
+    r = results(killed)
+    assert r["status"] == "completed" and r["resumed"] is True and r["epochs"] == 4
+    assert f"resuming from {ckpt}" in proc.stderr
+    # every epoch validated; those before the kill's checkpoint exactly once: training went on, not over
+    val_epochs = Counter(epochs_with(csv_rows(killed), "val/top1_err"))
+    assert set(val_epochs) == set(range(4))
+    assert all(val_epochs[e] == 1 for e in range(saved_epoch + 1)), val_epochs
+    assert r["metrics"]["best/val/top1_err"] == min(float(row["val/top1_err"]) for row in csv_rows(killed)
+                                                    if row["val/top1_err"])
+
+
+# --- bad input, and a single run that fails: one line, non-zero exit, nothing completed ----------
+
+BAD_INPUT = {
+    "unknown key": (["model.nope=1"], "model.nope"),
+    "no epochs": (["trainer.max_epochs=0"], "trainer.max_epochs=0"),
+    "zero lr": (["optim.lr=0"], "optim.lr=0"),
+    "zero batch": (["data.batch_size=0"], "data.batch_size=0"),
+    "missing data": (["data.root=/nonexistent", "data.download=false"], "data.root"),
+    "out_root under a file": (["out_root={file}/out"], "out_root="),
+    "read-only out_root": (["out_root={readonly}/out"], "out_root="),
+    "diverging run": (["optim.lr=1e30", "trainer.check_finite_every_n_steps=1", "logger=csv"], "error: diverged: "),
+}
+
+
+@pytest.fixture(scope="module")
+def bad_runs(wandb_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """Every bad-input run started at once (they mostly wait on imports); each test checks one of them."""
+    base = tmp_path_factory.mktemp("bad")
+    (base / "file").write_text("not a folder")
+    readonly = base / "readonly"
+    readonly.mkdir()
+    readonly.chmod(stat.S_IRUSR | stat.S_IXUSR)
+    started = {}
+    for name, (overrides, _) in BAD_INPUT.items():
+        if name == "read-only out_root" and os.access(readonly, os.W_OK):
+            continue  # root writes anyway: nothing to test
+        args = [o.format(file=base / "file", readonly=readonly) for o in overrides]
+        out_root = next((a.split("=", 1)[1] for a in args if a.startswith("out_root=")), None)
+        if out_root is None:
+            out_root = str(base / name.replace(" ", "_"))
+            args.append(f"out_root={out_root}")
+        started[name] = (subprocess.Popen([sys.executable, "run.py", *tiny(*args)], cwd=ROOT,
+                                          env=cli_env(wandb_home), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                          text=True), Path(out_root))
+    finished = {}
+    for name, (p, out_root) in started.items():
+        stdout, stderr = p.communicate(timeout=300)
+        finished[name] = (subprocess.CompletedProcess(p.args, p.returncode, stdout, stderr), out_root)
+    yield finished
+    readonly.chmod(stat.S_IRWXU)
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUT))
+def test_bad_input_gives_one_line_and_fails(bad_runs: dict[str, Any], case: str) -> None:
+    if case not in bad_runs:
+        pytest.skip("running as root: a read-only folder is writable")
+    proc, out_root = bad_runs[case]
+    setting = BAD_INPUT[case][1]
+    assert proc.returncode != 0, show(proc)
+    assert "Traceback" not in proc.stderr, show(proc)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    if case == "unknown key":  # Hydra's own message, short
+        assert setting in lines[0] and len(lines) <= 8, show(proc)
+    else:
+        errors = [line for line in lines if line.startswith("error: ")]
+        assert len(errors) == 1 and setting in errors[0], show(proc)
+    assert not [p for p in out_root.rglob("results.json") if results(p.parent)["status"] == "completed"]
+
+
+# --- the optimiser ---------------------------------------------------------------------------------------------
+
+
+def test_step_schedule_divides_at_milestones() -> None:
+    optim = {"schedule": "step", "milestones": [30, 60, 90], "gamma": 0.1}
+    factors = [lr_factor(e, optim, 100) for e in (0, 29.9, 30, 59, 60, 90, 99)]
+    assert factors == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.001, 0.001])
+
+
+def test_cosine_schedule_and_warmup() -> None:
+    cosine = {"schedule": "cosine"}
+    assert [lr_factor(e, cosine, 10) for e in (0, 5, 10)] == pytest.approx([1, 0.5, 0])
+    warm = {"schedule": "cosine", "warmup_epochs": 2, "warmup_start": 0.1}
+    assert [lr_factor(e, warm, 12) for e in (0, 1, 2, 7, 12)] == pytest.approx([0.1, 0.55, 1, 0.5, 0])
+    step = {"schedule": "step", "milestones": [3], "warmup_epochs": 1, "warmup_start": 0.0}
+    assert [lr_factor(e, step, 5) for e in (0, 0.5, 1, 3)] == pytest.approx([0, 0.5, 1, 0.1])
+    assert lr_factor(3, {"schedule": "constant"}, 5) == 1
+
+
+def test_no_decay_for_bn_and_biases() -> None:
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(),
+                              torch.nn.Linear(4, 2))
+    groups = param_groups(net, {"weight_decay": 5e-4, "no_decay_bn_bias": True})
+    assert [g["weight_decay"] for g in groups] == [5e-4, 0.0]
+    assert [tuple(p.shape) for p in groups[0]["params"]] == [(4, 1, 3, 3), (2, 4)]
+    assert len(groups[1]["params"]) == 4  # conv bias, BN weight and bias, fc bias
+    everything = param_groups(net, {"weight_decay": 5e-4})
+    assert len(everything) == 1 and len(everything[0]["params"]) == 6
+
+
+def test_lr_scales_with_the_global_batch() -> None:
+    assert scaled_lr({"lr": 0.1}, 512) == 0.1
+    assert scaled_lr({"lr": 0.1, "scale_lr": True, "base_batch_size": 256}, 512) == pytest.approx(0.2)
+    dm = build_datamodule({"name": "fashion_mnist", "batch_size": 32})
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
+    optim = {"lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4, "scale_lr": True, "base_batch_size": 256,
+             "schedule": "step", "milestones": [1], "warmup_epochs": 0}
+    module = ClassificationModule(net, optim, num_classes=10)
+    module.trainer = SimpleNamespace(world_size=4, datamodule=dm, max_epochs=2, estimated_stepping_batches=20)
+    configured = module.configure_optimizers()
+    opt, scheduler = configured["optimizer"], configured["lr_scheduler"]["scheduler"]
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.1 * 4 * 32 / 256)
+    for _ in range(10):  # one epoch of steps: the milestone
+        opt.step()
+        scheduler.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.1 * 4 * 32 / 256 * 0.1)
+
+
+@pytest.mark.parametrize(
+    ("change", "setting"),
+    [({"lr": 0}, "optim.lr"), ({"lr": True}, "optim.lr"), ({"momentum": -1}, "optim.momentum"),
+     ({"schedule": "linear"}, "optim.schedule"), ({"milestones": [60, 30]}, "optim.milestones"),
+     ({"gamma": 0}, "optim.gamma"), ({"warmup_start": 2}, "optim.warmup_start"),
+     ({"base_batch_size": 0}, "optim.base_batch_size"), ({"momentum": 0, "nesterov": True}, "optim.nesterov")],
+)
+def test_bad_optim_settings_are_named(change: dict[str, Any], setting: str) -> None:
+    optim = {**OmegaConf.to_container(OmegaConf.load(CONF / "optim" / "sgd.yaml")), **change}
+    with pytest.raises(ConfigError, match=f"^{setting}="):
+        validate_optim(optim)
+
+
+def test_loss_checks_raise_diverged() -> None:
+    from resnext_lab.module import Diverged
+
+    module = ClassificationModule(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3)), {"lr": 0.1}, 3,
+                                  check_finite_every_n_steps=1)
+    module.log = lambda *a, **k: None  # no trainer to log to
+    with torch.no_grad():
+        module.net[1].weight.fill_(math.inf)
+    batch = (torch.ones(2, 1, 2, 2), torch.tensor([0, 1]))
+    module.trainer = SimpleNamespace(global_step=0, current_epoch=0)  # type: ignore[assignment]
+    with pytest.raises(Diverged, match="training loss is nan at step 0"):
+        module.training_step(batch, 0)
+    # between checked steps, the epoch's mean loss is checked at its end
+    module.trainer = SimpleNamespace(callback_metrics={"train/loss": torch.tensor(math.inf)}, current_epoch=3)
+    with pytest.raises(Diverged, match="training loss is inf at the end of epoch 3"):
+        module.on_train_epoch_end()
