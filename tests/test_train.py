@@ -143,9 +143,12 @@ def smoke(run_cli: RunCli, tmp_path_factory: pytest.TempPathFactory) -> tuple[su
 def test_smoke_sweep_writes_results_wandb_and_csv(smoke: tuple[subprocess.CompletedProcess[str], Path]) -> None:
     proc, out = smoke
     assert proc.returncode == 0, show(proc)
-    sweep = out / "sweeps" / "model.cardinality=1,2"  # named after the swept overrides, so a rerun finds it
+    # named after the swept overrides plus a hash of the shared ones, so a rerun finds it
+    (sweep,) = (out / "sweeps").glob("model.cardinality=1,2__*")
     jobs = job_dirs(sweep)
     assert len(jobs) == 2, list(jobs)
+    # each job's folder is named by what it sweeps alone
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["model.cardinality=1", "model.cardinality=2"]
     for c in (1, 2):
         job = find_job(sweep, f"model.cardinality={c}")
         r = results(job)
@@ -178,7 +181,8 @@ def test_smoke_sweep_writes_results_wandb_and_csv(smoke: tuple[subprocess.Comple
 def test_same_seed_same_metrics_other_seed_differs(run_cli: RunCli, tmp_path: Path,
                                                    smoke: tuple[subprocess.CompletedProcess[str], Path]) -> None:
     """deterministic=true: seed 0 repeats the smoke sweep's C=1 job exactly (another process, folder and logger)."""
-    first = results(find_job(smoke[1] / "sweeps" / "model.cardinality=1,2", "model.cardinality=1"))
+    (sweep,) = (smoke[1] / "sweeps").glob("model.cardinality=1,2__*")
+    first = results(find_job(sweep, "model.cardinality=1"))
     proc = run_cli("-m", *tiny("model.cardinality=1", "trainer.max_epochs=2", "deterministic=true", "seed=0,1",
                                "logger=csv"), f"out_root={tmp_path}", "name=seeds")
     assert proc.returncode == 0, show(proc)
@@ -221,6 +225,20 @@ def test_diverged_job_is_detected_and_the_sweep_goes_on(run_cli: RunCli, tmp_pat
     assert ok["status"] == "completed"  # ran after the diverged job: Hydra keeps the overrides' order
     assert ok["started"] >= diverged["started"]
     assert "1 job(s) did not complete:" in proc.stdout and ": diverged: training loss is " in proc.stdout
+
+
+def test_rerun_with_other_settings_in_a_finished_folder_is_refused(run_cli: RunCli, tmp_path: Path) -> None:
+    """A named sweep's folder is fixed: a rerun with other shared settings must not skip or resume its jobs."""
+    args = [*tiny("model.cardinality=1", "logger=csv"), f"out_root={tmp_path}", "name=same"]
+    first = run_cli("-m", *args)
+    assert first.returncode == 0, show(first)
+    path = find_job(tmp_path / "same", "model.cardinality=1") / "results.json"
+    before = path.read_bytes()
+    proc = run_cli("-m", *args, "optim.lr=0.05")
+    assert proc.returncode == 2, show(proc)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "optim.lr=0.05" in errors[0] and "name=" in errors[0], show(proc)
+    assert path.read_bytes() == before
 
 
 def test_killed_sweep_resumes_and_skips_completed_jobs(run_cli: RunCli, start_cli: Callable[..., Any],
@@ -394,6 +412,9 @@ def test_loss_checks_raise_diverged() -> None:
     with pytest.raises(Diverged, match="training loss is nan at step 0"):
         module.training_step(batch, 0)
     # between checked steps, the epoch's mean loss is checked at its end
-    module.trainer = SimpleNamespace(callback_metrics={"train/loss": torch.tensor(math.inf)}, current_epoch=3)
+    for metric in module.metrics["train_"].values():
+        metric.reset()
+    module.metrics["train_"]["loss"].update(torch.tensor([1.0, math.inf]))
+    module.trainer = SimpleNamespace(current_epoch=3)  # type: ignore[assignment]
     with pytest.raises(Diverged, match="training loss is inf at the end of epoch 3"):
         module.on_train_epoch_end()

@@ -25,13 +25,22 @@ def _safe(text: str, limit: int = 120) -> str:
 
 
 def sweep_dir(name: Any, experiment: Any, scale: Any, overrides: Sequence[str] | None) -> str:
-    """The sweep's folder: `<experiment>/<scale>`, else `name`, else `sweeps/<sweep overrides>`."""
+    """The sweep's folder: `<experiment>/<scale>`, else `name`, else `sweeps/<swept overrides>[__<hash>]`.
+
+    The hash stands for the overrides all jobs share, so the same sweep over other
+    settings gets its own folder; jobs are then named by what they sweep alone.
+    """
     if experiment:
         return f"{experiment}/{scale or 'default'}"
     if name:
         return _safe(str(name))
-    swept = sorted(o for o in overrides or () if "," in o or "range(" in o or "choice(" in o)
-    return "sweeps/" + _safe("_".join(swept) or "default")
+    from resnext_lab.sweep import split_overrides
+
+    swept, fixed = split_overrides(list(overrides or ()))
+    folder = _safe("_".join(sorted(swept)) or "default")
+    if fixed:
+        folder += "__" + hashlib.sha1("\n".join(sorted(fixed)).encode()).hexdigest()[:8]
+    return "sweeps/" + folder
 
 
 def job_dir(override_dirname: str) -> str:

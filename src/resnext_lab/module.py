@@ -14,6 +14,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from resnext_lab.errors import ConfigError
@@ -113,6 +114,8 @@ class ClassificationModule(pl.LightningModule):
                     {
                         "top1": MulticlassAccuracy(num_classes, top_k=1, average="micro"),
                         "top5": MulticlassAccuracy(num_classes, top_k=top5, average="micro"),
+                        # accumulated on the device: no per-step logging call, and NaN kept so it is seen
+                        "loss": MeanMetric(nan_strategy="disable"),
                     }
                 )
                 for stage in ("train_", "val_", "test_")  # ModuleDict keys may not be "train"
@@ -130,9 +133,10 @@ class ClassificationModule(pl.LightningModule):
         x, y = batch
         logits = self(x)
         loss = F.cross_entropy(logits, y)
-        for metric in self.metrics[f"{stage}_"].values():
-            metric.update(logits.detach(), y)
-        self.log(f"{stage}/loss", loss.detach(), on_step=False, on_epoch=True, batch_size=len(y), sync_dist=True)
+        metrics = self.metrics[f"{stage}_"]
+        metrics["top1"].update(logits.detach(), y)
+        metrics["top5"].update(logits.detach(), y)
+        metrics["loss"].update(loss.detach(), weight=len(y))
         return loss
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
@@ -147,15 +151,20 @@ class ClassificationModule(pl.LightningModule):
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._step(batch, "test")
 
-    def _log_errors(self, stage: str) -> None:
-        for name, metric in self.metrics[f"{stage}_"].items():
-            self.log(f"{stage}/{name}_err", 100.0 * (1.0 - metric.compute()), prog_bar=name == "top1")
+    def _log_errors(self, stage: str) -> Tensor:
+        """Log the epoch's errors in percent and its mean loss (all reduced over ranks); return the loss."""
+        metrics = self.metrics[f"{stage}_"]
+        for name in ("top1", "top5"):
+            self.log(f"{stage}/{name}_err", 100.0 * (1.0 - metrics[name].compute()), prog_bar=name == "top1")
+        loss = metrics["loss"].compute()
+        self.log(f"{stage}/loss", loss)
+        for metric in metrics.values():
             metric.reset()
+        return loss
 
     def on_train_epoch_end(self) -> None:
-        self._log_errors("train")
-        loss = self.trainer.callback_metrics.get("train/loss")
-        if loss is not None and not torch.isfinite(loss):
+        loss = self._log_errors("train")
+        if not torch.isfinite(loss):
             raise Diverged(f"training loss is {loss.item()} at the end of epoch {self.current_epoch}")
 
     def on_validation_epoch_end(self) -> None:

@@ -9,11 +9,39 @@ import json
 import os
 import re
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback as HydraCallback
 from omegaconf import DictConfig, open_dict, read_write
+
+#: Overrides that do not change what a job computes: left out of job folder names and of the check that a
+#: rerun finds the same job in its folder.
+RUN_INVARIANT = frozenset({
+    "name", "out_root", "resume", "experiment", "scale", "trainer.accelerator", "trainer.devices",
+    "trainer.enable_progress_bar", "logger.wandb.mode",
+})
+
+
+def split_overrides(overrides: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Command-line overrides as (swept, fixed); fixed leaves out run-invariant and hydra.* settings."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    swept, fixed = [], []
+    for text, parsed in zip(overrides, OverridesParser.create().parse_overrides(list(overrides)), strict=True):
+        key = parsed.key_or_group
+        if key in RUN_INVARIANT or key.startswith("hydra.") or key.startswith("hydra/"):
+            continue
+        (swept if parsed.is_sweep_override() else fixed).append(text)
+    return swept, fixed
+
+
+def comparable(overrides: Sequence[str]) -> list[str]:
+    """A job's overrides as they decide what it computes (for the rerun check)."""
+    swept, fixed = split_overrides(overrides)
+    return sorted(swept + fixed)
+
 
 COLUMNS = ("job", "C", "d", "depth", "params", "GFLOPs", "test top-1 err %", "epochs", "status")
 
@@ -90,11 +118,21 @@ class OutputFolder(HydraCallback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = str(config.hydra.sweep.dir)
         self._check(config, sweep_dir)
+        # job folders are named by what varies inside the sweep; what all jobs share names the sweep folder
+        _, fixed = split_overrides(list(config.hydra.overrides.task))
+        exclude = sorted(RUN_INVARIANT | {o.split("=", 1)[0].lstrip("+~") for o in fixed})
         with read_write(config.hydra), open_dict(config.hydra):
             config.hydra.overrides.hydra.append(f"hydra.sweep.dir={hydra_quote(sweep_dir)}")
+            config.hydra.overrides.hydra.append(
+                f"hydra.job.config.override_dirname.exclude_keys=[{','.join(hydra_quote(k) for k in exclude)}]"
+            )
 
     @staticmethod
     def _check(config: DictConfig, folder: str) -> None:
+        if config.get("experiment_name") and not config.get("scale_name"):
+            print(f"error: scale={config.hydra.runtime.choices.get('scale')!r}: experiment="
+                  f"{config.experiment_name} needs scale=smoke, proxy or paper", file=sys.stderr, flush=True)
+            raise SystemExit(2)
         reason = unwritable(Path(folder))
         if reason:
             print(f"error: out_root={config.get('out_root')!r}: cannot write the output folder {folder}: {reason}",

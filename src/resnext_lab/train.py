@@ -175,14 +175,31 @@ def build_run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     return {"dm": dm, "spec": spec, "model": model_info, "build": build, "module": ClassificationModule}
 
 
+def _check_same_job(previous: dict[str, Any], run_dir: Path) -> None:
+    """A folder's finished or resumable job must be this one: never skip or resume another config's run."""
+    from resnext_lab.sweep import comparable
+
+    if previous.get("status") != "completed" and not (run_dir / CHECKPOINT).exists():
+        return  # nothing to reuse: this job starts afresh in the folder
+    before, now = comparable(previous.get("overrides") or []), comparable(_overrides())
+    if before != now:
+        changed = sorted(set(before) ^ set(now))
+        print(f"error: {run_dir} holds a run with other settings ({', '.join(changed)}); "
+              "give the sweep another name=..., or out_root=..., or resume=false to train it again there",
+              file=sys.stderr, flush=True)
+        raise SystemExit(2)
+
+
 def train_task(cfg: DictConfig) -> dict[str, Any]:
     run_dir = _run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
     rank = process_rank()  # ranks > 0 train but write nothing: see process_rank
     previous = read_results(run_dir)
-    if cfg.resume and previous and previous.get("status") == "completed":
-        log.info("skipping %s: completed before (%s)", run_dir, RESULTS)
-        return previous
+    if previous and cfg.resume:
+        _check_same_job(previous, run_dir)
+        if previous.get("status") == "completed":
+            log.info("skipping %s: completed before (%s)", run_dir, RESULTS)
+            return previous
     base = {
         "status": "running",
         "error": None,
@@ -263,7 +280,7 @@ def _fit(cfg: DictConfig, run_dir: Path, plan: dict[str, Any], outcome: dict[str
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     cuda = torch.cuda.is_available() and t.accelerator in ("auto", "gpu", "cuda")
     precision = _auto(t.precision, "bf16-mixed" if cuda else "32-true")
-    channels_last = bool(_auto(t.channels_last, cuda))
+    channels_last = bool(_auto(t.channels_last, True))  # faster on CPUs too: docs/PERFORMANCE.md
     benchmark = bool(_auto(t.benchmark, cuda and not cfg.deterministic))
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = True
