@@ -418,3 +418,35 @@ def test_loss_checks_raise_diverged() -> None:
     module.trainer = SimpleNamespace(current_epoch=3)  # type: ignore[assignment]
     with pytest.raises(Diverged, match="training loss is inf at the end of epoch 3"):
         module.on_train_epoch_end()
+
+
+def test_throughput_leaves_out_the_validation_inside_the_epoch() -> None:
+    """Lightning validates inside the training epoch; images/s must describe training alone."""
+    import time
+
+    import pytorch_lightning as pl
+
+    from resnext_lab.callbacks import Throughput
+
+    class SlowValidation(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = torch.nn.Linear(2, 2)
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            return self.lin(batch[0]).sum()
+
+        def validation_step(self, batch: Any, batch_idx: int) -> None:
+            time.sleep(0.3)
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(8, 2), torch.zeros(8)), batch_size=4)
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                         callbacks=[Throughput()])
+    trainer.fit(SlowValidation(), data, data)
+    seconds = trainer.callback_metrics["perf/epoch_time_s"].item()
+    assert 0 < seconds < 0.3  # the two validation batches alone sleep 0.6 s
+    assert trainer.callback_metrics["perf/images_per_s"].item() == pytest.approx(8 / seconds, rel=1e-3)

@@ -15,23 +15,42 @@ import torch
 
 
 class Throughput(pl.Callback):
-    """Logs `perf/epoch_time_s` and `perf/images_per_s` of each training epoch (one sync per epoch)."""
+    """Logs `perf/epoch_time_s` and `perf/images_per_s` of each training epoch, validation excluded.
+
+    Lightning validates inside the training epoch, so the clock pauses from the start
+    to the end of that validation. Syncs the GPU only at these few points, never per step.
+    """
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._sync(pl_module)
-        self._start = time.perf_counter()
+        self._seconds = 0.0
         self._images = 0
+        self._start: float | None = time.perf_counter()
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         self._images += len(batch[1])
 
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._paused = getattr(self, "_start", None) is not None  # inside a training epoch, not a sanity check
+        if self._paused:
+            self._sync(pl_module)
+            self._seconds += time.perf_counter() - self._start
+            self._start = None
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if getattr(self, "_paused", False):
+            self._paused = False
+            self._start = time.perf_counter()
+
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._sync(pl_module)
-        seconds = time.perf_counter() - self._start
+        if self._start is not None:
+            self._sync(pl_module)
+            self._seconds += time.perf_counter() - self._start
+            self._start = None
         images = self._images * trainer.world_size
-        pl_module.log("perf/epoch_time_s", seconds)
-        pl_module.log("perf/images_per_s", images / max(seconds, 1e-9))
+        pl_module.log("perf/epoch_time_s", self._seconds)
+        pl_module.log("perf/images_per_s", images / max(self._seconds, 1e-9))
 
     @staticmethod
     def _sync(pl_module: pl.LightningModule) -> None:
