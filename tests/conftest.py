@@ -29,6 +29,12 @@ TINY = [
 ]
 
 
+def tiny(*overrides: str) -> list[str]:
+    """TINY with `overrides` replacing the entries of the same keys (Hydra would keep both in the job's name)."""
+    keys = {o.split("=", 1)[0] for o in overrides}
+    return [o for o in TINY if o.split("=", 1)[0] not in keys] + list(overrides)
+
+
 def cli_env(home: Path) -> dict[str, str]:
     """Offline, quiet W&B whose caches stay in `home`; no full Hydra tracebacks, whatever the caller's shell says."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "HYDRA_"))}

@@ -19,26 +19,13 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import ROOT, cli_env, tiny
 from omegaconf import OmegaConf
-
-ROOT = Path(__file__).resolve().parents[1]
-TINY = [
-    "model.width_scale=0.125",
-    "model.width=4",
-    "data.limit_train=256",
-    "data.limit_eval=128",
-    "data.batch_size=32",
-    "trainer.max_epochs=1",
-    "trainer.enable_progress_bar=false",
-]
 
 
 def cli(args: list[str], home: Path, timeout: int = 240) -> subprocess.CompletedProcess[str]:
     """`python run.py ARGS` with offline, quiet W&B whose caches stay in `home`; one torch thread per process."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "HYDRA_"))}
-    env.update(WANDB_MODE="offline", WANDB_SILENT="true", WANDB_CONFIG_DIR=str(home / "config"),
-               WANDB_CACHE_DIR=str(home / "cache"), WANDB_DATA_DIR=str(home / "data"), OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "run.py", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "run.py", *args], cwd=ROOT, env=cli_env(home), capture_output=True, text=True,
                           timeout=timeout)
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc
@@ -53,7 +40,7 @@ def offline_runs(run_dir: Path) -> list[Path]:
 
 def test_local_launcher_runs_a_sweep_in_parallel_jobs(tmp_path: Path) -> None:
     cli(["-m", "hydra/launcher=local", "hydra.launcher.gpus_per_node=0", f"out_root={tmp_path}", "name=sweep",
-         "model.cardinality=1,2", *TINY], home=tmp_path)
+         *tiny("model.cardinality=1,2", "data.batch_size=32")], home=tmp_path)
     sweep = tmp_path / "sweep"
     results = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/results.json"))]
     assert sorted(r["model"]["cardinality"] for r in results) == [1, 2]
@@ -78,8 +65,8 @@ def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """One run with trainer=ddp on two gloo processes; Lightning re-runs run.py for rank 1 in the same folder."""
     out = tmp_path_factory.mktemp("ddp")
     run_dir = out / "run"
-    proc = cli(["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "model.cardinality=2",
-                f"out_root={out}", f"hydra.run.dir={run_dir}", *TINY], home=out)
+    proc = cli(["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+                f"out_root={out}", f"hydra.run.dir={run_dir}", *tiny("data.batch_size=32")], home=out)
     return run_dir, proc.stdout
 
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import ROOT, TINY, cli_env, find_job, job_dirs, wandb_summary, wandb_values
+from conftest import ROOT, cli_env, find_job, job_dirs, tiny, wandb_summary, wandb_values
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
@@ -43,12 +43,6 @@ OPTIONS = [(g, f.stem) for g in GROUPS for f in sorted((CONF / g).glob("*.yaml")
 ERROR_KEYS = ("test/top1_err", "test/top5_err", "val/top1_err")
 
 RunCli = Callable[..., subprocess.CompletedProcess[str]]
-
-
-def tiny(*overrides: str) -> list[str]:
-    """TINY with `overrides` replacing the entries of the same keys (Hydra would keep both in the job's name)."""
-    keys = {o.split("=", 1)[0] for o in overrides}
-    return [o for o in TINY if o.split("=", 1)[0] not in keys] + list(overrides)
 
 
 def results(job: Path) -> dict[str, Any]:

@@ -84,25 +84,14 @@ def build_report(cfg: DictConfig, entity: str, project: str | None = None) -> An
     runs = wr.Runset(entity=entity, project=project, name=group, filters=f"Group = '{group}'")
     by = wr.Config(swept[0]) if swept else None
     title = str((cfg.get("report") or {}).get("title") or cfg.experiment_name)
+    def curve(title: str, key: str, x: int) -> Any:
+        """Per-epoch error of one metric, runs grouped by the swept field: mean and its standard error."""
+        return wr.LinePlot(title=title, x="epoch", y=[key], groupby=by, groupby_aggfunc="mean",
+                           groupby_rangefunc="stderr", layout=wr.Layout(x=x, y=0, w=12, h=8))
+
     panels = [
-        wr.LinePlot(
-            title="validation top-1 error (%) per epoch",
-            x="epoch",
-            y=["val/top1_err"],
-            groupby=by,
-            groupby_aggfunc="mean",
-            groupby_rangefunc="stderr",
-            layout=wr.Layout(x=0, y=0, w=12, h=8),
-        ),
-        wr.LinePlot(
-            title="training top-1 error (%) per epoch",
-            x="epoch",
-            y=["train/top1_err"],
-            groupby=by,
-            groupby_aggfunc="mean",
-            groupby_rangefunc="stderr",
-            layout=wr.Layout(x=12, y=0, w=12, h=8),
-        ),
+        curve("validation top-1 error (%) per epoch", "val/top1_err", 0),
+        curve("training top-1 error (%) per epoch", "train/top1_err", 12),
         wr.BarPlot(
             title="final test top-1 error (%)",
             metrics=[wr.SummaryMetric(ERROR)],
