@@ -10,8 +10,10 @@ import json
 import math
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -55,6 +57,72 @@ def test_local_launcher_runs_a_sweep_in_parallel_jobs(tmp_path: Path) -> None:
     # each job ran as its own submitit process (one log folder each), both at once
     assert len([p for p in (sweep / ".submitit").iterdir() if any(p.glob("*_result.pkl"))]) == 2
     assert max(s for s, _ in spans) <= min(e for _, e in spans)
+
+
+def test_packed_launcher_keeps_each_device_to_its_share(tmp_path: Path) -> None:
+    """3 jobs, 1 at a time on each of 2 (named) GPUs: each job sees one of them, never two jobs on one at once."""
+    proc = cli(["-m", "hydra/launcher=packed", "hydra.launcher.devices=[3,5]", "hydra.launcher.jobs_per_device=1",
+                f"out_root={tmp_path}", "name=packed",
+                *tiny("model.cardinality=1,2,4", "data.batch_size=32")], home=tmp_path)
+    results = [json.loads(p.read_text()) for p in sorted((tmp_path / "packed").glob("*/results.json"))]
+    assert sorted(r["model"]["cardinality"] for r in results) == [1, 2, 4]
+    assert all(r["status"] == "completed" for r in results), [r.get("error") for r in results]
+    spans: dict[str, list[tuple[float, float]]] = {}
+    for r in results:
+        start = datetime.strptime(r["started"], "%Y-%m-%dT%H:%M:%S%z").timestamp()
+        spans.setdefault(r["placement"]["cuda_visible_devices"], []).append((start, start + r["wall_time_s"]))
+        assert r["placement"]["omp_num_threads"] == str(max(1, (os.cpu_count() or 1) // 2))
+    assert sorted(spans) == ["3", "5"]
+    for on_one in spans.values():  # one device's jobs ran one after another (1 s: the clock's resolution)
+        on_one.sort()
+        assert all(end <= nxt + 1 for (_, end), (nxt, _) in zip(on_one, on_one[1:], strict=False))
+    first = [s[0] for s in spans.values()]
+    assert max(s for s, _ in first) <= min(e for _, e in first)  # the two devices worked at once
+    assert "3/3 done" in proc.stderr + proc.stdout
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (Linux /proc)."""
+    found = []
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat_file.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat_file.parent.name))
+    return found
+
+
+def test_packed_worker_killed_in_a_job_fails_that_job_and_the_sweep_goes_on(tmp_path: Path) -> None:
+    """SIGKILL the worker of a running job: that job is reported failed, the next one runs in a new worker."""
+    sweep = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [sys.executable, "run.py", "-m", "hydra/launcher=packed", "hydra.launcher.devices=cpu",
+         "hydra.launcher.jobs_per_device=1", f"out_root={tmp_path}", "name=killed",
+         *tiny("trainer.max_epochs=200,1")],
+        cwd=ROOT, env=cli_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        long_job = sweep / "trainer.max_epochs=200" / "results.json"
+        deadline = time.monotonic() + 120
+        while not (long_job.exists() and json.loads(long_job.read_text())["status"] == "running"):
+            assert time.monotonic() < deadline and proc.poll() is None, "the first job never started"
+            time.sleep(0.2)
+        workers = [c for c in _children(proc.pid) if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()
+                   and b"resource_tracker" not in Path(f"/proc/{c}/cmdline").read_bytes()]
+        assert len(workers) == 1, workers
+        os.kill(workers[0], signal.SIGKILL)
+        stdout, stderr = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, stderr[-3000:]
+    assert "Traceback" not in stderr, stderr[-3000:]
+    killed = json.loads(long_job.read_text())
+    assert killed["status"] == "failed" and "killed by signal 9" in killed["error"]
+    assert json.loads((sweep / "trainer.max_epochs=1" / "results.json").read_text())["status"] == "completed"
+    assert "1 job(s) did not complete" in stdout and "killed by signal 9" in stdout
 
 
 # --- DDP over two CPU processes ------------------------------------------------------------------

@@ -25,7 +25,9 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import pytorch_lightning as pl
 import torch
+import torch.nn.functional as F
 from conftest import ROOT, cli_env, find_job, job_dirs, tiny, wandb_summary, wandb_values
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
@@ -283,6 +285,10 @@ BAD_INPUT = {
     "missing data": (["data.root=/nonexistent", "data.download=false"], "data.root"),
     "out_root under a file": (["out_root={file}/out"], "out_root="),
     "read-only out_root": (["out_root={readonly}/out"], "out_root="),
+    "negative bar interval": (["trainer.progress_bar_interval_s=-1"], "trainer.progress_bar_interval_s=-1"),
+    "packed: no slots": (["-m", "hydra/launcher=packed", "hydra.launcher.jobs_per_device=0"],
+                         "hydra.launcher.jobs_per_device=0"),
+    "packed: bad devices": (["-m", "hydra/launcher=packed", "hydra.launcher.devices=gpu"], "hydra.launcher.devices="),
     "diverging run": (["optim.lr=1e30", "trainer.check_finite_every_n_steps=1", "logger=csv"], "error: diverged: "),
 }
 
@@ -304,7 +310,9 @@ def bad_runs(wandb_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
         if out_root is None:
             out_root = str(base / name.replace(" ", "_"))
             args.append(f"out_root={out_root}")
-        started[name] = (subprocess.Popen([sys.executable, "run.py", *tiny(*args)], cwd=ROOT,
+        flags = [a for a in args if a.startswith("-")]  # -m goes before the overrides
+        args = [a for a in args if a not in flags]
+        started[name] = (subprocess.Popen([sys.executable, "run.py", *flags, *tiny(*args)], cwd=ROOT,
                                           env=cli_env(wandb_home), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                           text=True), Path(out_root))
     finished = {}
@@ -406,35 +414,64 @@ def test_loss_checks_raise_diverged() -> None:
     with pytest.raises(Diverged, match="training loss is nan at step 0"):
         module.training_step(batch, 0)
     # between checked steps, the epoch's mean loss is checked at its end
-    for metric in module.metrics["train_"].values():
-        metric.reset()
-    module.metrics["train_"]["loss"].update(torch.tensor([1.0, math.inf]))
+    module.metrics["train_"].reset()
+    module.metrics["train_"].update(torch.zeros(2, 3), torch.tensor([0, 1]), torch.tensor(math.inf))
     module.trainer = SimpleNamespace(current_epoch=3)  # type: ignore[assignment]
     with pytest.raises(Diverged, match="training loss is inf at the end of epoch 3"):
         module.on_train_epoch_end()
+
+
+@pytest.mark.parametrize("classes", [10, 3])
+def test_epoch_errors_agree_with_torchmetrics(classes: int) -> None:
+    """Top-1/top-k errors as torchmetrics' micro accuracy counts them, ties included; the loss weighted by batch."""
+    from torchmetrics.classification import MulticlassAccuracy
+
+    from resnext_lab.module import EpochErrors
+
+    gen = torch.Generator().manual_seed(0)
+    top_k = min(5, classes)
+    ours = EpochErrors(top_k)
+    refs = [MulticlassAccuracy(classes, top_k=k, average="micro") for k in (1, top_k)]
+    losses, sizes = [], []
+    for size in (7, 64, 1):
+        logits = torch.randint(0, 4, (size, classes), generator=gen).float()  # many ties
+        target = torch.randint(0, classes, (size,), generator=gen)
+        loss = F.cross_entropy(logits, target)
+        ours.update(logits, target, loss)
+        for ref in refs:
+            ref.update(logits, target)
+        losses.append(float(loss) * size)
+        sizes.append(size)
+    got = ours.compute()
+    assert float(got["top1_err"]) == pytest.approx(100 * (1 - float(refs[0].compute())), abs=1e-4)
+    assert float(got["top5_err"]) == pytest.approx(100 * (1 - float(refs[1].compute())), abs=1e-4)
+    assert float(got["loss"]) == pytest.approx(sum(losses) / sum(sizes), rel=1e-6)
+    assert float(got["top1_err"]) > float(got["top5_err"])  # the two counts differ
+
+
+class _Linear(pl.LightningModule):
+    """The smallest trainable LightningModule, for tests of callbacks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(2, 2)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return self.lin(batch[0]).sum()
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
 def test_throughput_leaves_out_the_validation_inside_the_epoch() -> None:
     """Lightning validates inside the training epoch; images/s must describe training alone."""
     import time
 
-    import pytorch_lightning as pl
-
     from resnext_lab.callbacks import Throughput
 
-    class SlowValidation(pl.LightningModule):
-        def __init__(self) -> None:
-            super().__init__()
-            self.lin = torch.nn.Linear(2, 2)
-
-        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-            return self.lin(batch[0]).sum()
-
+    class SlowValidation(_Linear):
         def validation_step(self, batch: Any, batch_idx: int) -> None:
             time.sleep(0.3)
-
-        def configure_optimizers(self) -> torch.optim.Optimizer:
-            return torch.optim.SGD(self.parameters(), lr=0.1)
 
     data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(8, 2), torch.zeros(8)), batch_size=4)
     trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
@@ -444,3 +481,24 @@ def test_throughput_leaves_out_the_validation_inside_the_epoch() -> None:
     seconds = trainer.callback_metrics["perf/epoch_time_s"].item()
     assert 0 < seconds < 0.3  # the two validation batches alone sleep 0.6 s
     assert trainer.callback_metrics["perf/images_per_s"].item() == pytest.approx(8 / seconds, rel=1e-3)
+
+
+@pytest.mark.parametrize(("interval_s", "shown_mid_epoch"), [(3600.0, 1), (0.0, 10)])
+def test_progress_bar_redraws_at_most_every_interval(interval_s: float, shown_mid_epoch: int) -> None:
+    """After 10 of 20 steps the bar shows step 10 when redrawn every step, still step 1 with an hour's interval."""
+
+    from resnext_lab.callbacks import TimedProgressBar
+
+    shown: dict[int, int] = {}
+
+    class Look(pl.Callback):
+        def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+            shown[args[-1]] = trainer.progress_bar_callback.train_progress_bar.n
+
+    bar = TimedProgressBar(interval_s)
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(20, 2)), batch_size=1)
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_model_summary=False, callbacks=[bar, Look()])
+    trainer.fit(_Linear(), data)
+    assert shown[9] == shown_mid_epoch
+    assert shown[19] == 20  # the last step is always drawn

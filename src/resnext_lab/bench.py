@@ -59,9 +59,11 @@ TORCHVISION_PAIRS: dict[str, ModelSpec] = {
 }
 #: The ResNet-50 family at matched complexity (paper Table 2): (cardinality, width).
 FAMILY = ((1, 64), (2, 40), (4, 24), (8, 14), (32, 4))
+#: 8x14d (14 and 28 channels per group in stages 1-2, not multiples of 8) against its aligned neighbour 8x16d.
+ALIGNMENT = ((8, 14), (8, 16))
 #: ResNeXt-29 8x64d of paper Table 7.
 CIFAR = ModelSpec(template="cifar", stage_blocks=(3, 3, 3), cardinality=8, width=64, num_classes=10, image_size=32)
-CASES = (*TORCHVISION_PAIRS, "family", "resnext29_8x64d", "proxy", "loop_overhead")
+CASES = (*TORCHVISION_PAIRS, "family", "alignment", "resnext29_8x64d", "proxy", "loop_overhead")
 LIGHTNING = "Lightning: ClassificationModule + datamodule"
 
 
@@ -298,10 +300,12 @@ def torchvision_case(name: str, settings: Settings) -> Row:
     return Row(name, "torchvision", batch, size, flops, ours, theirs, paired_ratio(ours, theirs))
 
 
-def family_rows(settings: Settings) -> list[Row]:
-    """The ResNet-50 family at matched complexity, each against 1x64d (ours)."""
+def family_rows(settings: Settings, shapes: Sequence[tuple[int, int]] = FAMILY, case: str = "family") -> list[Row]:
+    """ResNet-50 at each (C, d) of `shapes`, each against the first (ours): the family at matched complexity,
+    or ("alignment") 8x14d against 8x16d, which does 15% more work with channels per group that are multiples of 8.
+    """
     size, batch = settings.imagenet_image_size, settings.imagenet_batch
-    specs = [ModelSpec(cardinality=c, width=d, image_size=size) for c, d in FAMILY]
+    specs = [ModelSpec(cardinality=c, width=d, image_size=size) for c, d in shapes]
     measured = measure_group(
         [(spec.name, lambda spec=spec: build(spec)) for spec in specs], batch, size, specs[0].num_classes, settings
     )
@@ -309,7 +313,7 @@ def family_rows(settings: Settings) -> list[Row]:
     return [
         Row(
             f"resnet50_{s.cardinality}x{s.width}d",
-            "family",
+            case,
             batch,
             size,
             complexity(s)["flops"],
@@ -729,6 +733,8 @@ def run(settings: Settings, cases: Sequence[str] = CASES, log: Callable[[str], o
                 rows.append(torchvision_case(case, settings))
             elif case == "family":
                 rows.extend(family_rows(settings))
+            elif case == "alignment":
+                rows.extend(family_rows(settings, ALIGNMENT, "alignment")[1:])
             elif case == "resnext29_8x64d":
                 rows.append(cifar_row(settings))
             elif case == "proxy":

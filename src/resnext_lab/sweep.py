@@ -19,8 +19,8 @@ from omegaconf import DictConfig, open_dict, read_write
 #: Overrides that do not change what a job computes: left out of job folder names and of the check that a
 #: rerun finds the same job in its folder.
 RUN_INVARIANT = frozenset({
-    "name", "out_root", "resume", "experiment", "scale", "trainer.accelerator", "trainer.devices",
-    "trainer.enable_progress_bar", "logger.wandb.mode",
+    "name", "out_root", "resume", "experiment", "scale", "trainer.accelerator",
+    "trainer.enable_progress_bar", "trainer.progress_bar_interval_s", "logger.wandb.mode",
 })
 
 

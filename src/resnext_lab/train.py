@@ -55,12 +55,35 @@ def read_results(run_dir: Path) -> dict[str, Any] | None:
         return None
 
 
+def record_lost_job(sweep_dir: Path, overrides: list[str], error: str) -> Path | None:
+    """Mark the sweep's job with these overrides failed when its process died without saying so; its folder.
+
+    A job killed from outside (out of memory, a signal) leaves results.json at "running"; a launcher
+    that saw the process die records why, so that the sweep's table reports it. None if no such job.
+    """
+    for path in sorted(Path(sweep_dir).rglob(RESULTS)):
+        result = read_results(path.parent)
+        if result and result.get("status") == "running" and result.get("overrides") == list(overrides):
+            write_json_atomic(path, {**result, "status": "failed", "error": error})
+            return path.parent
+    return None
+
+
 def versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for name in PACKAGES:
         with contextlib.suppress(metadata.PackageNotFoundError):
             out[name] = metadata.version(name)
     return out
+
+
+def placement() -> dict[str, Any]:
+    """Where the job ran: the host, the GPUs it was given and its thread count as the environment set them."""
+    return {
+        "host": platform.node(),
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+    }
 
 
 def git_commit() -> str | None:
@@ -88,6 +111,9 @@ def validate_trainer(trainer: DictConfig) -> None:
     every = trainer.get("check_finite_every_n_steps", 50)
     if isinstance(every, bool) or not isinstance(every, int) or every < 1:
         raise ConfigError(f"trainer.check_finite_every_n_steps={every!r}: must be an integer >= 1")
+    interval = trainer.get("progress_bar_interval_s", 0.5)
+    if isinstance(interval, bool) or not isinstance(interval, int | float) or interval < 0:
+        raise ConfigError(f"trainer.progress_bar_interval_s={interval!r}: must be a number of seconds >= 0")
 
 
 def _auto(value: Any, default: Any) -> Any:
@@ -210,6 +236,7 @@ def train_task(cfg: DictConfig) -> dict[str, Any]:
         "task": "train",
         "versions": versions(),
         "git_commit": git_commit(),
+        "placement": placement(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     start = time.perf_counter()
@@ -274,7 +301,7 @@ def _fit(cfg: DictConfig, run_dir: Path, plan: dict[str, Any], outcome: dict[str
     import torch
     from pytorch_lightning.loggers import WandbLogger
 
-    from resnext_lab.callbacks import LastCheckpoint, Throughput
+    from resnext_lab.callbacks import LastCheckpoint, Throughput, TimedProgressBar
 
     t = cfg.trainer
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
@@ -344,7 +371,8 @@ def _fit(cfg: DictConfig, run_dir: Path, plan: dict[str, Any], outcome: dict[str
         enable_model_summary=False,
         enable_checkpointing=False,  # LastCheckpoint writes the one checkpoint a rerun needs
         logger=loggers or False,
-        callbacks=[LastCheckpoint(run_dir / CHECKPOINT), Throughput()],
+        callbacks=[LastCheckpoint(run_dir / CHECKPOINT), Throughput(),
+                   *([TimedProgressBar(float(t.get("progress_bar_interval_s", 0.5)))] if t.enable_progress_bar else [])],
         default_root_dir=str(run_dir),
     )
     if resumed:

@@ -1,0 +1,252 @@
+"""Packing (`hydra/launcher=packed`): a sweep's small jobs run several at a time on each GPU of this machine.
+
+A proxy job cannot fill a GPU: its kernels are small and between them the GPU waits for the
+job's Python loop. `jobs_per_device` worker processes per GPU fill those gaps. Each worker sees
+its one GPU as `cuda:0` (CUDA_VISIBLE_DEVICES), gets an equal share of the CPU cores as its
+thread count (OMP_NUM_THREADS), and runs one job after another as Hydra's basic launcher does
+in its single process: imports and CUDA start-up are paid once per worker, not once per job.
+A worker that finishes a job takes the next one at once; there is no batch to wait for. Without
+GPUs, `jobs_per_device` workers share the CPU.
+
+Workers' output goes to `<sweep dir>/.packed/worker-<k>.log`; each job also writes its own
+log in its folder, as in any sweep. What a job computes does not depend on the packing: the
+same config, seed and folder as with any other launcher.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import os
+import pickle
+import sys
+import time
+from collections import deque
+from collections.abc import Sequence
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
+from typing import Any
+
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job, setup_globals
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+log = logging.getLogger("resnext_lab.packed")
+
+CPU = -1  # the device of a worker that gets no GPU
+
+
+def _fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(2)
+
+
+def visible_gpus() -> list[int]:
+    """The GPU indices this process may use, as CUDA_VISIBLE_DEVICES names them (all GPUs when unset)."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        names = [n.strip() for n in env.split(",") if n.strip()]
+        if not all(n.isdigit() for n in names):
+            _fail(f"hydra.launcher.devices=auto: CUDA_VISIBLE_DEVICES={env!r} names GPUs by UUID; "
+                  "give hydra.launcher.devices=[0,1,...] as indices")
+        return [int(n) for n in names]
+    import torch  # only here: Hydra imports every launcher plugin for every command
+
+    return list(range(torch.cuda.device_count()))
+
+
+def resolve_devices(devices: Any) -> list[int]:
+    """`hydra.launcher.devices`: auto (every visible GPU; none on a CPU-only machine), cpu, or GPU indices."""
+    if devices == "auto":
+        return visible_gpus()
+    if devices == "cpu":
+        return []
+    if OmegaConf.is_config(devices):
+        devices = OmegaConf.to_container(devices)
+    if isinstance(devices, int) and not isinstance(devices, bool):
+        devices = [devices]
+    if (not isinstance(devices, list) or not devices
+            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in devices)
+            or len(set(devices)) != len(devices)):
+        _fail(f"hydra.launcher.devices={devices!r}: must be auto, cpu, or a list of distinct GPU indices like [0,1]")
+    visible = visible_gpus()
+    if visible and not set(devices) <= set(visible):
+        _fail(f"hydra.launcher.devices={devices}: this machine's GPUs are {visible}")
+    if not visible:
+        log.warning(f"no GPU visible here: hydra.launcher.devices={devices} only sets the jobs' CUDA_VISIBLE_DEVICES")
+    return list(devices)
+
+
+class PackedLauncher(Launcher):
+    """Runs a sweep's jobs on `jobs_per_device` worker processes per device; a free worker takes the next job."""
+
+    def __init__(self, jobs_per_device: int = 2, devices: Any = "auto") -> None:
+        if isinstance(jobs_per_device, bool) or not isinstance(jobs_per_device, int) or jobs_per_device < 1:
+            _fail(f"hydra.launcher.jobs_per_device={jobs_per_device!r}: must be an integer >= 1")
+        self.jobs_per_device = jobs_per_device
+        self.devices = devices
+        self.config: DictConfig | None = None
+        self.hydra_context: HydraContext | None = None
+        self.task_function: TaskFunction | None = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config = config
+        self.hydra_context = hydra_context
+        self.task_function = task_function
+
+    def run_one(self, overrides: Sequence[str], idx: int) -> JobReturn:
+        """One job, in a worker: what Hydra's basic launcher does for each job of its sweep."""
+        assert self.hydra_context is not None and self.config is not None and self.task_function is not None
+        sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+        with open_dict(sweep_config):
+            sweep_config.hydra.job.id = idx
+            sweep_config.hydra.job.num = idx
+        ret = run_job(hydra_context=self.hydra_context, task_function=self.task_function, config=sweep_config,
+                      job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        return ret
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        import cloudpickle
+
+        assert self.config is not None
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        gpus = resolve_devices(self.devices)
+        # interleaved, so that the first jobs spread over the GPUs; never more workers than jobs
+        devices = ([g for _ in range(self.jobs_per_device) for g in gpus] or [CPU] * self.jobs_per_device)
+        devices = devices[: len(job_overrides)]
+        threads = max(1, (os.cpu_count() or 1) // len(devices))
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        (sweep_dir / ".packed").mkdir(parents=True, exist_ok=True)
+        where = f"on each of GPUs {', '.join(map(str, gpus))}" if gpus else "on the CPU"
+        log.info(f"packed sweep: {len(job_overrides)} jobs, {self.jobs_per_device} at a time {where}, "
+                 f"{threads} CPU thread{'s' if threads > 1 else ''} each; worker logs in {sweep_dir / '.packed'}")
+        payload = sweep_dir / ".packed" / "launcher.pkl"  # read by each worker as it starts: no pipe to fill
+        payload.write_bytes(cloudpickle.dumps((self, Singleton.get_state())))
+        names = _swept(job_overrides)
+        workers = [_Worker(k, device, threads, sweep_dir / ".packed" / f"worker-{k}.log", payload)
+                   for k, device in enumerate(devices)]
+        pending = deque(enumerate(job_overrides))
+        results: list[JobReturn | None] = [None] * len(job_overrides)
+        start = time.perf_counter()
+        try:
+            while pending or any(w.job is not None for w in workers):
+                for w in workers:
+                    if w.job is None and pending:
+                        i, overrides = pending.popleft()
+                        w.start_job(i, list(overrides), initial_job_idx + i)
+                        log.info(f"\t#{initial_job_idx + i} {names[i]}: started on {w.where}")
+                busy = [w for w in workers if w.job is not None]
+                wait([c for w in busy for c in (w.conn, w.process.sentinel)])
+                for w in busy:
+                    if not (w.conn.poll() or not w.process.is_alive()):
+                        continue
+                    i, began = w.job  # type: ignore[misc]
+                    results[i] = w.collect(job_overrides[i], sweep_dir)
+                    done = sum(r is not None for r in results)
+                    log.info(f"\t#{initial_job_idx + i} {names[i]}: {_outcome(results[i])} after "
+                             f"{time.perf_counter() - began:.0f} s [{done}/{len(results)} done, "
+                             f"{time.perf_counter() - start:.0f} s]")
+        finally:
+            for w in workers:
+                w.stop()
+        return [r for r in results if r is not None]
+
+
+class _Worker:
+    """One worker process bound to one device, with the pipe its jobs go through."""
+
+    def __init__(self, number: int, device: int, threads: int, log_path: Path, payload: Path) -> None:
+        self.number, self.device, self.log_path, self.payload = number, device, log_path, payload
+        self.env = {"OMP_NUM_THREADS": str(threads), "CUDA_VISIBLE_DEVICES": "" if device == CPU else str(device)}
+        self.where = "the CPU" if device == CPU else f"GPU {device}"
+        self.job: tuple[int, float] | None = None
+        self._spawn()
+
+    def _spawn(self) -> None:
+        ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no CUDA state inherited
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=_serve, args=(child, self.env, str(self.log_path), str(self.payload)),
+                                   name=f"packed-worker-{self.number}", daemon=False)
+        self.process.start()
+        child.close()
+
+    def start_job(self, i: int, overrides: list[str], idx: int) -> None:
+        if not self.process.is_alive():
+            self._spawn()
+        self.job = (i, time.perf_counter())
+        self.conn.send_bytes(pickle.dumps((overrides, idx)))
+
+    def collect(self, overrides: Sequence[str], sweep_dir: Path) -> JobReturn:
+        """The job's JobReturn. A worker that died in the job (killed, out of memory) fails it: in its
+        results.json when it has one (the sweep's table then reports it, as any failed training job), else
+        as a failed JobReturn, which Hydra raises at the end of the sweep."""
+        import cloudpickle
+
+        from resnext_lab.train import record_lost_job
+
+        self.job = None
+        try:
+            return cloudpickle.loads(self.conn.recv_bytes())
+        except (EOFError, OSError):
+            self.process.join(timeout=5)
+            code = self.process.exitcode
+            why = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+            error = f"worker {self.number} ended ({why}) during the job; its output: {self.log_path}"
+            log.error(f"\t{' '.join(filter_overrides(list(overrides)))}: {error}")
+            if record_lost_job(sweep_dir, list(overrides), error):
+                return JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED,
+                                 _return_value={"status": "failed", "error": error})
+            return JobReturn(overrides=list(overrides), status=JobStatus.FAILED, _return_value=RuntimeError(error))
+
+    def stop(self) -> None:
+        if self.process.is_alive():
+            with contextlib.suppress(OSError):
+                self.conn.send_bytes(b"")
+            self.process.join(timeout=30 if self.job is None else 10)  # interrupted jobs record it
+        if self.process.is_alive():
+            self.process.terminate()
+            self.process.join(timeout=10)
+
+
+def _serve(conn: Connection, env: dict[str, str], log_path: str, payload: str) -> None:
+    """A worker's life: set its device and threads before torch starts, then run jobs until told to stop."""
+    import cloudpickle
+
+    os.environ.update(env)
+    out = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(out, 1)
+    os.dup2(out, 2)
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    sys.stderr.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    launcher, state = cloudpickle.loads(Path(payload).read_bytes())
+    Singleton.set_state(state)
+    setup_globals()
+    while message := conn.recv_bytes():
+        overrides, idx = pickle.loads(message)
+        try:
+            ret = launcher.run_one(overrides, idx)
+        except KeyboardInterrupt:
+            return
+        try:
+            data = cloudpickle.dumps(ret)
+        except Exception as err:  # an exception that does not pickle: keep its text
+            ret.return_value = RuntimeError(f"{type(ret.return_value).__name__}: {ret.return_value} ({err})")
+            data = cloudpickle.dumps(ret)
+        conn.send_bytes(data)
+
+
+def _outcome(ret: JobReturn) -> str:
+    """What became of a job: the task's own `status` when it returns one (training runs do), else Hydra's."""
+    value = ret._return_value if ret.status == JobStatus.COMPLETED else None
+    return str(value.get("status")) if isinstance(value, dict) and value.get("status") else ret.status.name.lower()
+
+
+def _swept(job_overrides: Sequence[Sequence[str]]) -> list[str]:
+    """Each job's overrides that differ between jobs (all of them when there is one job), for the log."""
+    jobs = [filter_overrides(list(o)) for o in job_overrides]
+    shared = set.intersection(*(set(j) for j in jobs)) if len(jobs) > 1 else set()
+    return [" ".join(o for o in j if o not in shared) for j in jobs]
