@@ -94,35 +94,68 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+def _workers(pid: int) -> list[int]:
+    """The packed launcher's worker processes under `pid` (not multiprocessing's resource tracker)."""
+    cmdlines = {c: Path(f"/proc/{c}/cmdline").read_bytes() for c in _children(pid)}
+    return [c for c, cmd in cmdlines.items() if b"spawn_main" in cmd and b"resource_tracker" not in cmd]
+
+
+def _start_packed(tmp_path: Path, name: str, jobs_per_device: int, *overrides: str) -> subprocess.Popen[str]:
+    """A packed sweep on the CPU in its own process group (as a terminal starts it), output captured."""
+    return subprocess.Popen(
+        [sys.executable, "run.py", "-m", "hydra/launcher=packed", "hydra.launcher.devices=cpu",
+         f"hydra.launcher.jobs_per_device={jobs_per_device}", f"out_root={tmp_path}", f"name={name}",
+         *tiny(*overrides)],
+        cwd=ROOT, env=cli_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )
+
+
+def _wait_running(proc: subprocess.Popen[str], sweep: Path, jobs: int) -> list[int]:
+    """Wait until `jobs` of the sweep's jobs are training; the worker processes then."""
+    deadline = time.monotonic() + 120
+    while sum(json.loads(p.read_text())["status"] == "running" for p in sweep.glob("*/results.json")) < jobs:
+        assert time.monotonic() < deadline and proc.poll() is None, f"{jobs} job(s) never ran at once"
+        time.sleep(0.2)
+    workers = _workers(proc.pid)
+    assert len(workers) == jobs, workers
+    return workers
+
+
 def test_packed_worker_killed_in_a_job_fails_that_job_and_the_sweep_goes_on(tmp_path: Path) -> None:
     """SIGKILL the worker of a running job: that job is reported failed, the next one runs in a new worker."""
     sweep = tmp_path / "killed"
-    proc = subprocess.Popen(
-        [sys.executable, "run.py", "-m", "hydra/launcher=packed", "hydra.launcher.devices=cpu",
-         "hydra.launcher.jobs_per_device=1", f"out_root={tmp_path}", "name=killed",
-         *tiny("trainer.max_epochs=200,1")],
-        cwd=ROOT, env=cli_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
+    proc = _start_packed(tmp_path, "killed", 1, "trainer.max_epochs=200,1")
     try:
-        long_job = sweep / "trainer.max_epochs=200" / "results.json"
-        deadline = time.monotonic() + 120
-        while not (long_job.exists() and json.loads(long_job.read_text())["status"] == "running"):
-            assert time.monotonic() < deadline and proc.poll() is None, "the first job never started"
-            time.sleep(0.2)
-        workers = [c for c in _children(proc.pid) if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()
-                   and b"resource_tracker" not in Path(f"/proc/{c}/cmdline").read_bytes()]
-        assert len(workers) == 1, workers
-        os.kill(workers[0], signal.SIGKILL)
+        (worker,) = _wait_running(proc, sweep, 1)
+        os.kill(worker, signal.SIGKILL)
         stdout, stderr = proc.communicate(timeout=180)
     finally:
         if proc.poll() is None:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 1, stderr[-3000:]
     assert "Traceback" not in stderr, stderr[-3000:]
-    killed = json.loads(long_job.read_text())
+    killed = json.loads((sweep / "trainer.max_epochs=200" / "results.json").read_text())
     assert killed["status"] == "failed" and "killed by signal 9" in killed["error"]
     assert json.loads((sweep / "trainer.max_epochs=1" / "results.json").read_text())["status"] == "completed"
     assert "1 job(s) did not complete" in stdout and "killed by signal 9" in stdout
+
+
+def test_ctrl_c_stops_a_packed_sweep_and_records_its_jobs_interrupted(tmp_path: Path) -> None:
+    """SIGINT to the terminal's process group: every running job says "interrupted" (resumable), no worker is left."""
+    sweep = tmp_path / "stopped"
+    proc = _start_packed(tmp_path, "stopped", 2, "model.cardinality=1,2,4", "trainer.max_epochs=200")
+    try:
+        workers = _wait_running(proc, sweep, 2)
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode != 0
+    statuses = sorted(json.loads(p.read_text())["status"] for p in sweep.glob("*/results.json"))
+    assert statuses == ["interrupted", "interrupted"]  # the third job never started
+    assert not [w for w in workers if Path(f"/proc/{w}").exists()]
 
 
 # --- DDP over two CPU processes ------------------------------------------------------------------

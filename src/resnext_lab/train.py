@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -378,10 +379,12 @@ def _fit(cfg: DictConfig, run_dir: Path, plan: dict[str, Any], outcome: dict[str
     if resumed:
         log.info("resuming from %s", last)
     outcome.update(resumed=resumed, metrics_csv="csv/metrics.csv" if cfg.logger.csv else None)
-    trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resumed else None)
+    with _ctrl_c_as_interrupt(trainer):
+        trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resumed else None)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     best_val = _best(run_dir / "csv" / "metrics.csv", "val/top1_err") if cfg.logger.csv else None
-    trainer.test(module, datamodule=dm, verbose=False)
+    with _ctrl_c_as_interrupt(trainer):
+        trainer.test(module, datamodule=dm, verbose=False)
     metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
     if best_val is not None:
         metrics["best/val/top1_err"] = best_val
@@ -392,6 +395,18 @@ def _fit(cfg: DictConfig, run_dir: Path, plan: dict[str, Any], outcome: dict[str
                                           ("params", "flops", "cardinality", "width", "depth", "residual", "block")}})
         wandb_info["dir"] = str(Path(run.dir).parent)
         wandb.finish()
+
+
+@contextlib.contextmanager
+def _ctrl_c_as_interrupt(trainer: Any) -> Iterator[None]:
+    """Lightning turns Ctrl-C into `sys.exit(1)` after its own shutdown; give it back as KeyboardInterrupt,
+    so that the job is recorded as interrupted (and resumable), not left at "running"."""
+    try:
+        yield
+    except SystemExit as exit_:
+        if trainer.interrupted:
+            raise KeyboardInterrupt from exit_
+        raise
 
 
 def _csv_logger(run_dir: Path, keep_rows: bool) -> Any:
