@@ -62,8 +62,8 @@ class Throughput(pl.Callback):
 class TimedProgressBar(TQDMProgressBar):
     """Lightning's tqdm bar, redrawn at most every `interval_s` seconds instead of after every step.
 
-    Redrawing costs the host about 0.5 ms per step (bar and metrics), a quarter of Lightning's
-    own loop on a small model (docs/PERFORMANCE.md); twice a second is as readable.
+    Redrawing after every step cost the host 0.5-1.2 ms per step (bar and metrics) against 2-3 ms
+    for the rest of Lightning's loop on a small model (docs/PERFORMANCE.md); twice a second is as readable.
     """
 
     def __init__(self, interval_s: float = 0.5) -> None:

@@ -5,13 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import sys
 from collections.abc import Sequence
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from resnext_lab.errors import ConfigError
+from resnext_lab.errors import ConfigError, fail
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.,=+-]+")
 
@@ -56,11 +55,6 @@ def register_resolvers() -> None:
 def normalize_argv(argv: list[str]) -> list[str]:
     """`+experiment=X` means `experiment=X`: the group is already in the defaults (as null)."""
     return [a.replace("+experiment=", "experiment=", 1) if a.startswith("+experiment=") else a for a in argv]
-
-
-def fail(message: str, status: int = 2) -> None:
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(status)
 
 
 def complexity_task(cfg: DictConfig) -> dict[str, Any]:

@@ -8,13 +8,14 @@ from __future__ import annotations
 import json
 import os
 import re
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback as HydraCallback
 from omegaconf import DictConfig, open_dict, read_write
+
+from resnext_lab.errors import fail
 
 #: Overrides that do not change what a job computes: left out of job folder names and of the check that a
 #: rerun finds the same job in its folder.
@@ -130,14 +131,11 @@ class OutputFolder(HydraCallback):
     @staticmethod
     def _check(config: DictConfig, folder: str) -> None:
         if config.get("experiment_name") and not config.get("scale_name"):
-            print(f"error: scale={config.hydra.runtime.choices.get('scale')!r}: experiment="
-                  f"{config.experiment_name} needs scale=smoke, proxy or paper", file=sys.stderr, flush=True)
-            raise SystemExit(2)
+            fail(f"scale={config.hydra.runtime.choices.get('scale')!r}: experiment={config.experiment_name} "
+                 "needs scale=smoke, proxy or paper")
         reason = unwritable(Path(folder))
         if reason:
-            print(f"error: out_root={config.get('out_root')!r}: cannot write the output folder {folder}: {reason}",
-                  file=sys.stderr, flush=True)
-            raise SystemExit(2)
+            fail(f"out_root={config.get('out_root')!r}: cannot write the output folder {folder}: {reason}")
 
 
 class SweepSummary(HydraCallback):

@@ -26,7 +26,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from resnext_lab.errors import ConfigError
+from resnext_lab.errors import ConfigError, fail
 
 log = logging.getLogger("resnext_lab")
 
@@ -211,10 +211,8 @@ def _check_same_job(previous: dict[str, Any], run_dir: Path) -> None:
     before, now = comparable(previous.get("overrides") or []), comparable(_overrides())
     if before != now:
         changed = sorted(set(before) ^ set(now))
-        print(f"error: {run_dir} holds a run with other settings ({', '.join(changed)}); "
-              "give the sweep another name=..., or out_root=..., or resume=false to train it again there",
-              file=sys.stderr, flush=True)
-        raise SystemExit(2)
+        fail(f"{run_dir} holds a run with other settings ({', '.join(changed)}); "
+             "give the sweep another name=..., or out_root=..., or resume=false to train it again there")
 
 
 def train_task(cfg: DictConfig) -> dict[str, Any]:
@@ -381,9 +379,8 @@ def _fit(cfg: DictConfig, run_dir: Path, plan: dict[str, Any], outcome: dict[str
     outcome.update(resumed=resumed, metrics_csv="csv/metrics.csv" if cfg.logger.csv else None)
     with _ctrl_c_as_interrupt(trainer):
         trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resumed else None)
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
-    best_val = _best(run_dir / "csv" / "metrics.csv", "val/top1_err") if cfg.logger.csv else None
-    with _ctrl_c_as_interrupt(trainer):
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+        best_val = _best(run_dir / "csv" / "metrics.csv", "val/top1_err") if cfg.logger.csv else None
         trainer.test(module, datamodule=dm, verbose=False)
     metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
     if best_val is not None:

@@ -34,14 +34,11 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from resnext_lab.errors import fail
+
 log = logging.getLogger("resnext_lab.packed")
 
 CPU = -1  # the device of a worker that gets no GPU
-
-
-def _fail(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr, flush=True)
-    raise SystemExit(2)
 
 
 def visible_gpus() -> list[int]:
@@ -50,7 +47,7 @@ def visible_gpus() -> list[int]:
     if env is not None:
         names = [n.strip() for n in env.split(",") if n.strip()]
         if not all(n.isdigit() for n in names):
-            _fail(f"hydra.launcher.devices=auto: CUDA_VISIBLE_DEVICES={env!r} names GPUs by UUID; "
+            fail(f"hydra.launcher.devices=auto: CUDA_VISIBLE_DEVICES={env!r} names GPUs by UUID; "
                   "give hydra.launcher.devices=[0,1,...] as indices")
         return [int(n) for n in names]
     import torch  # only here: Hydra imports every launcher plugin for every command
@@ -71,10 +68,10 @@ def resolve_devices(devices: Any) -> list[int]:
     if (not isinstance(devices, list) or not devices
             or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in devices)
             or len(set(devices)) != len(devices)):
-        _fail(f"hydra.launcher.devices={devices!r}: must be auto, cpu, or a list of distinct GPU indices like [0,1]")
+        fail(f"hydra.launcher.devices={devices!r}: must be auto, cpu, or a list of distinct GPU indices like [0,1]")
     visible = visible_gpus()
     if visible and not set(devices) <= set(visible):
-        _fail(f"hydra.launcher.devices={devices}: this machine's GPUs are {visible}")
+        fail(f"hydra.launcher.devices={devices}: this machine's GPUs are {visible}")
     if not visible:
         log.warning(f"no GPU visible here: hydra.launcher.devices={devices} only sets the jobs' CUDA_VISIBLE_DEVICES")
     return list(devices)
@@ -85,7 +82,7 @@ class PackedLauncher(Launcher):
 
     def __init__(self, jobs_per_device: int = 2, devices: Any = "auto") -> None:
         if isinstance(jobs_per_device, bool) or not isinstance(jobs_per_device, int) or jobs_per_device < 1:
-            _fail(f"hydra.launcher.jobs_per_device={jobs_per_device!r}: must be an integer >= 1")
+            fail(f"hydra.launcher.jobs_per_device={jobs_per_device!r}: must be an integer >= 1")
         self.jobs_per_device = jobs_per_device
         self.devices = devices
         self.config: DictConfig | None = None
@@ -234,7 +231,7 @@ def _serve(conn: Connection, env: dict[str, str], log_path: str, payload: str) -
         try:
             data = cloudpickle.dumps(ret)
         except Exception as err:  # an exception that does not pickle: keep its text
-            ret.return_value = RuntimeError(f"{type(ret.return_value).__name__}: {ret.return_value} ({err})")
+            ret.return_value = RuntimeError(f"{type(ret._return_value).__name__}: {ret._return_value} ({err})")
             data = cloudpickle.dumps(ret)
         conn.send_bytes(data)
 
