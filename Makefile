@@ -7,10 +7,13 @@ PY     := $(VENV)/bin/python
 SCALE  ?= proxy
 OUT    ?= outputs
 ARGS   ?=
+# pip constraints: the exact versions `make install` installs; `make install LOCK=` takes the newest releases
+LOCK   ?= requirements/lock.txt
+SWEEP  ?= outputs/demo
 # the paper's tables and figures that train
 EXPERIMENTS := table3 table4 residual fig5 fig7 table7 forms
 
-.PHONY: help install test test-all lint format demo table1 table2 report dashboard bench clean $(EXPERIMENTS)
+.PHONY: help install lock notebook thread-policy plan test test-all lint format demo table1 table2 report dashboard bench clean $(EXPERIMENTS)
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_ -]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  \033[1m%-22s\033[0m %s\n", $$1, $$2}'
@@ -18,16 +21,29 @@ help: ## list the targets
 	@echo "                         each: run that paper table's sweep at SCALE (resumable), then its report in reports/<table>/<SCALE>"
 	@echo "  variables: SCALE=smoke|proxy|paper (default proxy)  ARGS='extra Hydra overrides'  OUT=outputs"
 
-install: ## create .venv, install the project (editable, with dev tools) and Fashion-MNIST where apt-get works
+install: ## create .venv, install the project (editable, dev tools, the versions in LOCK) and Fashion-MNIST where apt-get works
 	@test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install --upgrade pip setuptools wheel -q
-	$(PY) -m pip install -e '.[dev]'
+	$(PY) -m pip install -q --upgrade pip setuptools wheel $(if $(LOCK),-c $(LOCK))
+	$(PY) -m pip install -e '.[dev]' $(if $(LOCK),-c $(LOCK))
 	@if [ -d /usr/share/datasets/fashion-mnist ]; then echo "Fashion-MNIST: /usr/share/datasets/fashion-mnist"; \
 	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
 	  (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) || echo "warning: apt-get could not install dataset-fashion-mnist; set data.root or data.download=true"; \
 	elif command -v apt-get >/dev/null && command -v sudo >/dev/null; then \
 	  (sudo apt-get update -qq && sudo apt-get install -y -qq dataset-fashion-mnist) || echo "warning: could not install dataset-fashion-mnist; set data.root or data.download=true"; \
 	else echo "note: no apt-get here: set data.root=DIR (Fashion-MNIST IDX files) or data.download=true"; fi
+
+lock: ## regenerate requirements/lock.txt: the newest releases installed into a fresh venv, then frozen
+	rm -rf .lock-venv && python3 -m venv .lock-venv
+	.lock-venv/bin/python -m pip install -q --upgrade pip setuptools wheel
+	.lock-venv/bin/python -m pip install -q -e '.[dev]'
+	@mkdir -p requirements
+	@{ echo "# The versions \`make install\` installs (pip constraints). Made by \`make lock\` from a fresh venv on $$(uname -s) $$(uname -m), Python $$(.lock-venv/bin/python -c 'import platform; print(platform.python_version())')."; \
+	  echo "# Install the newest releases instead: make install LOCK="; \
+	  .lock-venv/bin/python -m pip freeze --all --exclude-editable | grep -v '^resnext-lab'; } > requirements/lock.txt.tmp
+	mv requirements/lock.txt.tmp requirements/lock.txt && rm -rf .lock-venv
+
+notebook: ## open notebooks/analysis.ipynb in Jupyter on the sweep SWEEP (default outputs/demo)
+	RESNEXT_SWEEP=$(SWEEP) $(VENV)/bin/jupyter notebook notebooks/analysis.ipynb
 
 test: ## the test suite (fast tests; `make test-all` adds the slow ones)
 	$(PY) -m pytest -q
@@ -56,6 +72,7 @@ table2: ## paper Table 2 (d for each C at preserved complexity) beside the width
 
 $(EXPERIMENTS): ## run a paper table's sweep at SCALE (resumable), then its report in reports/<table>/<SCALE>
 	@status=0; $(PY) run.py -m experiment=$@ scale=$(SCALE) out_root=$(OUT) $(ARGS) || status=$$?; \
+	case " $(ARGS) " in *" task=plan "*) exit $$status;; esac; \
 	$(PY) -m resnext_lab.report $(OUT)/$@/$(SCALE) --experiment $@ --scale $(SCALE) --out reports/$@/$(SCALE) || status=$$?; \
 	if [ $@ = table4 ]; then $(PY) -m resnext_lab.report $(OUT)/$@/$(SCALE) --experiment table4_top5 --scale $(SCALE) \
 	  --out reports/table4_top5/$(SCALE) || status=$$?; fi; \
@@ -69,8 +86,14 @@ report: ## render every paper table that has results under OUT
 dashboard: ## build the W&B report of EXP's sweep (needs credentials and network)
 	$(PY) -m resnext_lab.report.dashboard $(EXP) --scale $(SCALE)
 
-bench: ## time training steps against torchvision (DEVICE=cpu|cuda), JSON in reports/bench
-	$(PY) -m resnext_lab.bench --device $(or $(DEVICE),cpu) $(ARGS)
+bench: ## time training steps against torchvision (DEVICE=cpu|cuda; on CPU fp32 and bf16 side by side), JSON in reports/bench
+	$(PY) -m resnext_lab.bench --device $(or $(DEVICE),cpu) $(if $(filter cuda,$(DEVICE)),,--precision both) $(ARGS)
+
+thread-policy: ## time one CPU sweep four ways: 1 job x all cores vs 2 packed jobs x 1 thread, fp32 and bf16
+	$(PY) -m resnext_lab.policy $(ARGS)
+
+plan: ## estimate a paper table's sweep before running it: make plan EXP=table3 SCALE=cpu (ARGS=plan.device=h100)
+	$(PY) run.py -m experiment=$(EXP) scale=$(SCALE) task=plan $(ARGS)
 
 clean: ## remove outputs/ and reports/ (results of runs)
 	rm -rf outputs reports

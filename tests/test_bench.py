@@ -137,3 +137,19 @@ def test_alignment_times_8x16d_against_8x14d() -> None:
     assert row["baseline"]["label"] == "ResNeXt-50 8x14d" and row["ours"]["label"] == "ResNeXt-50 8x16d"
     assert row["flops"] > complexity(ModelSpec(cardinality=8, width=14, image_size=TINY.imagenet_image_size))["flops"]
     assert row["ours"]["params"] > row["baseline"]["params"]
+
+
+def test_fp32_and_bf16_side_by_side_as_fractions_of_the_matmul_peak():
+    """`make bench` on CPU: both precisions, and each figure against the matmul peak of its precision."""
+    reports = {name: json.loads(json.dumps(bench.run(dataclasses.replace(TINY, bf16=name == "bf16"), ["resnet50"],
+                                                      log=lambda _: None)))
+               for name in ("fp32", "bf16")}
+    assert [r["settings"]["bf16"] for r in reports.values()] == [False, True]
+    peaks = {name: bench.matmul_peak("cpu", name == "bf16", n=256, seconds=0.05) for name in reports}
+    assert all(p > 0 and math.isfinite(p) for p in peaks.values())
+    table = bench.format_precisions(reports, peaks).splitlines()
+    assert "fp32 %peak" in table[1] and table[2].split()[0] == "resnet50"
+    row = reports["bf16"]["results"][0]
+    expected = row["ours"]["images_per_s"] * 6 * row["flops"] / 1e9 / peaks["bf16"]
+    assert bench.fraction_of_peak(row, peaks["bf16"]) == pytest.approx(expected)
+    assert f"{100 * expected:.1f}%" in table[2]

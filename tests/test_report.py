@@ -435,3 +435,26 @@ def test_notebook_executes_on_fake_sweep(
     assert "Table 3 (proxy)" in text
     images = [out for out in outputs if "image/png" in out.get("data", {})]
     assert len(images) == 3
+
+
+def test_curves_of_one_epoch_are_drawn(tmp_path: Path) -> None:
+    """One epoch gives one point per series: it must show inside the axes (a line of one point draws nothing)."""
+    from resnext_lab.report import group_cells
+    from resnext_lab.report.plots import curves_figure
+
+    for seed in (1, 2):
+        job = tmp_path / f"job{seed}"
+        _write_job(job, 50, 1, seed, 10.0 + seed, with_csv=True)
+        rows = [{"epoch": 0, "step": 9, "train/top1_err": 30.0, "train/loss": 0.9},
+                {"epoch": 0, "step": 9, "val/top1_err": 20.0, "val/top5_err": 5.0}]
+        pd.DataFrame(rows).to_csv(job / "csv" / "metrics.csv", index=False)
+    table = validate_table({**TABLE, "rows": [{**TABLE["rows"][0], "cells": TABLE["rows"][0]["cells"][:1]}]})
+    fig = curves_figure(group_cells(load_results(tmp_path), table), "test/top1_err")
+    assert fig is not None
+    fig.canvas.draw()
+    pixels = np.asarray(fig.canvas.buffer_rgba())[..., :3].astype(float) / 255
+    box = fig.axes[0].get_window_extent()
+    height = pixels.shape[0]
+    inside = pixels[int(height - box.y1) + 2 : int(height - box.y0) - 2, int(box.x0) + 2 : int(box.x1) - 2]
+    coloured = (inside.max(axis=-1) - inside.min(axis=-1)) > 0.25  # not white, grey or black: a series
+    assert coloured.sum() > 20, "the one-epoch series left no mark inside the axes"

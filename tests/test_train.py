@@ -14,7 +14,6 @@ import math
 import os
 import re
 import signal
-import stat
 import subprocess
 import sys
 import time
@@ -28,16 +27,17 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from conftest import ROOT, cli_env, find_job, job_dirs, tiny, wandb_summary, wandb_values
+from conftest import ROOT, cli_env, find_job, job_dirs, tiny, wandb_records, wandb_summary, wandb_values
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
 from resnext_lab.cli import register_resolvers
+from resnext_lab.config import validate_optim, validate_trainer
 from resnext_lab.data import build_datamodule
 from resnext_lab.errors import ConfigError
+from resnext_lab.hardware import resolve_precision
 from resnext_lab.models import build, complexity, spec_from_config
-from resnext_lab.module import ClassificationModule, lr_factor, param_groups, scaled_lr, validate_optim
-from resnext_lab.train import validate_trainer
+from resnext_lab.module import ClassificationModule, lr_factor, param_groups, scaled_lr
 
 CONF = ROOT / "conf"
 GROUPS = ("model", "data", "optim", "trainer", "logger", "task", "scale")
@@ -79,7 +79,7 @@ def test_every_config_composes_and_validates(compose_config: Callable[..., DictC
                                              option: str) -> None:
     cfg = compose_config(f"{group}={option}")
     OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
-    assert cfg.task in ("train", "complexity")
+    assert cfg.task in ("train", "complexity", "plan")
     validate_trainer(cfg.trainer)
     validate_optim(OmegaConf.to_container(cfg.optim, resolve=True))
     dm = build_datamodule(OmegaConf.to_container(cfg.data, resolve=True))  # validates; reads no file
@@ -144,7 +144,8 @@ def test_smoke_sweep_writes_results_wandb_and_csv(smoke: tuple[subprocess.Comple
     jobs = job_dirs(sweep)
     assert len(jobs) == 2, list(jobs)
     # each job's folder is named by what it sweeps alone
-    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["model.cardinality=1", "model.cardinality=2"]
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["model.cardinality=1", "model.cardinality=2",
+                                                                     "report"]
     for c in (1, 2):
         job = find_job(sweep, f"model.cardinality={c}")
         r = results(job)
@@ -155,6 +156,8 @@ def test_smoke_sweep_writes_results_wandb_and_csv(smoke: tuple[subprocess.Comple
         assert r["seed"] == 0 and r["epochs"] == 2 and r["resumed"] is False
         assert f"model.cardinality={c}" in r["overrides"]
         assert {"torch", "pytorch-lightning", "hydra-core", "wandb", "torchmetrics"} <= set(r["versions"])
+        used, why = resolve_precision("auto", cuda=False)  # what this machine's CPU gets, and why
+        assert r["precision"] == {"used": used, "why": why}
 
         runs = list(job.glob("wandb/offline-run-*/run-*.wandb"))
         assert [p.name for p in runs] == [f"run-{r['wandb']['id']}.wandb"]
@@ -172,6 +175,41 @@ def test_smoke_sweep_writes_results_wandb_and_csv(smoke: tuple[subprocess.Comple
     assert "test top-1 err %" in table[1]
     assert sorted(line.split()[-1] for line in table[2:4]) == ["completed", "completed"]
     assert "did not complete" not in proc.stdout
+    assert f"precision {used} ({why})" in proc.stderr
+    # then the ablation report: one group per C (one seed: no CI yet), in <sweep>/report/
+    report = proc.stdout[proc.stdout.index("ablation over seeds 0"):].splitlines()
+    assert report[1].split()[0] == "model.cardinality=1" and report[1].endswith("baseline")
+    assert report[2].split()[0] == "model.cardinality=2" and "(no CI) inconclusive" in report[2]
+    assert {"report.md", "report.csv"} <= {p.name for p in (sweep / "report").iterdir()}
+    # and the same answer in W&B: one report run in the sweep's group, read back with W&B's own reader
+    (run_dir,) = (sweep / "report").glob("wandb/offline-run-*")
+    (record,) = [r.run for r in wandb_records(next(run_dir.glob("run-*.wandb"))) if r.WhichOneof("record_type") == "run"]
+    assert record.job_type == "report" and record.run_group == sweep.relative_to(out).as_posix()
+    leet = subprocess.run([str(Path(sys.executable).parent / "wandb"), "leet", "inspect", "--summary", "--json",
+                           str(run_dir)], capture_output=True, text=True, timeout=120)
+    summary = json.loads(leet.stdout)["summary"]
+    assert summary["ablation"]["_type"] == "table-file" and summary["ablation"]["nrows"] == 2, leet.stdout[-2000:]
+    table = json.loads((run_dir / "files" / summary["ablation"]["path"]).read_text())
+    assert [row[0] for row in table["data"]] == ["1", "2"] and "verdict" in table["columns"]
+    assert summary["verdicts"] == {"model.cardinality=1": "baseline", "model.cardinality=2": "inconclusive"}
+
+
+def test_closing_table_orders_jobs_by_their_swept_values(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Folders sort as text (1, 16, 2, 32, 4, 64); the table lists C as swept, numerically, then seed."""
+    from resnext_lab.sweep import summarize_sweep
+
+    for c in (1, 2, 4, 32, 64):
+        for seed in (1, 0):
+            job = tmp_path / f"model.cardinality={c},seed={seed}"
+            job.mkdir()
+            (job / "results.json").write_text(json.dumps({
+                "status": "completed", "overrides": [f"model.cardinality={c}", f"seed={seed}", "data.limit_train=9"],
+                "model": {"cardinality": c, "width": 64 // c, "depth": 11, "params": 1000, "flops": 10**6},
+                "metrics": {"test/top1_err": 10.0 + seed}, "epochs": 1}))
+    assert summarize_sweep(tmp_path) == []
+    rows = capsys.readouterr().out.splitlines()[2:]
+    assert [row.split()[0] for row in rows] == [f"model.cardinality={c},seed={s}" for c in (1, 2, 4, 32, 64)
+                                                for s in (0, 1)]
 
 
 def test_same_seed_same_metrics_other_seed_differs(run_cli: RunCli, tmp_path: Path,
@@ -190,9 +228,10 @@ def test_same_seed_same_metrics_other_seed_differs(run_cli: RunCli, tmp_path: Pa
 
 def test_failed_job_is_recorded_and_the_sweep_goes_on(run_cli: RunCli, tmp_path: Path) -> None:
     proc = run_cli("-m", *tiny("data.root=/nonexistent,null", "data.download=false"), f"out_root={tmp_path}",
-                   "name=faults")
+                   "name=faults", "sweep.skip_invalid=true")
     assert proc.returncode == 1, show(proc)
     assert "Traceback" not in proc.stderr
+    assert "warning: job data.root=/nonexistent: data.root: " in proc.stderr  # found before any job ran
     sweep = tmp_path / "faults"
     bad, good = find_job(sweep, "data.root=/nonexistent"), find_job(sweep, "data.root=null")
     failed = results(bad)
@@ -277,67 +316,93 @@ def test_killed_sweep_resumes_and_skips_completed_jobs(run_cli: RunCli, start_cl
 
 # --- bad input, and a single run that fails: one line, non-zero exit, nothing completed ----------
 
+#: name -> (overrides, what the one error line names). Each runs as a single run and, where it is a
+#: setting, as a one-job sweep (-m): both must stop before any training with exit 2.
 BAD_INPUT = {
     "unknown key": (["model.nope=1"], "model.nope"),
     "no epochs": (["trainer.max_epochs=0"], "trainer.max_epochs=0"),
     "zero lr": (["optim.lr=0"], "optim.lr=0"),
+    "momentum 1.5": (["optim.momentum=1.5"], "optim.momentum=1.5: must be a number in [0, 1)"),
+    "seed not an integer": (["seed=abc"], "seed='abc': must be an integer >= 0"),
+    "negative seed": (["seed=-1"], "seed=-1"),
+    "zero devices": (["trainer.devices=0"], "trainer.devices=0"),
+    "unknown precision": (["trainer.precision=fp8"], "trainer.precision='fp8'"),
+    "batch fraction above 1": (["trainer.limit_train_batches=1.5"], "trainer.limit_train_batches=1.5"),
+    "progress bar not a bool": (["trainer.enable_progress_bar=maybe"], "trainer.enable_progress_bar='maybe'"),
+    "deterministic not a bool": (["deterministic=3"], "deterministic=3"),
+    "zero cardinality": (["model.cardinality=0"], "model.cardinality=0"),
     "zero batch": (["data.batch_size=0"], "data.batch_size=0"),
+    "augment not a bool": (["data.augment=often"], "data.augment='often'"),
     "missing data": (["data.root=/nonexistent", "data.download=false"], "data.root"),
     "out_root under a file": (["out_root={file}/out"], "out_root="),
-    "read-only out_root": (["out_root={readonly}/out"], "out_root="),
+    "out_root under /proc": (["out_root=/proc/forbidden/out"], "out_root='/proc/forbidden/out'"),
     "negative bar interval": (["trainer.progress_bar_interval_s=-1"], "trainer.progress_bar_interval_s=-1"),
     "packed: no slots": (["-m", "hydra/launcher=packed", "hydra.launcher.jobs_per_device=0"],
                          "hydra.launcher.jobs_per_device=0"),
     "packed: bad devices": (["-m", "hydra/launcher=packed", "hydra.launcher.devices=gpu"], "hydra.launcher.devices="),
     "diverging run": (["optim.lr=1e30", "trainer.check_finite_every_n_steps=1", "logger=csv"], "error: diverged: "),
 }
+#: Cases that are not bad settings (a run that fails), or already a sweep: run once, as given.
+SINGLE = {"diverging run", "packed: no slots", "packed: bad devices", "unknown key"}
+CASES = [(name, False) for name in BAD_INPUT] + [(name, True) for name in BAD_INPUT if name not in SINGLE]
 
 
 @pytest.fixture(scope="module")
-def bad_runs(wandb_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """Every bad-input run started at once (they mostly wait on imports); each test checks one of them."""
+def bad_runs(wandb_home: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, bool], Any]:
+    """Every bad-input run, two at a time (they mostly wait on imports); each test checks one of them."""
+    from concurrent.futures import ThreadPoolExecutor
+
     base = tmp_path_factory.mktemp("bad")
     (base / "file").write_text("not a folder")
-    readonly = base / "readonly"
-    readonly.mkdir()
-    readonly.chmod(stat.S_IRUSR | stat.S_IXUSR)
-    started = {}
-    for name, (overrides, _) in BAD_INPUT.items():
-        if name == "read-only out_root" and os.access(readonly, os.W_OK):
-            continue  # root writes anyway: nothing to test
-        args = [o.format(file=base / "file", readonly=readonly) for o in overrides]
+
+    def run(case: tuple[str, bool]) -> tuple[tuple[str, bool], Any]:
+        name, sweep = case
+        args = [o.format(file=base / "file") for o in BAD_INPUT[name][0]]
         out_root = next((a.split("=", 1)[1] for a in args if a.startswith("out_root=")), None)
         if out_root is None:
-            out_root = str(base / name.replace(" ", "_"))
+            out_root = str(base / f"{name.replace(' ', '_')}{'-m' if sweep else ''}")
             args.append(f"out_root={out_root}")
-        flags = [a for a in args if a.startswith("-")]  # -m goes before the overrides
-        args = [a for a in args if a not in flags]
-        started[name] = (subprocess.Popen([sys.executable, "run.py", *flags, *tiny(*args)], cwd=ROOT,
-                                          env=cli_env(wandb_home), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                          text=True), Path(out_root))
-    finished = {}
-    for name, (p, out_root) in started.items():
-        stdout, stderr = p.communicate(timeout=300)
-        finished[name] = (subprocess.CompletedProcess(p.args, p.returncode, stdout, stderr), out_root)
-    yield finished
-    readonly.chmod(stat.S_IRWXU)
+        flags = [a for a in args if a.startswith("-")] + (["-m"] if sweep else [])  # -m goes first
+        args = [a for a in args if not a.startswith("-")]
+        proc = subprocess.run([sys.executable, "run.py", *flags, *tiny(*args)], cwd=ROOT, env=cli_env(wandb_home),
+                              capture_output=True, text=True, timeout=300)
+        return case, (proc, Path(out_root))
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return dict(pool.map(run, CASES))
 
 
-@pytest.mark.parametrize("case", list(BAD_INPUT))
-def test_bad_input_gives_one_line_and_fails(bad_runs: dict[str, Any], case: str) -> None:
-    if case not in bad_runs:
-        pytest.skip("running as root: a read-only folder is writable")
-    proc, out_root = bad_runs[case]
+@pytest.mark.parametrize(("case", "sweep"), CASES, ids=[f"{n}{' -m' if m else ''}" for n, m in CASES])
+def test_bad_input_gives_one_line_and_fails(bad_runs: dict[tuple[str, bool], Any], case: str, sweep: bool) -> None:
+    proc, out_root = bad_runs[(case, sweep)]
     setting = BAD_INPUT[case][1]
-    assert proc.returncode != 0, show(proc)
+    assert proc.returncode == (1 if case in ("diverging run", "unknown key") else 2), show(proc)  # 1: Hydra's own
     assert "Traceback" not in proc.stderr, show(proc)
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     if case == "unknown key":  # Hydra's own message, short
         assert setting in lines[0] and len(lines) <= 8, show(proc)
-    else:
-        errors = [line for line in lines if line.startswith("error: ")]
-        assert len(errors) == 1 and setting in errors[0], show(proc)
-    assert not [p for p in out_root.rglob("results.json") if results(p.parent)["status"] == "completed"]
+        return
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1 and setting in errors[0], show(proc)
+    if case != "diverging run":  # stopped before any job: nothing trained, no job folder
+        assert not list(out_root.rglob("results.json")), show(proc)
+        assert not (out_root / "runs").exists() and not (out_root / "sweeps").exists(), show(proc)
+
+
+def test_a_sweep_with_an_invalid_job_runs_nothing(run_cli: RunCli, tmp_path: Path) -> None:
+    """Every job is composed and validated first: one line per invalid job, exit 2, nothing trained."""
+    proc = run_cli("-m", *tiny("model.cardinality=0,1,-2"), f"out_root={tmp_path}", "name=invalid")
+    assert proc.returncode == 2, show(proc)
+    assert "Traceback" not in proc.stderr, show(proc)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == ["error: job model.cardinality=0: model.cardinality=0: must be an integer >= 1",
+                      "error: job model.cardinality=-2: model.cardinality=-2: must be an integer >= 1"], show(proc)
+    assert "2 of 3 job(s) invalid, nothing was run" in proc.stderr
+    assert not (tmp_path / "invalid").exists()
+
+    proc = run_cli("-m", *tiny("optim.lr=-1", "model.cardinality=1,2"), f"out_root={tmp_path}", "name=all_invalid")
+    assert proc.returncode == 2 and "2 of 2 job(s) invalid" in proc.stderr, show(proc)
+    assert not (tmp_path / "all_invalid").exists()
 
 
 # --- the optimiser ---------------------------------------------------------------------------------------------
@@ -393,7 +458,8 @@ def test_lr_scales_with_the_global_batch() -> None:
     [({"lr": 0}, "optim.lr"), ({"lr": True}, "optim.lr"), ({"momentum": -1}, "optim.momentum"),
      ({"schedule": "linear"}, "optim.schedule"), ({"milestones": [60, 30]}, "optim.milestones"),
      ({"gamma": 0}, "optim.gamma"), ({"warmup_start": 2}, "optim.warmup_start"),
-     ({"base_batch_size": 0}, "optim.base_batch_size"), ({"momentum": 0, "nesterov": True}, "optim.nesterov")],
+     ({"base_batch_size": 0}, "optim.base_batch_size"), ({"momentum": 0, "nesterov": True}, "optim.nesterov"),
+     ({"momentum": 1.0}, "optim.momentum"), ({"weight_decay": "none"}, "optim.weight_decay")],
 )
 def test_bad_optim_settings_are_named(change: dict[str, Any], setting: str) -> None:
     optim = {**OmegaConf.to_container(OmegaConf.load(CONF / "optim" / "sgd.yaml")), **change}
@@ -471,7 +537,7 @@ def test_throughput_leaves_out_the_validation_inside_the_epoch() -> None:
 
     class SlowValidation(_Linear):
         def validation_step(self, batch: Any, batch_idx: int) -> None:
-            time.sleep(0.3)
+            time.sleep(0.5)
 
     data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(8, 2), torch.zeros(8)), batch_size=4)
     trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
@@ -479,7 +545,7 @@ def test_throughput_leaves_out_the_validation_inside_the_epoch() -> None:
                          callbacks=[Throughput()])
     trainer.fit(SlowValidation(), data, data)
     seconds = trainer.callback_metrics["perf/epoch_time_s"].item()
-    assert 0 < seconds < 0.3  # the two validation batches alone sleep 0.6 s
+    assert 0 < seconds < 0.5  # the two validation batches alone sleep 1 s
     assert trainer.callback_metrics["perf/images_per_s"].item() == pytest.approx(8 / seconds, rel=1e-3)
 
 
@@ -502,3 +568,20 @@ def test_progress_bar_redraws_at_most_every_interval(interval_s: float, shown_mi
     trainer.fit(_Linear(), data)
     assert shown[9] == shown_mid_epoch
     assert shown[19] == 20  # the last step is always drawn
+
+
+def test_precision_auto_is_bf16_where_the_cpu_computes_it_natively(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The capability query is torch's own (private) one: if it changes, this test says so."""
+    from resnext_lab.hardware import native_bf16_cpu, resolve_precision
+
+    assert isinstance(torch.cpu._is_amx_tile_supported(), bool)
+    assert isinstance(torch.cpu._is_avx512_bf16_supported(), bool)
+    assert native_bf16_cpu() in (None, "AMX", "AVX512-BF16")
+    for amx, avx512_bf16, expected in ((False, False, "32-true"), (False, True, "bf16-mixed"),
+                                       (True, False, "bf16-mixed")):
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda amx=amx: amx)
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v)
+        precision, why = resolve_precision("auto", cuda=False)
+        assert precision == expected and why.startswith("auto: ")
+        assert resolve_precision("32-true", cuda=False) == ("32-true", "set by trainer.precision")  # explicit wins
+        assert resolve_precision("auto", cuda=True)[0] == "bf16-mixed"

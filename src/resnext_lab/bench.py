@@ -116,19 +116,24 @@ SIZES: dict[str, dict[str, Any]] = {
 
 
 def settings_for(
-    device: str, size: str, compile: bool = False, layout: str = "channels_last", threads: int | None = 1
+    device: str, size: str, compile: bool = False, layout: str = "channels_last", threads: int | None = 1,
+    bf16: bool | None = None,
 ) -> Settings:
-    """The defaults of `size` on `device`: bf16 autocast on GPUs, fp32 on CPU; channels_last on both.
+    """The defaults of `size` on `device`: the precision `trainer.precision=auto` picks there; channels_last.
 
     channels_last trained faster on GPUs (the issue's figures: NCHW at about half the rate) and on
     our CPU too (docs/PERFORMANCE.md); `layout="contiguous"` is there to check that on other machines.
     """
+    from resnext_lab.hardware import resolve_precision
+
     cuda = device == "cuda"
+    if bf16 is None:
+        bf16 = resolve_precision("auto", cuda)[0] == "bf16-mixed"
     return Settings(
         device=device,
         size=size,
         compile=compile,
-        bf16=cuda,
+        bf16=bf16,
         channels_last=layout == "channels_last",
         threads=None if cuda else threads,
         **SIZES[size],
@@ -693,6 +698,44 @@ def device_info(device: str) -> dict[str, Any]:
     return {"type": "cpu", "name": name, "cores": os.cpu_count(), "threads": torch.get_num_threads()}
 
 
+def matmul_peak(device: str, bf16: bool, n: int = 2048, seconds: float = 1.0) -> float:
+    """GFLOP/s of an n x n matmul (2n^3 FLOPs), fp32 or under bf16 autocast: what the device can do at best."""
+    dev = torch.device(device)
+    a, b = torch.randn(n, n, device=dev), torch.randn(n, n, device=dev)
+    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+        a @ b  # warm-up
+        sync(dev)
+        count, start = 0, time.perf_counter()
+        while count < 3 or time.perf_counter() - start < seconds:
+            a @ b
+            count += 1
+        sync(dev)
+    return 2 * n**3 * count / (time.perf_counter() - start) / 1e9
+
+
+def fraction_of_peak(row: dict[str, Any], peak_gflops: float) -> float:
+    """A row's training throughput as a fraction of the matmul peak: a step is about 3 forward passes of
+    `flops` multiply-adds (2 FLOPs each) per image: forward, and the backward's two products."""
+    return row["ours"]["images_per_s"] * 6 * row["flops"] / 1e9 / peak_gflops
+
+
+def format_precisions(reports: dict[str, dict[str, Any]], peaks: dict[str, float]) -> str:
+    """fp32 and bf16 reports side by side: images/s, bf16/fp32, and each as a fraction of its matmul peak."""
+    fp32, bf16 = reports["fp32"], reports["bf16"]
+    d = fp32["device"]
+    lines = [
+        f"{d['name']} ({d['type']}, {d.get('threads', '-')} thread(s)), torch {fp32['versions']['torch']}: "
+        f"fp32 against bf16 autocast; matmul 2048^2 peak {peaks['fp32']:.0f} GFLOP/s fp32, "
+        f"{peaks['bf16']:.0f} GFLOP/s bf16 ({peaks['bf16'] / peaks['fp32']:.2f}x)",
+        f"{'case':<20}{'fp32 img/s':>12}{'bf16 img/s':>12}{'bf16/fp32':>10}{'fp32 %peak':>12}{'bf16 %peak':>12}",
+    ]
+    for a, b in zip(fp32["results"], bf16["results"], strict=True):
+        ra, rb = a["ours"]["images_per_s"], b["ours"]["images_per_s"]
+        lines.append(f"{a['case']:<20}{ra:>12.1f}{rb:>12.1f}{rb / ra:>10.2f}"
+                     f"{100 * fraction_of_peak(a, peaks['fp32']):>11.1f}%{100 * fraction_of_peak(b, peaks['bf16']):>11.1f}%")
+    return "\n".join(lines)
+
+
 def versions() -> dict[str, str | None]:
     out: dict[str, str | None] = {"python": platform.python_version()}
     for name in PACKAGES:
@@ -821,6 +864,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--only", default=",".join(CASES), help=f"comma-separated cases (default all: {','.join(CASES)})"
     )
+    parser.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16", "both"),
+        default="auto",
+        help="auto: what trainer.precision=auto picks on this device; both: fp32 and bf16 side by side, with the "
+        "matmul peak of each",
+    )
     parser.add_argument("--out", type=Path, help="JSON report (default reports/bench/<host>-<device>-<size>.json)")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -829,13 +879,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     if set(cases) - set(CASES):
         parser.error(f"--only {args.only}: cases are {', '.join(CASES)}")
     size = args.size or ("full" if args.device == "cuda" else "small")
-    settings = settings_for(args.device, size, args.compile, args.layout, args.threads or None)
-    report = run(settings, cases, log=lambda text: print(text, file=sys.stderr, flush=True))
-    report["command"] = " ".join(["python -m resnext_lab.bench", *(argv if argv is not None else sys.argv[1:])])
+    command = " ".join(["python -m resnext_lab.bench", *(argv if argv is not None else sys.argv[1:])])
     out = args.out or default_out(args.device, size, args.compile)
     out.parent.mkdir(parents=True, exist_ok=True)
+    precisions = {"auto": [None], "fp32": [False], "bf16": [True], "both": [False, True]}[args.precision]
+    reports = {}
+    for bf16 in precisions:
+        settings = settings_for(args.device, size, args.compile, args.layout, args.threads or None, bf16)
+        report = run(settings, cases, log=lambda text: print(text, file=sys.stderr, flush=True))
+        report["command"] = command
+        reports["bf16" if settings.bf16 else "fp32"] = report
+        print(format_table(report))
+    if len(reports) == 1:
+        (report,) = reports.values()
+    else:
+        threads = torch.get_num_threads()
+        if args.threads and args.device == "cpu":
+            torch.set_num_threads(args.threads)
+        peaks = {name: matmul_peak(args.device, name == "bf16") for name in reports}
+        torch.set_num_threads(threads)
+        report = {"schema_version": SCHEMA_VERSION, "command": command, "matmul_peak_gflops": peaks, **reports}
+        print(format_precisions(reports, peaks))
     out.write_text(json.dumps(report, indent=2) + "\n")
-    print(format_table(report))
     print(f"written {out}")
     return 0
 

@@ -6,6 +6,7 @@ Hydra loads them for every command, and importing Lightning would cost seconds e
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -69,7 +70,7 @@ class TimedProgressBar(TQDMProgressBar):
     def __init__(self, interval_s: float = 0.5) -> None:
         super().__init__()
         self.interval_s = interval_s
-        self._drawn = 0.0
+        self._drawn = -math.inf  # the first step draws, whatever the monotonic clock's origin (boot, on Linux)
 
     def _should_update(self, current: int, total: int | float) -> bool:
         now = time.monotonic()

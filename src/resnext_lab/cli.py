@@ -80,6 +80,6 @@ def run_task(cfg: DictConfig) -> Any:
                 return train_task(cfg)
             except RunFailed as err:
                 fail(str(err), status=1)
-        raise ConfigError(f"task={cfg.task!r}: must be one of train, complexity")
+        raise ConfigError(f"task={cfg.task!r}: must be one of train, complexity, plan")
     except ConfigError as err:
         fail(str(err))

@@ -10,6 +10,11 @@ def fail(message: str, status: int = 2) -> NoReturn:
     raise SystemExit(status)
 
 
+def first_line(err: BaseException) -> str:
+    """The first non-empty line of an error's message, else its type's name."""
+    return next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+
+
 class ConfigError(ValueError):
     """A bad setting: the message names the setting, the value and what is accepted."""
 

@@ -18,41 +18,9 @@ from torchmetrics import Metric
 
 from resnext_lab.errors import ConfigError
 
-SCHEDULES = ("step", "cosine", "constant")
-
 
 class Diverged(RuntimeError):
     """The training loss became NaN or infinite."""
-
-
-def validate_optim(optim: Mapping[str, Any]) -> None:
-    """Every optimiser setting checked before anything is built."""
-    if not (_number(optim.get("lr")) and optim["lr"] > 0):
-        raise ConfigError(f"optim.lr={optim.get('lr')!r}: must be a number > 0")
-    for key in ("momentum", "weight_decay", "warmup_epochs"):
-        value = optim.get(key, 0)
-        if not (_number(value) and value >= 0):
-            raise ConfigError(f"optim.{key}={value!r}: must be a number >= 0")
-    if optim.get("nesterov") and not optim.get("momentum"):
-        raise ConfigError(f"optim.nesterov=true: needs optim.momentum > 0 (got {optim.get('momentum')!r})")
-    gamma, start = optim.get("gamma", 0.1), optim.get("warmup_start", 0.1)
-    if not (_number(gamma) and gamma > 0):
-        raise ConfigError(f"optim.gamma={gamma!r}: must be a number > 0")
-    if not (_number(start) and 0 <= start <= 1):
-        raise ConfigError(f"optim.warmup_start={start!r}: must be a number in [0, 1]")
-    base = optim.get("base_batch_size", 256)
-    if isinstance(base, bool) or not isinstance(base, int) or base < 1:
-        raise ConfigError(f"optim.base_batch_size={base!r}: must be an integer >= 1")
-    if optim.get("schedule", "cosine") not in SCHEDULES:
-        raise ConfigError(f"optim.schedule={optim.get('schedule')!r}: must be one of {', '.join(SCHEDULES)}")
-    milestones = list(optim.get("milestones") or [])
-    if any(not _number(m) or m <= 0 for m in milestones) or milestones != sorted(milestones):
-        raise ConfigError(f"optim.milestones={milestones}: must be increasing epochs > 0")
-
-
-def _number(value: Any) -> bool:
-    """An int or float, not a bool (YAML's true would otherwise pass as 1)."""
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def scaled_lr(optim: Mapping[str, Any], global_batch: int) -> float:

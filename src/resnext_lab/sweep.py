@@ -5,15 +5,17 @@ Kept free of torch and Lightning: Hydra loads these callbacks for every command,
 
 from __future__ import annotations
 
+import itertools
 import json
-import os
 import re
+import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback as HydraCallback
-from omegaconf import DictConfig, open_dict, read_write
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from resnext_lab.errors import fail
 
@@ -21,7 +23,8 @@ from resnext_lab.errors import fail
 #: rerun finds the same job in its folder.
 RUN_INVARIANT = frozenset({
     "name", "out_root", "resume", "experiment", "scale", "trainer.accelerator",
-    "trainer.enable_progress_bar", "trainer.progress_bar_interval_s", "logger.wandb.mode",
+    "trainer.enable_progress_bar", "trainer.progress_bar_interval_s", "logger.wandb.mode", "sweep.skip_invalid",
+    "report.baseline", "report.min_effect",
 })
 
 
@@ -63,17 +66,39 @@ def _row(run_dir: Path, sweep_dir: Path, result: dict[str, Any]) -> tuple[str, .
     )
 
 
+def _value_key(text: str) -> tuple[int, float, str]:
+    """Numbers by value, before any text; text as written."""
+    try:
+        return (0, float(text), "")
+    except ValueError:
+        return (1, 0.0, text)
+
+
+def job_order(overrides: Sequence[Sequence[str]]) -> list[int]:
+    """Indices of jobs sorted by their swept values: keys in command-line order, numbers numerically."""
+    parsed = [dict(o.split("=", 1) for o in job if "=" in o) for job in overrides]
+    keys: list[str] = []
+    for job in parsed:
+        keys += [k for k in job if k not in keys]
+    swept = [k for k in keys if len({job.get(k) for job in parsed}) > 1]
+    return sorted(range(len(parsed)), key=lambda i: [_value_key(parsed[i].get(k, "")) for k in swept])
+
+
 def summarize_sweep(sweep_dir: Path) -> list[str]:
-    """Print the sweep's table; return the job folders that did not complete."""
-    rows, bad = [], []
+    """Print the sweep's table, jobs in the order of their swept values; return the jobs that did not complete."""
+    jobs = []
     for path in sorted(sweep_dir.rglob("results.json")):
         try:
             result = json.loads(path.read_text())
         except (OSError, ValueError):
             result = {"status": "unreadable"}
-        rows.append(_row(path.parent, sweep_dir, result))
+        jobs.append((path.parent, result if isinstance(result, dict) else {"status": "unreadable"}))
+    jobs = [jobs[i] for i in job_order([r.get("overrides") or [] for _, r in jobs])]
+    rows, bad = [], []
+    for run_dir, result in jobs:
+        rows.append(_row(run_dir, sweep_dir, result))
         if result.get("status") != "completed":
-            bad.append(f"{path.parent.relative_to(sweep_dir)}: {result.get('status')}: {result.get('error') or ''}")
+            bad.append(f"{run_dir.relative_to(sweep_dir)}: {result.get('status')}: {result.get('error') or ''}")
     widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(COLUMNS)]
     lines = [f"sweep {sweep_dir} ({len(rows)} jobs)", "  ".join(c.ljust(w) for c, w in zip(COLUMNS, widths, strict=True))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in rows]
@@ -84,16 +109,94 @@ def summarize_sweep(sweep_dir: Path) -> list[str]:
     return bad
 
 
+def sweep_jobs(config: DictConfig) -> list[list[str]] | None:
+    """Every job's overrides, as Hydra's basic sweeper will launch them (None for sweeps it cannot expand).
+
+    The sweeper's `params` come first, then the command line's overrides; a later override of the same
+    key replaces the earlier; the jobs are the product of every key's values.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    node = config.hydra.sweeper.get("params")
+    params = OmegaConf.to_container(node, resolve=True) if node is not None else {}
+    texts = [f"{k}={v}" for k, v in params.items()] + list(config.hydra.overrides.task)
+    choices: dict[str, list[str]] = {}
+    for override in OverridesParser.create().parse_overrides(texts):
+        key = override.get_key_element()
+        if override.is_sweep_override():
+            if not override.is_discrete_sweep():
+                return None
+            choices[key] = [f"{key}={v}" for v in override.sweep_string_iterator()]
+        else:
+            choices[key] = [f"{key}={override.get_value_element_as_str()}"]
+    return [list(job) for job in itertools.product(*choices.values())]
+
+
+def check_sweep(config: DictConfig, config_name: str | None) -> list[tuple[list[str], DictConfig]]:
+    """Compose and validate every job of a training sweep before the first starts; exit 2 if any is invalid.
+
+    With `sweep.skip_invalid=true` the invalid jobs are only listed: they run, fail at once, are recorded
+    as failed, and the sweep exits 1 at the end. Returns the valid jobs' (overrides, composed config).
+    """
+    from hydra import compose
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from resnext_lab.config import check_job, validate
+    from resnext_lab.errors import ConfigError, first_line
+
+    jobs = sweep_jobs(config)
+    if not jobs:
+        return []
+    invalid, composed = [], []
+    for overrides in jobs:
+        try:
+            cfg = compose(config_name=config_name, overrides=overrides)
+            validate(cfg)  # settings first: cheap, no torch import
+            composed.append((overrides, cfg))
+        except (ConfigError, HydraException, OmegaConfBaseException) as err:  # one line each
+            invalid.append((overrides, first_line(err)))
+    for overrides, cfg in composed if not invalid else ():
+        try:
+            check_job(cfg)  # data and model: builds the datamodule, solves width=auto
+        except ConfigError as err:
+            invalid.append((overrides, first_line(err)))
+    if not invalid:
+        return composed
+    swept, _ = split_overrides(list(config.hydra.overrides.task))
+    varying = {o.split("=", 1)[0] for o in swept} | set((config.hydra.sweeper.get("params") or {}).keys())
+    lines = []
+    for overrides, reason in invalid:
+        named = [o for o in overrides if o.split("=", 1)[0] in varying]
+        lines.append(f"job {' '.join(named)}: {reason}" if named else reason)
+    if config.get("sweep", {}).get("skip_invalid"):
+        for line in lines:
+            print(f"warning: {line} (sweep.skip_invalid=true: it will be recorded as failed)", file=sys.stderr)
+        bad = [o for o, _ in invalid]
+        return [(o, c) for o, c in composed if o not in bad]
+    for line in lines:
+        print(f"error: {line}", file=sys.stderr)
+    print(f"{len(invalid)} of {len(jobs)} job(s) invalid, nothing was run: fix them, or set sweep.skip_invalid=true "
+          "to run the valid ones and record the others as failed", file=sys.stderr, flush=True)
+    raise SystemExit(2)
+
+
 def unwritable(folder: Path) -> str | None:
-    """Why `folder` cannot be created and written, else None: the nearest existing ancestor decides."""
+    """Why `folder` cannot be created and written, else None: tried for real, then cleaned up.
+
+    Permission bits say little to root (containers, cluster nodes), so the nearest existing
+    ancestor gets a temporary folder made in it and removed again.
+    """
     path = folder.absolute()
-    for existing in (path, *path.parents):
-        if existing.exists():
-            if not existing.is_dir():
-                return f"{existing} is not a folder"
-            if not os.access(existing, os.W_OK | os.X_OK):
-                return f"{existing} is not writable"
-            return None
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is None:
+        return None
+    if not existing.is_dir():
+        return f"{existing} is not a folder"
+    try:
+        tempfile.TemporaryDirectory(dir=existing, prefix=".resnext-write-check-").cleanup()
+    except OSError as err:
+        return f"cannot create a folder in {existing} ({err.strerror or type(err).__name__})"
     return None
 
 
@@ -114,11 +217,26 @@ class OutputFolder(HydraCallback):
     """
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if config.get("task") == "plan":
+            _print_plan(config, [(list(config.hydra.overrides.task), config)])
         self._check(config, str(config.hydra.run.dir))
+        if config.get("task") == "train":
+            from resnext_lab.config import check_job, validate
+            from resnext_lab.errors import ConfigError
+
+            try:
+                validate(config)  # settings first: cheap, no torch import
+                check_job(config)
+            except ConfigError as err:
+                fail(str(err))
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if config.get("task") == "plan":
+            _print_plan(config, check_sweep(config, kwargs.get("config_name")))
         sweep_dir = str(config.hydra.sweep.dir)
         self._check(config, sweep_dir)
+        if config.get("task") == "train":
+            check_sweep(config, kwargs.get("config_name"))
         # job folders are named by what varies inside the sweep; what all jobs share names the sweep folder
         _, fixed = split_overrides(list(config.hydra.overrides.task))
         exclude = sorted(RUN_INVARIANT | {o.split("=", 1)[0].lstrip("+~") for o in fixed})
@@ -138,6 +256,18 @@ class OutputFolder(HydraCallback):
             fail(f"out_root={config.get('out_root')!r}: cannot write the output folder {folder}: {reason}")
 
 
+def _print_plan(config: DictConfig, jobs: list[tuple[list[str], DictConfig]]) -> None:
+    """task=plan: print every job's complexity and estimated time, then stop: nothing runs, nothing is written."""
+    from resnext_lab.errors import ConfigError
+    from resnext_lab.plan import plan_sweep
+
+    try:
+        print(plan_sweep(jobs, config.get("plan") or {}, config.hydra), flush=True)
+    except ConfigError as err:
+        fail(str(err))
+    raise SystemExit(0)
+
+
 class SweepSummary(HydraCallback):
     """At the end of a training multirun: one table of every job in the sweep folder, failures last.
 
@@ -147,5 +277,44 @@ class SweepSummary(HydraCallback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if config.get("task") != "train":
             return
-        if summarize_sweep(Path(config.hydra.sweep.dir)):
+        sweep_dir = Path(config.hydra.sweep.dir)
+        bad = summarize_sweep(sweep_dir)
+        write_sweep_report(sweep_dir, config)
+        if bad:
             raise SystemExit(1)
+
+
+def wandb_group(config: DictConfig, sweep_dir: Any) -> str:
+    """The W&B group of a sweep's runs: `logger.wandb.group`, else the sweep folder under out_root ("runs" alone)."""
+    if config.logger.wandb.get("group"):
+        return str(config.logger.wandb.group)
+    if sweep_dir is None:
+        return "runs"
+    return Path(str(sweep_dir)).as_posix().split(f"{config.out_root}/", 1)[-1]
+
+
+def write_sweep_report(sweep_dir: Path, config: DictConfig) -> None:
+    """The ablation report of the sweep in `<sweep>/report/`, printed in short; a failure to write it is one line."""
+    from resnext_lab.errors import ConfigError, first_line
+    from resnext_lab.report.ablation import to_terminal, write_ablation
+    from resnext_lab.tracking import log_report_run
+
+    settings = config.get("report") or {}
+    try:
+        report, written = write_ablation(sweep_dir, None, settings.get("baseline"), settings.get("min_effect"))
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        return
+    except Exception as err:  # the sweep's jobs are done and recorded: a report bug must not hide that
+        print(f"warning: the ablation report failed: {type(err).__name__}: {first_line(err)}", file=sys.stderr)
+        return
+    print(to_terminal(report), flush=True)
+    print(f"report: {written[0]} (and report.csv, plots)", flush=True)
+    try:
+        run = log_report_run(report, [p for p in written if p.suffix == ".png"], written[0].parent,
+                             config.logger.wandb, wandb_group(config, sweep_dir))
+    except Exception as err:  # W&B unreachable or misconfigured: the files above are the report
+        print(f"warning: the W&B report run failed: {type(err).__name__}: {first_line(err)}", file=sys.stderr)
+        return
+    if run is not None:
+        print(f"W&B report run: {run}", flush=True)

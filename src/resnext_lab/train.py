@@ -10,6 +10,7 @@ from its last checkpoint (saved every epoch).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -26,7 +27,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from resnext_lab.errors import ConfigError, fail
+from resnext_lab.errors import ConfigError, fail, first_line
+from resnext_lab.files import write_json_atomic
 
 log = logging.getLogger("resnext_lab")
 
@@ -40,13 +42,6 @@ class RunFailed(Exception):
 
 
 # --- results.json ----------------------------------------------------------------------------
-
-
-def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    """Write to a temporary file beside `path`, then rename: readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
 
 
 def read_results(run_dir: Path) -> dict[str, Any] | None:
@@ -98,25 +93,6 @@ def git_commit() -> str | None:
         return None
 
 
-# --- validation --------------------------------------------------------------------------------
-
-
-def validate_trainer(trainer: DictConfig) -> None:
-    epochs = trainer.get("max_epochs")
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ConfigError(f"trainer.max_epochs={epochs!r}: must be an integer >= 1")
-    if trainer.get("precision") not in ("auto", "32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "64-true"):
-        raise ConfigError(
-            f"trainer.precision={trainer.get('precision')!r}: must be one of auto, 32-true, bf16-mixed, 16-mixed"
-        )
-    every = trainer.get("check_finite_every_n_steps", 50)
-    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-        raise ConfigError(f"trainer.check_finite_every_n_steps={every!r}: must be an integer >= 1")
-    interval = trainer.get("progress_bar_interval_s", 0.5)
-    if isinstance(interval, bool) or not isinstance(interval, int | float) or interval < 0:
-        raise ConfigError(f"trainer.progress_bar_interval_s={interval!r}: must be a number of seconds >= 0")
-
-
 def _auto(value: Any, default: Any) -> Any:
     return default if value == "auto" else value
 
@@ -124,32 +100,14 @@ def _auto(value: Any, default: Any) -> Any:
 # --- the run -------------------------------------------------------------------------------------
 
 
-def _wandb_mode(cfg: DictConfig) -> str:
-    mode = cfg.logger.wandb.get("mode", "auto")
-    if os.environ.get("WANDB_MODE"):
-        return os.environ["WANDB_MODE"]
-    if mode != "auto":
-        return mode
-    if os.environ.get("WANDB_API_KEY"):
-        return "online"
-    try:
-        import netrc
-
-        auth = netrc.netrc().authenticators("api.wandb.ai")
-        return "online" if auth and auth[2] else "offline"
-    except (OSError, netrc.NetrcParseError):
-        return "offline"
-
-
 def _sweep_group(cfg: DictConfig) -> str:
     from hydra.core.hydra_config import HydraConfig
 
-    if cfg.logger.wandb.get("group"):
-        return str(cfg.logger.wandb.group)
+    from resnext_lab.sweep import wandb_group
+
     hc = HydraConfig.get()
-    if hc.mode is not None and hc.mode.name == "MULTIRUN":
-        return Path(hc.sweep.dir).as_posix().split(f"{cfg.out_root}/", 1)[-1]
-    return "runs"
+    multirun = hc.mode is not None and hc.mode.name == "MULTIRUN"
+    return wandb_group(cfg, hc.sweep.dir if multirun else None)
 
 
 def _in_multirun() -> bool:
@@ -183,22 +141,19 @@ def process_rank() -> int:
 
 
 def build_run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    """Validate everything and build network, data and module; nothing trains yet."""
-    from resnext_lab.data import build_datamodule
-    from resnext_lab.models import build, complexity, spec_from_config
-    from resnext_lab.module import ClassificationModule, validate_optim
+    """Validate everything and build data and spec; nothing trains yet."""
+    from resnext_lab.config import check_job
+    from resnext_lab.models import build, complexity
+    from resnext_lab.module import ClassificationModule
 
-    validate_trainer(cfg.trainer)
-    validate_optim(cfg.optim)
-    dm = build_datamodule(OmegaConf.to_container(cfg.data, resolve=True))
+    dm, spec = check_job(cfg)
     dm.shuffle_seed = int(cfg.seed)
-    spec = spec_from_config(
-        OmegaConf.to_container(cfg.model, resolve=True),
-        num_classes=dm.num_classes,
-        in_channels=dm.in_channels,
-        image_size=dm.image_size,
-    )
     model_info = {**spec.summary(), **complexity(spec)}
+    if cfg.model.get("width") == "auto":  # what the width was solved against: the report's complexity check
+        ref = dict(cfg.model.get("reference") or {})
+        ref_spec = dataclasses.replace(spec, cardinality=int(ref.get("cardinality", 1)), width=int(ref.get("width", 64)))
+        model_info["reference"] = {"cardinality": ref_spec.cardinality, "width": ref_spec.width,
+                                   "match": str(cfg.model.get("match", "params")), **complexity(ref_spec)}
     return {"dm": dm, "spec": spec, "model": model_info, "build": build, "module": ClassificationModule}
 
 
@@ -216,11 +171,16 @@ def _check_same_job(previous: dict[str, Any], run_dir: Path) -> None:
 
 
 def train_task(cfg: DictConfig) -> dict[str, Any]:
+    """One job: skip it if done, else build, fit and test it; results.json says how it went at every step.
+
+    Settings are checked before Hydra starts the job (sweep.OutputFolder) and again in build_run,
+    inside the bookkeeping, so that a job that runs with a bad setting (sweep.skip_invalid) is recorded.
+    """
     run_dir = _run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
     rank = process_rank()  # ranks > 0 train but write nothing: see process_rank
     previous = read_results(run_dir)
-    if previous and cfg.resume:
+    if previous and cfg.resume is True:
         _check_same_job(previous, run_dir)
         if previous.get("status") == "completed":
             log.info("skipping %s: completed before (%s)", run_dir, RESULTS)
@@ -231,7 +191,7 @@ def train_task(cfg: DictConfig) -> dict[str, Any]:
         "overrides": _overrides(),
         "experiment": cfg.get("experiment_name"),
         "scale": cfg.get("scale_name"),
-        "seed": int(cfg.seed),
+        "seed": cfg.seed,
         "task": "train",
         "versions": versions(),
         "git_commit": git_commit(),
@@ -281,10 +241,10 @@ def one_line(err: BaseException) -> str:
     """The error as results.json and the sweep table show it: user errors as worded, others with their type."""
     from resnext_lab.module import Diverged
 
-    text = next((line.strip() for line in str(err).splitlines() if line.strip()), "")
-    if isinstance(err, ConfigError | Diverged):
+    text = first_line(err)
+    if isinstance(err, ConfigError | Diverged) or text == type(err).__name__:
         return text
-    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+    return f"{type(err).__name__}: {text}"
 
 
 def _finish_wandb(exit_code: int) -> None:
@@ -301,11 +261,14 @@ def _fit(cfg: DictConfig, run_dir: Path, plan: dict[str, Any], outcome: dict[str
     from pytorch_lightning.loggers import WandbLogger
 
     from resnext_lab.callbacks import LastCheckpoint, Throughput, TimedProgressBar
+    from resnext_lab.hardware import resolve_precision
+    from resnext_lab.tracking import wandb_mode
 
     t = cfg.trainer
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     cuda = torch.cuda.is_available() and t.accelerator in ("auto", "gpu", "cuda")
-    precision = _auto(t.precision, "bf16-mixed" if cuda else "32-true")
+    precision, why = resolve_precision(str(t.precision), cuda)
+    outcome["precision"] = {"used": precision, "why": why}
     channels_last = bool(_auto(t.channels_last, True))  # faster on CPUs too: docs/PERFORMANCE.md
     benchmark = bool(_auto(t.benchmark, cuda and not cfg.deterministic))
     if cuda:
@@ -319,6 +282,7 @@ def _fit(cfg: DictConfig, run_dir: Path, plan: dict[str, Any], outcome: dict[str
                             int(t.check_finite_every_n_steps))
     log.info("%s | %s params | %s GFLOPs | %s", spec.name, f"{plan['model']['params']:,}",
              f"{plan['model']['flops'] / 1e9:.3f}", dm.describe())
+    log.info("precision %s (%s)", precision, why)
 
     last = run_dir / CHECKPOINT
     resumed = bool(cfg.resume and last.exists())
@@ -333,7 +297,7 @@ def _fit(cfg: DictConfig, run_dir: Path, plan: dict[str, Any], outcome: dict[str
         run_id = id_file.read_text().strip() if id_file.exists() else secrets.token_hex(4)
         if process_rank() == 0:  # WandbLogger starts no run on other ranks; their id would clobber this one
             id_file.write_text(run_id)
-        mode = _wandb_mode(cfg)
+        mode = wandb_mode(str(cfg.logger.wandb.get("mode", "auto")))
         wl = WandbLogger(
             project=cfg.logger.wandb.project,
             entity=cfg.logger.wandb.get("entity"),

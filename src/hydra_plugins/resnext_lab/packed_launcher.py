@@ -93,6 +93,7 @@ class PackedLauncher(Launcher):
         self.config = config
         self.hydra_context = hydra_context
         self.task_function = task_function
+        self.gpus = resolve_devices(self.devices)  # before the sweep starts: a bad value stops it here
 
     def run_one(self, overrides: Sequence[str], idx: int) -> JobReturn:
         """One job, in a worker: what Hydra's basic launcher does for each job of its sweep."""
@@ -111,7 +112,7 @@ class PackedLauncher(Launcher):
 
         assert self.config is not None
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
-        gpus = resolve_devices(self.devices)
+        gpus = self.gpus
         # interleaved, so that the first jobs spread over the GPUs; never more workers than jobs
         devices = ([g for _ in range(self.jobs_per_device) for g in gpus] or [CPU] * self.jobs_per_device)
         devices = devices[: len(job_overrides)]

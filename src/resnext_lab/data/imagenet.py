@@ -1,7 +1,9 @@
 """ImageNet (or any subset in its layout) from `root/train/<class>/*` and `root/val/<class>/*`.
 
 Too large for memory, so this is the classic pipeline: torchvision ImageFolder,
-JPEG decoding and the paper's scale augmentation in DataLoader workers. The val
+JPEG decoding and the paper's augmentation in DataLoader workers: the
+fb.resnet.torch recipe the ResNeXt paper follows (random-size crop, flip and, with
+`data.color_augment`, colour jitter and AlexNet's PCA lighting). The val
 folder is the test set (the paper reports val error); with `data.val_size: 0`
 it is also what validation runs on, otherwise `val_size` training images are
 held out instead.
@@ -10,7 +12,8 @@ held out instead.
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+import dataclasses
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +22,57 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from resnext_lab.data.batches import eval_subset, split_indices
-from resnext_lab.data.config import parse_settings
+from resnext_lab.data.config import DataSettings, _boolean, parse_settings
 from resnext_lab.data.in_memory import DEFAULT_DOWNLOAD_ROOT
 from resnext_lab.errors import ConfigError, DataError
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
+#: The ImageNet RGB covariance's eigenvalues and eigenvectors (columns), as in
+#: fb.resnet.torch's datasets/imagenet.lua, for AlexNet-style lighting noise.
+PCA_EIGVAL = (0.2175, 0.0188, 0.0045)
+PCA_EIGVEC = (
+    (-0.5675, 0.7192, 0.4009),
+    (-0.5808, -0.0045, -0.8140),
+    (-0.5836, -0.6948, 0.4203),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageNetSettings(DataSettings):
+    """`DataSettings` plus the field only ImageNet has (the in-memory data sets have no colour augmentation)."""
+
+    color_augment: bool = False
+
+
+class Lighting:
+    """AlexNet's PCA lighting noise on a CHW tensor in [0, 1] (fb.resnet.torch's `Lighting`).
+
+    Adds `eigvec @ (alpha * eigval)` to every pixel, with alpha ~ N(0, alphastd^2), one per
+    eigenvector and call, from torch's global RNG (so `seed_everything` fixes it).
+    """
+
+    def __init__(self, alphastd: float, eigval: Sequence[float], eigvec: Sequence[Sequence[float]]) -> None:
+        self.alphastd = float(alphastd)
+        self.eigval = torch.tensor(eigval, dtype=torch.float32)
+        self.eigvec = torch.tensor(eigvec, dtype=torch.float32)
+        if self.eigval.shape != (3,) or self.eigvec.shape != (3, 3):
+            raise ValueError(
+                f"Lighting: eigval must have 3 values and eigvec 3x3, got {self.eigval.shape}, {self.eigvec.shape}"
+            )
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        if self.alphastd == 0:
+            return img
+        alpha = torch.randn(3) * self.alphastd
+        rgb = self.eigvec @ (alpha * self.eigval)
+        return img + rgb.to(img.dtype).view(3, 1, 1)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(alphastd={self.alphastd}, eigval={self.eigval.tolist()}, "
+            f"eigvec={self.eigvec.tolist()})"
+        )
 
 
 class ImageNetDataModule(pl.LightningDataModule):
@@ -48,11 +96,15 @@ class ImageNetDataModule(pl.LightningDataModule):
         "num_classes": 1000,
         "in_channels": 3,
         "image_size": 224,
+        "color_augment": False,
     }
 
     def __init__(self, cfg: Mapping[str, Any]) -> None:
         super().__init__()
-        self.settings = parse_settings(cfg, self.defaults, {"in_channels": 3})
+        base = parse_settings(cfg, self.defaults, {"in_channels": 3})
+        color = cfg["color_augment"] if "color_augment" in cfg else self.defaults["color_augment"]
+        fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(base)}
+        self.settings = ImageNetSettings(**fields, color_augment=_boolean("color_augment", color))
         self.num_classes = self.settings.num_classes
         self.in_channels = self.settings.in_channels
         self.image_size = self.settings.image_size
@@ -62,12 +114,24 @@ class ImageNetDataModule(pl.LightningDataModule):
         self.test_set: Dataset | None = None
 
     def train_transform(self) -> Any:
-        """RandomResizedCrop + flip (the paper's scale and aspect-ratio augmentation), then normalise."""
+        """fb.resnet.torch's training pipeline: random-size crop + flip, colour jitter + lighting, normalise.
+
+        `data.augment` switches the crop and flip (off: the eval centre crop),
+        `data.color_augment` the colour jitter and lighting, independently.
+        """
         from torchvision import transforms as T
 
-        size = self.image_size
-        augment = [T.RandomResizedCrop(size), T.RandomHorizontalFlip()] if self.settings.augment else self._center()
-        return T.Compose([*augment, T.ToTensor(), T.Normalize(MEAN, STD)])
+        s = self.settings
+        # 8-100% of the area, aspect ratio 3/4-4/3 (torchvision's defaults, spelled out as the recipe)
+        crop = [T.RandomResizedCrop(self.image_size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)), T.RandomHorizontalFlip()]
+        color: list[Any] = []
+        if s.color_augment:
+            # On the [0, 1] tensor, as fb.resnet.torch does. ColorJitter rather than RandomOrder of
+            # three transforms: it already applies brightness, contrast and saturation in a random
+            # order per image with factors uniform in [0.6, 1.4], as fb.resnet.torch's RandomOrder
+            # of Brightness/Contrast/Saturation does (torchvision clamps to [0, 1] after each; Lua not).
+            color = [T.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4), Lighting(0.1, PCA_EIGVAL, PCA_EIGVEC)]
+        return T.Compose([*(crop if s.augment else self._center()), T.ToTensor(), *color, T.Normalize(MEAN, STD)])
 
     def eval_transform(self) -> Any:
         """Resize the short side to 256/224 of the crop, then the centre crop (single-crop testing)."""

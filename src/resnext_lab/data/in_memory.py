@@ -73,6 +73,11 @@ class InMemoryDataModule(pl.LightningDataModule):
         """The one-line DataError message for files found nowhere."""
         raise NotImplementedError
 
+    def check_available(self) -> None:
+        """Raise DataError now if the files are nowhere and may not be downloaded (reads no file)."""
+        if not self.settings.download and self._locate() is None:
+            raise DataError(self._missing())
+
     # -- Lightning hooks --------------------------------------------------------
 
     def prepare_data(self) -> None:

@@ -1,4 +1,7 @@
-"""Command line: `python -m resnext_lab.report SWEEP_DIR (--table FILE.yaml | --experiment NAME [--scale S]) [--out DIR]`.
+"""Command line: `python -m resnext_lab.report SWEEP_DIR [--table FILE.yaml | --experiment NAME [--scale S]] [--out DIR]`.
+
+With a table (a paper table's `report:` node) it renders that table beside the paper's numbers;
+without, the sweep's ablation report (report/ablation.py): groups, deltas, verdicts, seeds needed.
 
 Prints the markdown table and the written paths. Errors a user can fix (no such
 folder, no results yet, a bad `report:` node) print as one line on stderr with
@@ -23,7 +26,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Rebuild a paper table from a sweep folder: seeds, 95% CIs, paper-ordering verdicts, figures.",
     )
     parser.add_argument("sweep_dir", type=Path, help="folder holding the jobs' results.json files (any depth)")
-    source = parser.add_mutually_exclusive_group(required=True)
+    source = parser.add_mutually_exclusive_group()
     source.add_argument("--table", type=Path, help="YAML file with a top-level report: node")
     source.add_argument("--experiment", help="experiment name: reads experiments/NAME.yaml")
     parser.add_argument(
@@ -32,10 +35,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         "may build smaller depths and widths than the paper's",
     )
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: SWEEP_DIR/report)")
+    parser.add_argument("--baseline", help="ablation report: the group compared against, as key=value")
+    parser.add_argument("--min-effect", type=float, help="ablation report: the effect seeds-needed is computed for")
     args = parser.parse_args(argv)
     out = args.out if args.out is not None else args.sweep_dir / "report"
     if args.scale and not args.experiment:
         parser.error("--scale needs --experiment")
+    if args.table is None and args.experiment is None:
+        from resnext_lab.report.ablation import to_terminal, write_ablation
+
+        try:
+            report, written = write_ablation(args.sweep_dir, out, args.baseline, args.min_effect)
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(to_terminal(report))
+        for item in written:
+            print(f"wrote {item}")
+        return 0
     try:
         if args.scale:
             from resnext_lab.report.dashboard import table_at_scale

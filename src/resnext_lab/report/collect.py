@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from resnext_lab.errors import DataError
+from resnext_lab.errors import DataError, first_line
 
 #: Statuses a training writes; anything else is reported as it is.
 STATUSES = ("completed", "failed", "diverged", "running")
@@ -45,8 +45,7 @@ def _read_one(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        return {"status": UNREADABLE, "error": f"{type(exc).__name__}: {why}", "_dir": path.parent}
+        return {"status": UNREADABLE, "error": f"{type(exc).__name__}: {first_line(exc)}", "_dir": path.parent}
     if not isinstance(data, dict):
         return {"status": UNREADABLE, "error": f"not a JSON object ({type(data).__name__})", "_dir": path.parent}
     if not isinstance(data.get("status"), str):

@@ -22,7 +22,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from resnext_lab.errors import ConfigError
+from resnext_lab.errors import ConfigError, first_line
+from resnext_lab.tracking import has_credentials
 
 CONF_DIR = Path(__file__).resolve().parents[3] / "conf"
 SCALES = ("smoke", "proxy", "paper")
@@ -50,15 +51,14 @@ def compose_experiment(name: str, scale: str) -> DictConfig:
         with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
             return compose("config", overrides=[f"experiment={name}", f"scale={scale}"], return_hydra_config=True)
     except HydraException as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"experiment={name} scale={scale}: cannot compose ({first})") from exc
+        raise ConfigError(f"experiment={name} scale={scale}: cannot compose ({first_line(exc)})") from exc
 
 
 def table_at_scale(name: str, scale: str) -> dict[str, Any]:
     """The `report:` table of an experiment as it composes at `scale` (its depths and widths resolved)."""
     cfg = compose_experiment(name, scale)
     table = cfg.get("report")
-    if not isinstance(table, DictConfig):
+    if not isinstance(table, DictConfig) or "rows" not in table:
         raise ConfigError(f"experiment={name} scale={scale}: has no report: table")
     return OmegaConf.to_container(table, resolve=True)  # type: ignore[return-value]
 
@@ -127,19 +127,6 @@ def build_report(cfg: DictConfig, entity: str, project: str | None = None) -> An
     )
 
 
-def has_credentials() -> bool:
-    """An API key in the environment or in ~/.netrc for api.wandb.ai (what `wandb login` writes)."""
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    import netrc
-
-    try:
-        auth = netrc.netrc().authenticators("api.wandb.ai")
-    except (OSError, netrc.NetrcParseError):
-        return False
-    return bool(auth and auth[2])
-
-
 def offline_hint(cfg: DictConfig) -> str:
     sweep = Path(str(cfg.out_root)) / group_name(cfg)
     return (
@@ -179,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except Exception as exc:  # network, permissions, server: one line, not a traceback
         print(
-            f"error: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}; "
+            f"error: {type(exc).__name__}: {first_line(exc)}; "
             f"{offline_hint(cfg)}",
             file=sys.stderr,
         )

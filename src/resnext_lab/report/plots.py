@@ -8,10 +8,9 @@ holds no data for it, so the caller can say why the plot is absent.
 
 from __future__ import annotations
 
-import os
-import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -20,6 +19,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from resnext_lab.files import write_atomic
 from resnext_lab.report.collect import CellJobs, load_curves
 from resnext_lab.report.stats import summarize
 
@@ -38,6 +38,11 @@ def metric_label(metric: str) -> str:
     label = names.get(base, f"{base} (%)" if base.endswith("_err") else base)
     split = metric.rsplit("/", 1)[0] if "/" in metric else ""
     return f"{split} {label}".strip()
+
+
+#: Series with at most this many points get markers (one epoch draws a line of length zero).
+FEW_POINTS = 8
+MARKERS = {"-": "o", "--": "s"}
 
 
 def mean_curves(cell: CellJobs) -> pd.DataFrame:
@@ -66,7 +71,9 @@ def curves_figure(cells: Sequence[CellJobs], metric: str = "test/top1_err") -> F
             if col in curves.columns and curves[col].notna().any():
                 series = curves[col].dropna()
                 label = None if labelled else _cell_name(cell, cells)
-                ax.plot(series.index + 1, series.to_numpy(), style, color=colour, label=label)
+                marker = MARKERS[style] if len(series) <= FEW_POINTS else None  # a lone point draws no line
+                ax.plot(series.index + 1, series.to_numpy(), style, color=colour, label=label, marker=marker,
+                        markerfacecolor="none" if style == "--" else colour)
                 labelled, drawn = True, drawn + 1
     if not drawn:
         return None
@@ -171,17 +178,7 @@ def bars_figure(cells: Sequence[CellJobs], metric: str, title: str = "") -> Figu
 
 def save_figure(fig: Figure, path: str | Path) -> Path:
     """Write a figure as PNG atomically (temp file in the same folder, then os.replace)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            fig.savefig(handle, format="png", dpi=_DPI, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomic(path, lambda handle: fig.savefig(handle, format="png", dpi=_DPI, bbox_inches="tight"))
 
 
 def _new_figure(size: tuple[float, float]) -> tuple[Figure, Axes]:
@@ -215,3 +212,59 @@ def _size_unit(largest: float) -> tuple[float, str]:
         if largest >= scale:
             return scale, unit
     return 1.0, ""
+
+
+def ablation_figures(report: Mapping[str, Any]) -> dict[str, Figure]:
+    """An ablation report's plots: test top-1 error (mean ± std over seeds) against the first swept setting,
+    one series per value of the others, and against params (or FLOPs)."""
+    rows = [r for r in report["rows"] if r.get("test/top1_err mean") is not None]
+    keys = list(report["keys"])
+    if not rows or not keys:
+        return {}
+    first, others = keys[0], keys[1:]
+    series: dict[str, list[Mapping[str, Any]]] = {}
+    for r in rows:
+        series.setdefault(", ".join(f"{k}={r[k]}" for k in others), []).append(r)
+    figures = {}
+    numeric = all(_is_number(r[first]) for r in rows)
+    size_key = report.get("match") or "params"
+    for name, x_of, xlabel in (
+        (f"error_vs_{_file_safe(first)}", lambda r: float(r[first]) if numeric else str(r[first]), first),
+        (f"error_vs_{size_key}", lambda r: r[size_key], size_key),
+    ):
+        fig, ax = _new_figure((7, 4.5))
+        for (label, members), colour in zip(series.items(), _colours(len(series)), strict=True):
+            if any(x_of(r) is None for r in members):
+                continue
+            xs = [x_of(r) for r in members]
+            ys = [r["test/top1_err mean"] for r in members]
+            err = [r["test/top1_err std"] or 0.0 for r in members]
+            ax.errorbar(xs, ys, yerr=err, fmt="-o", color=colour, capsize=3, label=label or None)
+            if name.endswith(size_key):
+                for x, y, r in zip(xs, ys, members, strict=True):
+                    ax.annotate(str(r[first]), (x, y), textcoords="offset points", xytext=(4, 4), fontsize="small")
+        if numeric and name.endswith(_file_safe(first)):
+            values = sorted({float(r[first]) for r in rows})
+            if values[0] > 0 and values[-1] / values[0] >= 8:
+                ax.set_xscale("log", base=2)
+            ax.set_xticks(values, [f"{v:g}" for v in values])
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("test top-1 error (%), mean ± std over seeds")
+        ax.set_title(f"test top-1 error against {xlabel}")
+        if others:
+            ax.legend(fontsize="small")
+        ax.grid(alpha=0.3)
+        figures[name] = fig
+    return figures
+
+
+def _is_number(text: Any) -> bool:
+    try:
+        float(text)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _file_safe(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)

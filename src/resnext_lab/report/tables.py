@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,7 +19,8 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from resnext_lab.errors import ConfigError, DataError
+from resnext_lab.errors import ConfigError, DataError, first_line
+from resnext_lab.files import write_text_atomic
 from resnext_lab.report import plots
 from resnext_lab.report.collect import UNREADABLE, CellJobs, group_cells, load_results, matches
 from resnext_lab.report.stats import BASELINE, Difference, difference, summarize, verdict
@@ -117,7 +116,7 @@ def load_table_def(path: str | Path) -> dict[str, Any]:
     try:
         cfg = OmegaConf.load(path)
     except (OSError, ValueError, yaml.YAMLError, OmegaConfBaseException) as exc:
-        raise ConfigError(f"{path}: cannot read YAML ({_first_line(exc)})") from exc
+        raise ConfigError(f"{path}: cannot read YAML ({first_line(exc)})") from exc
     node = cfg.get("report") if isinstance(cfg, DictConfig) else None
     if node is None:
         raise ConfigError(f"{path}: has no top-level report: node")
@@ -126,13 +125,8 @@ def load_table_def(path: str | Path) -> dict[str, Any]:
     try:
         table = OmegaConf.to_container(node, resolve=True)
     except OmegaConfBaseException as exc:
-        raise ConfigError(f"{path}: cannot resolve report: ({_first_line(exc)})") from exc
+        raise ConfigError(f"{path}: cannot resolve report: ({first_line(exc)})") from exc
     return table  # type: ignore[return-value]
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def experiment_file(name: str) -> Path:
@@ -299,21 +293,9 @@ def write_report(sweep_dir: str | Path, table_def: Mapping[str, Any], out_dir: s
         else:
             written_plots.append(plots.save_figure(fig, out / name))
     markdown, frame = _render(results, table, notes)
-    md_path = _write_text_atomic(out / "table.md", markdown)
-    csv_path = _write_text_atomic(out / "table.csv", frame.to_csv(index=False))
+    md_path = write_text_atomic(out / "table.md", markdown)
+    csv_path = write_text_atomic(out / "table.csv", frame.to_csv(index=False))
     return [md_path, csv_path, *written_plots]
-
-
-def _write_text_atomic(path: Path, text: str) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _num(value: Any) -> str:

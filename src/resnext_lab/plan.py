@@ -1,0 +1,295 @@
+"""task=plan: every job of a sweep with its complexity and estimated wall time, before anything trains.
+
+    python run.py -m task=plan model.cardinality=1,2,4,32,64 seed=0,1,2
+    python run.py -m task=plan experiment=table3 scale=paper plan.device=h100
+    make plan EXP=table3 SCALE=cpu
+
+Per job: epochs x (training steps + validation batches) + one test pass, plus a fixed cost per job
+(start-up, data, logging). Each step's time comes from one of two models:
+
+- `plan.device=here` (default): measured. A few training steps and evaluation batches of every
+  distinct network are timed on this machine, as the job will run them (precision, channels_last,
+  threads per job under the packed launcher), and cached in `~/.cache/resnext-lab/plan.json`.
+- `plan.device=h100|a100|v100`: from exact FLOPs and a stated achieved throughput (THROUGHPUT), with a
+  floor per step for the host's share (small networks cannot fill a GPU), for budgeting a cluster run.
+
+The sweep's wall time spreads the jobs over the launcher's slots (packed: jobs_per_device per device;
+local/slurm: all at once, or array_parallelism) longest first. Nothing is written but the cache.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from resnext_lab.errors import ConfigError
+
+#: (training images, test images) of each data set; the validation split comes out of the training images.
+SIZES = {"fashion_mnist": (60_000, 10_000), "cifar10": (50_000, 10_000), "cifar100": (50_000, 10_000),
+         "imagenet": (1_281_167, 50_000)}
+#: Named devices: achieved training throughput in TFLOP/s (6 FLOPs per multiply-add per image: forward and the
+#: backward's two products), and the shortest step the host allows. ResNet-50 trains at about 3,000 img/s on one
+#: H100 in bf16 (MLPerf-class pipelines), 1,400 on an A100, 900 on a V100 (mixed precision): 4.1 GMACs x 6.
+THROUGHPUT = {"h100": (75.0, 0.003), "a100": (35.0, 0.004), "v100": (22.0, 0.005)}
+DEVICES = ("here", *THROUGHPUT)
+#: Seconds per job besides its steps (imports are paid once per worker; W&B, data, checkpoints per job),
+#: and per sweep process. Measured on the project's 2-core CPU: docs/PERFORMANCE.md.
+JOB_OVERHEAD_S, STARTUP_S = 6.0, 12.0
+CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "resnext-lab" / "plan.json"
+CALIBRATION_BATCH = 32
+
+
+@dataclasses.dataclass
+class JobPlan:
+    overrides: list[str]
+    name: str
+    params: int
+    flops: int
+    deviation: float | None  # of the matched quantity from the width=auto reference
+    epochs: int
+    train_steps: int
+    eval_batches: int  # per epoch (validation), the test pass adds test_batches once
+    test_batches: int
+    seconds: float
+    devices: int = 1  # devices x nodes the job trains on (DDP)
+
+
+def _count(limit: Any, batches: int) -> int:
+    """Lightning's limit_*_batches: a fraction (float), a count (int) or null (all)."""
+    if limit is None:
+        return batches
+    return min(batches, int(limit)) if isinstance(limit, int) else int(batches * float(limit))
+
+
+def world_size(trainer: Mapping[str, Any]) -> int:
+    devices = trainer.get("devices")
+    per_node = devices if isinstance(devices, int) else len(devices) if isinstance(devices, list) else 1
+    return per_node * int(trainer.get("num_nodes") or 1)
+
+
+def steps(cfg: Mapping[str, Any]) -> tuple[int, int, int]:
+    """(training steps per epoch, validation batches per epoch, test batches) of a composed job config."""
+    data, trainer = cfg["data"], cfg["trainer"]
+    train_n, test_n = SIZES[data["name"]]
+    val_size = int(data.get("val_size") or 0)
+    train = train_n - val_size
+    if data.get("limit_train"):
+        train = min(train, int(data["limit_train"]))
+    val = val_size or test_n
+    test = test_n
+    if data.get("limit_eval"):
+        val, test = min(val, int(data["limit_eval"])), min(test, int(data["limit_eval"]))
+    world = world_size(trainer)
+    batch, eval_batch = int(data["batch_size"]), int(data.get("eval_batch_size") or data["batch_size"])
+    train_steps = _count(trainer.get("limit_train_batches"), train // (batch * world))
+    val_batches = _count(trainer.get("limit_val_batches"), math.ceil(val / (eval_batch * world)))
+    test_batches = _count(trainer.get("limit_test_batches"), math.ceil(test / (eval_batch * world)))
+    return train_steps, val_batches, test_batches
+
+
+def _key(spec: Any, batch: int, precision: str, channels_last: bool, threads: int) -> str:
+    import platform
+
+    import torch
+
+    text = json.dumps([dataclasses.asdict(spec), batch, precision, channels_last, threads, torch.__version__,
+                       platform.node(), platform.processor()], sort_keys=True, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+def calibrate(spec: Any, batch: int, precision: str, channels_last: bool, threads: int,
+              cache: dict[str, Any]) -> tuple[float, float]:
+    """(seconds per training step, per evaluation batch) at `batch`, timed here on a smaller batch and scaled."""
+    key = _key(spec, batch, precision, channels_last, threads)
+    if key in cache:
+        return tuple(cache[key])  # type: ignore[return-value]
+    import torch
+    import torch.nn.functional as F
+
+    from resnext_lab.models import build
+
+    small = min(batch, CALIBRATION_BATCH)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        net = build(spec)
+        memory = torch.channels_last if channels_last else torch.contiguous_format
+        net = net.to(memory_format=memory)
+        x = torch.randn(small, spec.in_channels, spec.image_size, spec.image_size).to(memory_format=memory)
+        y = torch.randint(0, spec.num_classes, (small,))
+        opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+        bf16 = precision.startswith("bf16")
+
+        def train_step() -> None:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                loss = F.cross_entropy(net(x), y)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        def eval_step() -> None:
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                net(x)
+
+        per_step = []
+        for fn, budget in ((train_step, 1.0), (eval_step, 0.3)):
+            net.train(fn is train_step)
+            fn()  # warm-up
+            count, start = 0, time.perf_counter()
+            while count < 2 or time.perf_counter() - start < budget:
+                fn()
+                count += 1
+            per_step.append((time.perf_counter() - start) / count * batch / small)
+    finally:
+        torch.set_num_threads(previous)
+    cache[key] = per_step
+    return per_step[0], per_step[1]
+
+
+def _flop_step(flops: int, batch: int, device: str) -> tuple[float, float]:
+    tflops, floor = THROUGHPUT[device]
+    train = max(6 * flops * batch / (tflops * 1e12), floor)
+    return train, max(train / 3, floor / 2)
+
+
+def plan_jobs(configs: Sequence[tuple[list[str], Any]], device: str, slots: int, threads: int) -> list[JobPlan]:
+    """One JobPlan per (overrides, composed config)."""
+    from resnext_lab.config import check_job, plain
+    from resnext_lab.hardware import resolve_precision
+    from resnext_lab.models import complexity
+
+    cache: dict[str, Any] = {}
+    if device == "here":
+        try:
+            cache = json.loads(CACHE.read_text())
+        except (OSError, ValueError):
+            cache = {}
+    plans = []
+    for overrides, cfg in configs:
+        _, spec = check_job(cfg)
+        c = complexity(spec)
+        resolved = plain(cfg)
+        train_steps, val_batches, test_batches = steps(resolved)
+        batch = int(resolved["data"]["batch_size"])
+        eval_batch = int(resolved["data"].get("eval_batch_size") or batch)
+        model = resolved["model"]
+        deviation = None
+        if model.get("width") == "auto":
+            ref = model.get("reference") or {}
+            match = model.get("match", "params")
+            ref_spec = dataclasses.replace(spec, cardinality=int(ref.get("cardinality", 1)),
+                                           width=int(ref.get("width", 64)))
+            deviation = c[match] / complexity(ref_spec)[match] - 1
+        if device == "here":
+            precision, _ = resolve_precision(str(resolved["trainer"]["precision"]), cuda=False)
+            channels_last = resolved["trainer"].get("channels_last", "auto") in ("auto", True)
+            t_train, t_eval = calibrate(spec, batch, precision, channels_last, threads, cache)
+            t_eval *= eval_batch / batch
+        else:
+            t_train, t_eval = _flop_step(c["flops"], batch, device)
+        epochs = int(resolved["trainer"]["max_epochs"])
+        seconds = epochs * (train_steps * t_train + val_batches * t_eval) + test_batches * t_eval + JOB_OVERHEAD_S
+        plans.append(JobPlan(overrides, spec.name, c["params"], c["flops"], deviation, epochs, train_steps,
+                             val_batches, test_batches, seconds, world_size(resolved["trainer"])))
+    if device == "here":
+        CACHE.parent.mkdir(parents=True, exist_ok=True)
+        CACHE.write_text(json.dumps(cache))
+    return plans
+
+
+def sweep_seconds(plans: Sequence[JobPlan], slots: int) -> float:
+    """Wall time of the jobs on `slots` parallel workers, each taking the longest job left (LPT)."""
+    finish = [STARTUP_S] * max(1, slots)
+    for p in sorted(plans, key=lambda p: -p.seconds):
+        i = finish.index(min(finish))
+        finish[i] += p.seconds
+    return max(finish)
+
+
+def launcher_slots(hydra_cfg: Mapping[str, Any], jobs: int) -> tuple[int, int, str]:
+    """(parallel jobs, CPU threads per job, description) of the sweep's launcher."""
+    launcher = hydra_cfg.get("launcher") or {}
+    target = str(launcher.get("_target_", ""))
+    cores = os.cpu_count() or 1
+    if "PackedLauncher" in target:
+        from hydra_plugins.resnext_lab.packed_launcher import resolve_devices
+
+        per = int(launcher.get("jobs_per_device", 2))
+        gpus = resolve_devices(launcher.get("devices", "auto"))
+        slots = min(jobs, per * max(1, len(gpus)))
+        return slots, max(1, cores // slots), f"packed: {per} job(s) per device on {len(gpus) or 'the CPU'}"
+    if "submitit" in target.lower():
+        parallel = int(launcher.get("array_parallelism") or jobs)
+        return min(jobs, parallel), cores, f"submitit: {min(jobs, parallel)} job(s) at once"
+    return 1, cores, "basic: one job after another"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def render(plans: Sequence[JobPlan], device: str, slots: int, launcher: str, match: str = "params") -> str:
+    from resnext_lab.sweep import job_order
+
+    order = job_order([p.overrides for p in plans])
+    swept = _swept_names(plans)
+    w, n = max(len(s) for s in [*swept, "job"]) + 2, max(len(p.name) for p in plans) + 2
+    lines = [f"{'job':<{w}}{'network':<{n}}{'params':>11}{'GFLOPs':>9}{'vs ref':>8}{'epochs':>7}{'steps':>7}"
+             f"{'estimate':>10}"]
+    for i in order:
+        p = plans[i]
+        dev = "-" if p.deviation is None else f"{100 * p.deviation:+.1f}%"
+        lines.append(f"{swept[i]:<{w}}{p.name:<{n}}{p.params:>11,}{p.flops / 1e9:>9.3f}{dev:>8}{p.epochs:>7}"
+                     f"{p.train_steps:>7}{_duration(p.seconds):>10}")
+    total = sweep_seconds(plans, slots)
+    job_sum = sum(p.seconds for p in plans)
+    device_hours = sum(p.seconds * p.devices for p in plans) / 3600
+    per_job = max(p.devices for p in plans)
+    if device == "here":
+        import platform
+
+        where = f"measured here ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+        assumption = "step times timed on this machine (cached in " + str(CACHE) + ")"
+    else:
+        tflops, floor = THROUGHPUT[device]
+        where = f"{per_job} {device.upper()}{'s' if per_job > 1 else ''} per job"
+        assumption = (f"assumed {tflops:g} TFLOP/s achieved in training (6 FLOPs per multiply-add per image), "
+                      f"at least {floor * 1e3:g} ms per step")
+    lines += [
+        f"{len(plans)} jobs on {where}; {launcher}; {assumption}; {JOB_OVERHEAD_S:g} s per job and "
+        f"{STARTUP_S:g} s per worker besides the steps",
+        f"estimate: {_duration(total)} wall time for the sweep ({_duration(job_sum)} of job time"
+        + (f", {device_hours:.1f} {device.upper()}-hours" if device != "here" else "") + ")",
+    ]
+    far = [swept[i] for i in order if plans[i].deviation is not None and abs(plans[i].deviation) > 0.05]
+    if far:
+        lines.append(f"warning: {match} more than 5% off the width=auto reference: {', '.join(far)}")
+    return "\n".join(lines)
+
+
+def _swept_names(plans: Sequence[JobPlan]) -> list[str]:
+    parsed = [dict(o.split("=", 1) for o in p.overrides if "=" in o) for p in plans]
+    keys = [k for k in dict.fromkeys(k for job in parsed for k in job) if len({job.get(k) for job in parsed}) > 1]
+    return [",".join(f"{k}={job.get(k)}" for k in keys) or "the job" for job in parsed]
+
+
+def plan_sweep(configs: Sequence[tuple[list[str], Any]], settings: Mapping[str, Any],
+               hydra_cfg: Mapping[str, Any]) -> str:
+    """The plan of a sweep (or of one run) as printed text."""
+    device = settings.get("device", "here")
+    if device not in DEVICES:
+        raise ConfigError(f"plan.device={device!r}: must be one of {', '.join(DEVICES)}")
+    slots, threads, launcher = launcher_slots(hydra_cfg, len(configs))
+    plans = plan_jobs(configs, device, slots, threads)
+    return render(plans, device, slots, launcher)

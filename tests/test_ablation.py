@@ -1,0 +1,147 @@
+"""The ablation report of any sweep: groups over seeds, deltas with CIs, verdicts, complexity warnings, seeds needed.
+
+Sweeps are written as the files a training leaves (results.json per job), with the model
+complexity of real specs, so the report is checked without training anything.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+
+from resnext_lab.errors import ConfigError
+from resnext_lab.models import complexity, spec_from_config
+from resnext_lab.report.__main__ import main
+from resnext_lab.report.ablation import ablation, seeds_needed, to_markdown, to_terminal, write_ablation
+from resnext_lab.report.collect import load_results
+
+PROXY = {"template": "cifar", "depth": 11, "width": "auto", "width_scale": 0.5, "reference": {"cardinality": 1,
+                                                                                              "width": 64}}
+#: test top-1 error by C and seed: C=2 clearly better than C=1, C=4 straddles it, C=64 worse.
+ERRORS = {1: [10.0, 10.6, 10.3], 2: [9.0, 9.7, 9.2], 4: [10.4, 10.1, 10.9], 64: [12.0, 12.4, 12.9]}
+
+
+def _model(c: int) -> dict[str, Any]:
+    spec = spec_from_config({**PROXY, "cardinality": c}, num_classes=10, in_channels=1, image_size=28)
+    ref = spec_from_config({**PROXY, "cardinality": 1, "width": 64}, num_classes=10, in_channels=1, image_size=28)
+    return {**spec.summary(), **complexity(spec),
+            "reference": {"cardinality": 1, "width": 64, "match": "params", **complexity(ref)}}
+
+
+def write_sweep(root: Path, errors: dict[int, list[float]] = ERRORS, status: dict[tuple[int, int], str] | None = None,
+                skip: tuple[tuple[int, int], ...] = ()) -> Path:
+    for c, values in errors.items():
+        for seed, err in enumerate(values):
+            if (c, seed) in skip:
+                continue
+            job = root / f"model.cardinality={c},seed={seed}"
+            job.mkdir(parents=True)
+            state = (status or {}).get((c, seed), "completed")
+            (job / "results.json").write_text(json.dumps({
+                "status": state, "error": None if state == "completed" else "RuntimeError: boom",
+                "overrides": [f"model.cardinality={c}", f"seed={seed}", "trainer.max_epochs=1"], "seed": seed,
+                "model": _model(c),
+                "metrics": {"test/top1_err": err, "test/top5_err": err / 5} if state == "completed" else {}}))
+    return root
+
+
+def _row(report: dict[str, Any], c: int) -> dict[str, Any]:
+    return next(r for r in report["rows"] if r["model.cardinality"] == str(c))
+
+
+def test_groups_over_seeds_with_deltas_verdicts_and_the_complexity_warning(tmp_path: Path) -> None:
+    report = ablation(load_results(write_sweep(tmp_path)))
+    assert report["keys"] == ["model.cardinality"]
+    assert [r["model.cardinality"] for r in report["rows"]] == ["1", "2", "4", "64"]  # as swept, numerically
+    base, better, unsure, worse = (_row(report, c) for c in (1, 2, 4, 64))
+    assert base["verdict"] == "baseline" and base["n"] == 3
+    assert base["test/top1_err mean"] == pytest.approx(np.mean(ERRORS[1]))
+    assert base["test/top1_err std"] == pytest.approx(np.std(ERRORS[1], ddof=1))
+    diffs = np.subtract(ERRORS[2], ERRORS[1])  # paired by seed
+    half = sps.t.ppf(0.975, 2) * diffs.std(ddof=1) / np.sqrt(3)
+    assert better["method"] == "paired" and better["delta"] == pytest.approx(diffs.mean())
+    assert (better["ci low"], better["ci high"]) == pytest.approx((diffs.mean() - half, diffs.mean() + half))
+    assert better["verdict"] == "better" and worse["verdict"] == "worse"
+    assert unsure["verdict"] == "inconclusive" and isinstance(unsure["seeds needed"], int)
+    assert unsure["seeds needed"] == seeds_needed(unsure["delta"], np.std(np.subtract(ERRORS[4], ERRORS[1]), ddof=1),
+                                                  paired=True)
+    # C=64 solves to d=3: 12.4% below the 1x64d reference, and d=4 would be 16% above
+    assert worse["d"] == 3 and worse["params vs reference %"] == pytest.approx(-12.4, abs=0.05)
+    assert base["params vs reference %"] == pytest.approx(0.0)
+    (warning,) = report["warnings"]
+    assert warning.startswith("model.cardinality=64: params 12.4% below the width=auto reference (d=3); ")
+    assert "d=4 would be 15.9% above" in warning  # the issue rounds it to 16%
+    short = to_terminal(report)
+    assert "warning: model.cardinality=64" in short and "seeds needed" in short and "baseline" in short
+    markdown = to_markdown(report)
+    assert markdown.count("\n| ") == 1 + 4 and "noncentral t" in markdown
+
+
+def test_failed_and_missing_jobs_are_shown_not_dropped(tmp_path: Path) -> None:
+    sweep = write_sweep(tmp_path, status={(4, 2): "diverged", (2, 0): "failed"}, skip=((64, 1),))
+    report = ablation(load_results(sweep))
+    assert _row(report, 4)["n"] == 2 and _row(report, 4)["not completed"] == "1 diverged"
+    assert _row(report, 2)["not completed"] == "1 failed"
+    assert _row(report, 64)["not completed"] == "1 missing"
+    assert _row(report, 2)["method"] == "paired"  # seeds 1 and 2 are shared
+    assert "[1 diverged]" in to_terminal(report)
+
+
+def test_baseline_and_min_effect_settings(tmp_path: Path) -> None:
+    results = load_results(write_sweep(tmp_path))
+    report = ablation(results, baseline="model.cardinality=2", min_effect=0.5)
+    assert _row(report, 2)["verdict"] == "baseline" and _row(report, 1)["verdict"] == "worse"
+    unsure = _row(report, 4)
+    assert unsure["verdict"] == "inconclusive"
+    sd = np.std(np.subtract(ERRORS[4], ERRORS[2]), ddof=1)
+    assert unsure["seeds needed"] == seeds_needed(0.5, sd, paired=True)
+    with pytest.raises(ConfigError, match=r"^report.baseline='model.depth=50': must be a swept setting"):
+        ablation(results, baseline="model.depth=50")
+
+
+def _simulated_power(n: int, effect: float, sd: float, paired: bool, trials: int = 4000) -> float:
+    rng = np.random.default_rng(0)
+    if paired:
+        p = sps.ttest_1samp(rng.normal(effect, sd, (trials, n)), 0.0, axis=1).pvalue
+    else:
+        p = sps.ttest_ind(rng.normal(effect, sd, (trials, n)), rng.normal(0.0, sd, (trials, n)), axis=1).pvalue
+    return float((p < 0.05).mean())
+
+
+@pytest.mark.parametrize(("effect", "sd", "paired"), [(0.4, 0.6, True), (1.0, 1.2, False), (0.3, 0.2, True)])
+def test_seeds_needed_reach_80_percent_power_in_simulation(effect: float, sd: float, paired: bool) -> None:
+    """The smallest n whose t-test finds the effect 80% of the time: n does (within simulation error), n-1 does not."""
+    n = seeds_needed(effect, sd, paired)
+    assert n is not None and n >= 2
+    assert _simulated_power(n, effect, sd, paired) >= 0.78
+    if n > 2:
+        assert _simulated_power(n - 1, effect, sd, paired) < 0.82
+
+
+def test_seeds_needed_textbook_values() -> None:
+    """Cohen's d = 0.5 needs 64 per group (two-sample) and 34 (paired, d_z = 0.5) at 80% power, alpha 0.05."""
+    assert seeds_needed(0.5, 1.0, paired=False) == 64
+    assert seeds_needed(0.5, 1.0, paired=True) == 34
+    assert seeds_needed(0.0, 1.0, paired=True) is None
+
+
+def test_command_line_writes_the_report_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    sweep = write_sweep(tmp_path / "sweep")
+    assert main([str(sweep)]) == 0
+    out = capsys.readouterr().out
+    assert "ablation over seeds 0, 1, 2" in out
+    folder = sweep / "report"
+    assert {p.name for p in folder.iterdir()} == {"report.md", "report.csv", "error_vs_model.cardinality.png",
+                                                  "error_vs_params.png"}
+    assert (folder / "report.csv").read_text().count("\n") == 1 + 4
+    assert main([str(tmp_path / "nowhere")]) == 2
+
+
+def test_write_ablation_refuses_an_empty_sweep(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no results.json"):
+        write_ablation(tmp_path)

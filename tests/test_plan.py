@@ -1,0 +1,78 @@
+"""task=plan: every job's complexity and estimated time before launch, measured here or from FLOPs."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, cli_env, tiny
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from resnext_lab import plan
+from resnext_lab.cli import register_resolvers
+from resnext_lab.models import ModelSpec
+
+
+def run_plan(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**cli_env(tmp_path), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    return subprocess.run([sys.executable, "run.py", "-m", "task=plan", *args, f"out_root={tmp_path / 'out'}"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_plan_of_a_sweep_lists_every_job_and_writes_nothing_but_its_cache(tmp_path: Path) -> None:
+    proc = run_plan(tmp_path, *tiny("model.cardinality=1,4,2", "seed=0,1", "model.width=auto",
+                                    "model.reference.width=8"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("job "))
+    jobs = [line.split()[0] for line in lines[header + 1 : header + 7]]
+    assert jobs == [f"model.cardinality={c},seed={s}" for c in (1, 2, 4) for s in (0, 1)]  # numeric order
+    assert "6 jobs on measured here" in proc.stdout and "estimate: " in proc.stdout
+    assert not (tmp_path / "out").exists()  # nothing trained, no folder
+    assert (tmp_path / "cache" / "resnext-lab" / "plan.json").is_file()  # the step timings, for next time
+
+
+def test_plan_for_a_cluster_states_its_assumption(tmp_path: Path) -> None:
+    proc = run_plan(tmp_path, "experiment=table3", "scale=paper", "plan.device=h100")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "10 jobs on 8 H100s per job" in proc.stdout and "assumed 75 TFLOP/s achieved" in proc.stdout
+    assert "H100-hours)" in proc.stdout
+    bad = run_plan(tmp_path, *tiny("model.cardinality=1"), "plan.device=tpu9")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert [line for line in bad.stderr.splitlines() if line.startswith("error: ")] == [
+        "error: plan.device='tpu9': must be one of here, h100, a100, v100"]
+
+
+def test_steps_and_flop_model_follow_the_config() -> None:
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=["experiment=table3", "scale=paper"])
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    train, val, test = plan.steps(resolved)
+    assert plan.world_size(resolved["trainer"]) == 8
+    assert train == 1_281_167 // 256 and test == math.ceil(50_000 / 256) and val == test  # val_size 0: val = test
+    flops = 4_089_184_256  # ResNet-50
+    t_train, t_eval = plan._flop_step(flops, 32, "h100")
+    assert t_train == pytest.approx(6 * flops * 32 / 75e12) and t_eval == pytest.approx(t_train / 3)
+    assert plan._flop_step(10**6, 8, "h100") == (0.003, 0.0015)  # a tiny network: the host's floor
+
+
+def test_wall_time_spreads_jobs_over_slots_longest_first() -> None:
+    jobs = [plan.JobPlan([f"j={i}"], "n", 1, 1, None, 1, 1, 1, 1, s) for i, s in enumerate((10, 7, 5, 4, 2))]
+    assert plan.sweep_seconds(jobs, 1) == plan.STARTUP_S + 28
+    assert plan.sweep_seconds(jobs, 2) == plan.STARTUP_S + 14  # 10+4 | 7+5+2
+
+
+def test_calibration_is_cached() -> None:
+    spec = ModelSpec(template="cifar", stage_blocks=(1, 1, 1), width=2, width_scale=0.125, num_classes=10,
+                     in_channels=1, image_size=28)
+    cache: dict = {}
+    first = plan.calibrate(spec, 64, "32-true", True, 1, cache)
+    assert len(cache) == 1 and all(t > 0 for t in first)
+    assert plan.calibrate(spec, 64, "32-true", True, 1, cache) == first  # read back, not timed again
+    plan.calibrate(spec, 128, "32-true", True, 1, cache)
+    assert len(cache) == 2  # another batch is another measurement
