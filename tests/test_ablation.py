@@ -145,3 +145,27 @@ def test_command_line_writes_the_report_folder(tmp_path: Path, capsys: pytest.Ca
 def test_write_ablation_refuses_an_empty_sweep(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no results.json"):
         write_ablation(tmp_path)
+
+
+def test_report_run_holds_the_table_in_the_sweeps_group(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One offline `job_type=report` W&B run; its table keeps every row, numbers and "> 1000" alike."""
+    from conftest import wandb_records, wandb_summary
+
+    from resnext_lab.tracking import log_report_run
+
+    for key, value in {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_CONFIG_DIR": str(tmp_path / "c"),
+                       "WANDB_CACHE_DIR": str(tmp_path / "c"), "WANDB_DATA_DIR": str(tmp_path / "c")}.items():
+        monkeypatch.setenv(key, value)
+    sweep = write_sweep(tmp_path / "sweep", {**ERRORS, 8: [10.5, 10.15, 10.3]})  # C=8: a delta far below its noise
+    report, written = write_ablation(sweep)
+    assert _row(report, 8)["seeds needed"] == "> 1000" and isinstance(_row(report, 4)["seeds needed"], int)
+    folder = log_report_run(report, [p for p in written if p.suffix == ".png"], sweep / "report",
+                            {"enabled": True, "project": "resnext-lab", "mode": "auto"}, "sweeps/demo")
+    assert folder is not None
+    run_file = next(folder.glob("run-*.wandb"))
+    (record,) = [r.run for r in wandb_records(run_file) if r.WhichOneof("record_type") == "run"]
+    assert (record.job_type, record.run_group) == ("report", "sweeps/demo")
+    summary = wandb_summary(run_file)
+    table = json.loads((folder / "files" / summary["ablation/path"]).read_text())  # nested keys read as a/b
+    assert len(table["data"]) == 5 and "> 1000" in [row[table["columns"].index("seeds needed")] for row in table["data"]]
+    assert {"plots/error_vs_model.cardinality/path", "plots/error_vs_params/path"} <= set(summary)

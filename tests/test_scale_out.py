@@ -304,3 +304,54 @@ def test_slurm_tasks_follow_the_devices_of_each_run() -> None:
     """Lightning's SLURM environment needs one task per device: both follow trainer.devices and num_nodes."""
     launcher = compose(["hydra/launcher=slurm", "trainer=ddp", "trainer.devices=8", "trainer.num_nodes=2"]).hydra.launcher
     assert (launcher.tasks_per_node, launcher.gpus_per_node, launcher.nodes) == (8, 8, 2)
+
+
+DIVERGE_ON_ONE_RANK = '''
+import sys
+
+import pytorch_lightning as pl
+import torch
+from resnext_lab.module import ClassificationModule, Diverged
+
+class OneRankDiverges(ClassificationModule):
+    def _step(self, batch, stage):
+        loss = super()._step(batch, stage)
+        if stage == "train" and self.global_rank == 1 and self.global_step == 2:
+            loss = loss * float("nan")  # rank 1 alone: rank 0's loss stays finite
+        return loss
+
+net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+module = OneRankDiverges(net, {"lr": 0.1}, 3, check_finite_every_n_steps=1)
+data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(64, 1, 2, 2), torch.randint(0, 3, (64,))),
+                                   batch_size=4)
+trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=1, logger=False,
+                     enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+try:
+    trainer.fit(module, data)
+except Diverged as err:
+    print(f"rank {trainer.global_rank}: diverged: {err}", flush=True)
+    sys.exit(3)
+print(f"rank {trainer.global_rank}: finished", flush=True)
+'''
+
+
+def test_a_nan_on_one_rank_stops_every_rank_at_once(tmp_path: Path) -> None:
+    """The finite check is decided by an all-reduce: both gloo ranks raise Diverged at the same step, none hangs."""
+    script = tmp_path / "diverge.py"
+    script.write_text(DIVERGE_ON_ONE_RANK)
+    env = {**cli_env(tmp_path), "MASTER_PORT": "29533"}
+    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=180)
+    out = proc.stdout + proc.stderr
+    assert "rank 0: diverged: training loss is not finite on another rank at step 2 (epoch 0)" in out, out[-3000:]
+    assert "finished" not in out, out[-3000:]
+    assert proc.returncode != 0
+
+
+def test_ddp_spawn_inside_a_sweep_records_its_epochs(tmp_path: Path) -> None:
+    """ddp_spawn trains in child processes, so the parent's Trainer never counts epochs: results.json still does."""
+    cli(["-m", "trainer=ddp", "trainer.strategy=ddp_spawn", "trainer.accelerator=cpu", "trainer.devices=2",
+         f"out_root={tmp_path}", "name=spawn", *tiny("data.batch_size=32", "trainer.max_epochs=2")],
+        home=tmp_path)
+    results = [json.loads(p.read_text()) for p in sorted((tmp_path / "spawn").glob("*/results.json"))]
+    assert [(r["status"], r["epochs"]) for r in results] == [("completed", 2)]

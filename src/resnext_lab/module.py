@@ -124,9 +124,17 @@ class ClassificationModule(pl.LightningModule):
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         loss = self._step(batch, "train")
-        if self.global_step % self.check_every == 0 and not torch.isfinite(loss):
-            raise Diverged(f"training loss is {loss.item()} at step {self.global_step} (epoch {self.current_epoch})")
+        if self.global_step % self.check_every == 0:
+            here = not bool(torch.isfinite(loss))  # the one host sync, every check_finite_every_n_steps
+            if self._on_any_rank(here):  # decided together: a rank that raised alone would leave the others waiting
+                where = f"{loss.item()}" if here else "not finite on another rank"
+                raise Diverged(f"training loss is {where} at step {self.global_step} (epoch {self.current_epoch})")
         return loss
+
+    def _on_any_rank(self, flag: bool) -> bool:
+        """`flag` or-ed over all ranks (one all-reduce under DDP; the flag itself on one device)."""
+        strategy = getattr(self.trainer, "strategy", None)
+        return bool(strategy.reduce_boolean_decision(flag, all=False)) if strategy is not None else flag
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._step(batch, "val")

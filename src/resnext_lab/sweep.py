@@ -308,13 +308,11 @@ def write_sweep_report(sweep_dir: Path, config: DictConfig) -> None:
     except Exception as err:  # the sweep's jobs are done and recorded: a report bug must not hide that
         print(f"warning: the ablation report failed: {type(err).__name__}: {first_line(err)}", file=sys.stderr)
         return
-    print(to_terminal(report), flush=True)
-    print(f"report: {written[0]} (and report.csv, plots)", flush=True)
     try:
         run = log_report_run(report, [p for p in written if p.suffix == ".png"], written[0].parent,
                              config.logger.wandb, wandb_group(config, sweep_dir))
-    except Exception as err:  # W&B unreachable or misconfigured: the files above are the report
+    except Exception as err:  # W&B unreachable or misconfigured: the files are the report
+        run = None
         print(f"warning: the W&B report run failed: {type(err).__name__}: {first_line(err)}", file=sys.stderr)
-        return
-    if run is not None:
-        print(f"W&B report run: {run}", flush=True)
+    print(to_terminal(report), flush=True)
+    print(f"report: {written[0]} (and report.csv, plots)" + (f"; W&B report run: {run}" if run else ""), flush=True)

@@ -48,10 +48,11 @@ def log_report_run(report: Mapping[str, Any], images: Sequence[Path], out_dir: P
                      job_type="report", name=f"report: {group}", dir=str(out_dir), mode=mode,
                      config={"swept": list(report["keys"]), "seeds": list(report["seeds"]),
                              "baseline": report.get("baseline"), "min_effect": report.get("min_effect")},
-                     reinit="finish_previous")
+                     reinit="finish_previous", settings=wandb.Settings(silent=True))
     frame = pd.DataFrame(report["rows"]).astype(object).where(lambda f: f.notna(), None)
-    table = wandb.Table(columns=[str(c) for c in frame.columns], data=[[_cell(v) for v in row] for row in
-                                                                          frame.itertuples(index=False)])
+    table = wandb.Table(columns=[str(c) for c in frame.columns],
+                        data=[[_cell(v) for v in row] for row in frame.itertuples(index=False)],
+                        allow_mixed_types=True)  # "seeds needed" is a number, "> 1000" or empty
     run.log({"ablation": table, **{f"plots/{p.stem}": wandb.Image(str(p)) for p in images}})
     run.summary.update({"warnings": list(report["warnings"]),
                         "verdicts": {_label(r, report["keys"]): r["verdict"] for r in report["rows"]}})

@@ -349,7 +349,10 @@ def _fit(cfg: DictConfig, run_dir: Path, plan: dict[str, Any], outcome: dict[str
     metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
     if best_val is not None:
         metrics["best/val/top1_err"] = best_val
-    outcome.update(metrics=metrics, epochs=int(trainer.current_epoch))
+    epochs = int(trainer.current_epoch)
+    if epochs == 0 and last.exists():  # ddp_spawn trains in child processes: this Trainer never counted epochs
+        epochs = int(torch.load(last, map_location="cpu", weights_only=False, mmap=True)["epoch"]) + 1
+    outcome.update(metrics=metrics, epochs=epochs)
     if wandb_info is not None and trainer.is_global_zero:
         run = wl.experiment
         run.summary.update({**metrics, **{f"model/{k}": plan["model"][k] for k in
