@@ -13,7 +13,7 @@ SWEEP  ?= outputs/demo
 # the paper's tables and figures that train
 EXPERIMENTS := table3 table4 residual fig5 fig7 table7 forms
 
-.PHONY: help install lock notebook thread-policy plan test test-all lint format demo table1 table2 report dashboard bench clean $(EXPERIMENTS)
+.PHONY: help install lock notebook gpu-check thread-policy plan test test-all lint format demo table1 table2 report dashboard bench clean $(EXPERIMENTS)
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_ -]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  \033[1m%-22s\033[0m %s\n", $$1, $$2}'
@@ -88,6 +88,9 @@ dashboard: ## build the W&B report of EXP's sweep (needs credentials and network
 
 bench: ## time training steps against torchvision (DEVICE=cpu|cuda; on CPU fp32 and bf16 side by side), JSON in reports/bench
 	$(PY) -m resnext_lab.bench --device $(or $(DEVICE),cpu) $(if $(filter cuda,$(DEVICE)),,--precision both) $(ARGS)
+
+gpu-check: ## check and time the GPU path in one call (bench eager+compiled, proxy epoch, packed sweep vs plan)
+	$(PY) -m resnext_lab.gpu_check $(ARGS)
 
 thread-policy: ## time one CPU sweep four ways: 1 job x all cores vs 2 packed jobs x 1 thread, fp32 and bf16
 	$(PY) -m resnext_lab.policy $(ARGS)

@@ -34,7 +34,6 @@ import traceback
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -733,16 +732,16 @@ def format_precisions(reports: dict[str, dict[str, Any]], peaks: dict[str, float
         ra, rb = a["ours"]["images_per_s"], b["ours"]["images_per_s"]
         lines.append(f"{a['case']:<20}{ra:>12.1f}{rb:>12.1f}{rb / ra:>10.2f}"
                      f"{100 * fraction_of_peak(a, peaks['fp32']):>11.1f}%{100 * fraction_of_peak(b, peaks['bf16']):>11.1f}%")
+    if peaks["bf16"] < peaks["fp32"]:
+        lines.append("note: bf16 matmul runs below fp32 here (a CPU without native bf16 emulates it): its peak is the "
+                     "emulation's, not a limit of the machine, so read bf16 %peak against the fp32 peak")
     return "\n".join(lines)
 
 
 def versions() -> dict[str, str | None]:
-    out: dict[str, str | None] = {"python": platform.python_version()}
-    for name in PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
+    from resnext_lab.results import versions as package_versions
+
+    out: dict[str, str | None] = {**package_versions(PACKAGES)}
     out["cuda"] = torch.version.cuda
     out["cudnn"] = str(torch.backends.cudnn.version()) if torch.backends.cudnn.is_available() else None
     return out

@@ -182,11 +182,11 @@ def validate(cfg: Mapping[str, Any]) -> None:
     validate_trainer(trainer)
 
 
-def check_job(cfg: Mapping[str, Any]) -> tuple[Any, Any]:
+def check_job(cfg: Mapping[str, Any], check_data: bool = True) -> tuple[Any, Any]:
     """Validate one training job completely, reading no data file: its (datamodule, model spec).
 
-    Settings, the data node (and that its files exist where the data set looks for them, unless
-    `data.download` may fetch them), the model node with `width: auto` solved.
+    Settings, the data node (and, with `check_data`, that its files exist where the data set looks for
+    them, unless `data.download` may fetch them), the model node with `width: auto` solved.
     """
     from resnext_lab.data import build_datamodule
     from resnext_lab.models import spec_from_config
@@ -194,7 +194,7 @@ def check_job(cfg: Mapping[str, Any]) -> tuple[Any, Any]:
     validate(cfg)
     dm = build_datamodule(plain(cfg.get("data")))
     available = getattr(dm, "check_available", None)
-    if available is not None:
+    if check_data and available is not None:
         available()
     spec = spec_from_config(plain(cfg.get("model")), num_classes=dm.num_classes, in_channels=dm.in_channels,
                             image_size=dm.image_size)

@@ -94,20 +94,22 @@ def steps(cfg: Mapping[str, Any]) -> tuple[int, int, int]:
     return train_steps, val_batches, test_batches
 
 
-def _key(spec: Any, batch: int, precision: str, channels_last: bool, threads: int) -> str:
+def _key(spec: Any, batch: int, precision: str, channels_last: bool, threads: int, device: str) -> str:
     import platform
 
     import torch
 
+    gpu = torch.cuda.get_device_name(0) if device == "cuda" else None
     text = json.dumps([dataclasses.asdict(spec), batch, precision, channels_last, threads, torch.__version__,
-                       platform.node(), platform.processor()], sort_keys=True, default=str)
+                       platform.node(), platform.processor(), gpu], sort_keys=True, default=str)
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
 def calibrate(spec: Any, batch: int, precision: str, channels_last: bool, threads: int,
-              cache: dict[str, Any]) -> tuple[float, float]:
-    """(seconds per training step, per evaluation batch) at `batch`, timed here on a smaller batch and scaled."""
-    key = _key(spec, batch, precision, channels_last, threads)
+              cache: dict[str, Any], device: str = "cpu") -> tuple[float, float]:
+    """(seconds per training step, per evaluation batch) at `batch`, timed here on a smaller batch and scaled
+    (on a GPU at the full batch: small batches leave it idle)."""
+    key = _key(spec, batch, precision, channels_last, threads, device)
     if key in cache:
         return tuple(cache[key])  # type: ignore[return-value]
     import torch
@@ -115,42 +117,55 @@ def calibrate(spec: Any, batch: int, precision: str, channels_last: bool, thread
 
     from resnext_lab.models import build
 
-    small = min(batch, CALIBRATION_BATCH)
+    small = batch if device == "cuda" else min(batch, CALIBRATION_BATCH)
+    dev = torch.device(device)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         net = build(spec)
         memory = torch.channels_last if channels_last else torch.contiguous_format
-        net = net.to(memory_format=memory)
-        x = torch.randn(small, spec.in_channels, spec.image_size, spec.image_size).to(memory_format=memory)
-        y = torch.randint(0, spec.num_classes, (small,))
+        net = net.to(dev, memory_format=memory)
+        x = torch.randn(small, spec.in_channels, spec.image_size, spec.image_size, device=dev)
+        x = x.to(memory_format=memory)
+        y = torch.randint(0, spec.num_classes, (small,), device=dev)
         opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
         bf16 = precision.startswith("bf16")
 
         def train_step() -> None:
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
                 loss = F.cross_entropy(net(x), y)
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
 
         def eval_step() -> None:
-            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
                 net(x)
 
         per_step = []
         for fn, budget in ((train_step, 1.0), (eval_step, 0.3)):
             net.train(fn is train_step)
-            fn()  # warm-up
+            fn()  # warm-up (and cuDNN autotuning)
+            _sync(dev)
             count, start = 0, time.perf_counter()
             while count < 2 or time.perf_counter() - start < budget:
                 fn()
                 count += 1
+                if count % 5 == 0:
+                    _sync(dev)
+            _sync(dev)
             per_step.append((time.perf_counter() - start) / count * batch / small)
     finally:
         torch.set_num_threads(previous)
     cache[key] = per_step
     return per_step[0], per_step[1]
+
+
+def _sync(device: Any) -> None:
+    if device.type == "cuda":
+        import torch
+
+        torch.cuda.synchronize(device)
 
 
 def _flop_step(flops: int, batch: int, device: str) -> tuple[float, float]:
@@ -173,7 +188,7 @@ def plan_jobs(configs: Sequence[tuple[list[str], Any]], device: str, slots: int,
             cache = {}
     plans = []
     for overrides, cfg in configs:
-        _, spec = check_job(cfg)
+        _, spec = check_job(cfg, check_data=False)
         c = complexity(spec)
         resolved = plain(cfg)
         train_steps, val_batches, test_batches = steps(resolved)
@@ -188,9 +203,10 @@ def plan_jobs(configs: Sequence[tuple[list[str], Any]], device: str, slots: int,
                                            width=int(ref.get("width", 64)))
             deviation = c[match] / complexity(ref_spec)[match] - 1
         if device == "here":
-            precision, _ = resolve_precision(str(resolved["trainer"]["precision"]), cuda=False)
+            where = _here(resolved["trainer"])
+            precision, _ = resolve_precision(str(resolved["trainer"]["precision"]), cuda=where == "cuda")
             channels_last = resolved["trainer"].get("channels_last", "auto") in ("auto", True)
-            t_train, t_eval = calibrate(spec, batch, precision, channels_last, threads, cache)
+            t_train, t_eval = calibrate(spec, batch, precision, channels_last, threads, cache, where)
             t_eval *= eval_batch / batch
         else:
             t_train, t_eval = _flop_step(c["flops"], batch, device)
@@ -204,6 +220,14 @@ def plan_jobs(configs: Sequence[tuple[list[str], Any]], device: str, slots: int,
     return plans
 
 
+def _here(trainer: Mapping[str, Any]) -> str:
+    """The device a job of this trainer node trains on here: cuda when one is visible and allowed, else cpu."""
+    import torch
+
+    cuda_ok = trainer.get("accelerator", "auto") in ("auto", "gpu", "cuda")
+    return "cuda" if cuda_ok and torch.cuda.is_available() else "cpu"
+
+
 def sweep_seconds(plans: Sequence[JobPlan], slots: int) -> float:
     """Wall time of the jobs on `slots` parallel workers, each taking the longest job left (LPT)."""
     finish = [STARTUP_S] * max(1, slots)
@@ -213,8 +237,9 @@ def sweep_seconds(plans: Sequence[JobPlan], slots: int) -> float:
     return max(finish)
 
 
-def launcher_slots(hydra_cfg: Mapping[str, Any], jobs: int) -> tuple[int, int, str]:
-    """(parallel jobs, CPU threads per job, description) of the sweep's launcher."""
+def launcher_slots(hydra_cfg: Mapping[str, Any], jobs: int, assumed_gpus: bool = False) -> tuple[int, int, str]:
+    """(parallel jobs, CPU threads per job, description) of the sweep's launcher; `assumed_gpus`: for a named
+    device, the packed launcher's devices are that many GPUs (one when it would find none here)."""
     launcher = hydra_cfg.get("launcher") or {}
     target = str(launcher.get("_target_", ""))
     cores = os.cpu_count() or 1
@@ -224,7 +249,8 @@ def launcher_slots(hydra_cfg: Mapping[str, Any], jobs: int) -> tuple[int, int, s
         per = int(launcher.get("jobs_per_device", 2))
         gpus = resolve_devices(launcher.get("devices", "auto"))
         slots = min(jobs, per * max(1, len(gpus)))
-        return slots, max(1, cores // slots), f"packed: {per} job(s) per device on {len(gpus) or 'the CPU'}"
+        where = f"{max(1, len(gpus))} GPU(s)" if assumed_gpus else f"{len(gpus)} GPU(s)" if gpus else "the CPU"
+        return slots, max(1, cores // slots), f"packed: {per} job(s) per device on {where}"
     if "submitit" in target.lower():
         parallel = int(launcher.get("array_parallelism") or jobs)
         return min(jobs, parallel), cores, f"submitit: {min(jobs, parallel)} job(s) at once"
@@ -259,13 +285,17 @@ def render(plans: Sequence[JobPlan], device: str, slots: int, launcher: str, mat
     if device == "here":
         import platform
 
-        where = f"measured here ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+        import torch
+
+        gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+        where = f"measured here ({gpu or platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
         assumption = "step times timed on this machine (cached in " + str(CACHE) + ")"
     else:
         tflops, floor = THROUGHPUT[device]
         where = f"{per_job} {device.upper()}{'s' if per_job > 1 else ''} per job"
         assumption = (f"assumed {tflops:g} TFLOP/s achieved in training (6 FLOPs per multiply-add per image), "
-                      f"at least {floor * 1e3:g} ms per step")
+                      f"at least {floor * 1e3:g} ms per step, packed jobs not slowing each other; small grouped "
+                      "networks run far below it (a lower bound for them until measured: make gpu-check)")
     lines += [
         f"{len(plans)} jobs on {where}; {launcher}; {assumption}; {JOB_OVERHEAD_S:g} s per job and "
         f"{STARTUP_S:g} s per worker besides the steps",
@@ -290,6 +320,6 @@ def plan_sweep(configs: Sequence[tuple[list[str], Any]], settings: Mapping[str, 
     device = settings.get("device", "here")
     if device not in DEVICES:
         raise ConfigError(f"plan.device={device!r}: must be one of {', '.join(DEVICES)}")
-    slots, threads, launcher = launcher_slots(hydra_cfg, len(configs))
+    slots, threads, launcher = launcher_slots(hydra_cfg, len(configs), assumed_gpus=device != "here")
     plans = plan_jobs(configs, device, slots, threads)
     return render(plans, device, slots, launcher)

@@ -5,14 +5,14 @@ in fp32 and in bf16. Each way runs the same real sweep (Fashion-MNIST) from noth
     python -m resnext_lab.policy --precisions 32-true  # one precision only
 
 The sweep is `cpu`-scale sized (a 50-layer cifar-template network at 1/8 width and its 8-path counterpart,
-two seeds, 2 epochs of 6,000 images); `--overrides` replaces it. What each job computes does not depend on
-the launcher, so only the wall time is compared.
+two seeds, 2 epochs of 6,000 images); `--overrides` replaces it. The jobs are the same either way, but another
+thread count rounds floating-point sums in another order, so their errors differ as two runs with
+`deterministic=false` do; only the wall time is compared.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import subprocess
@@ -43,7 +43,9 @@ def time_sweep(overrides: Sequence[str], launcher: Sequence[str], precision: str
                            f"trainer.precision={precision}", f"out_root={out}", "name=policy"],
                           cwd=ROOT, env=env, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - start
-    results = [json.loads(p.read_text()) for p in sorted((out / "policy").glob("*/results.json"))]
+    from resnext_lab.results import load_sweep
+
+    results = load_sweep(out / "policy")
     if proc.returncode != 0 or len(results) == 0:
         raise RuntimeError(f"the sweep failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
     return {"wall_s": round(wall, 1), "jobs": len(results),
@@ -57,17 +59,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--overrides", nargs="*", default=list(SWEEP), help="the sweep (Hydra overrides)")
     parser.add_argument("--out", type=Path, default=Path("reports/policy") / f"{platform.node() or 'host'}.json")
     args = parser.parse_args(argv)
-    rows = []
+    from resnext_lab.files import write_json_atomic
+
+    rows: list[dict[str, object]] = []
+    report = {"host": platform.node(), "cores": os.cpu_count(), "command": " ".join(sys.argv),
+              "sweep": list(args.overrides), "rows": rows}
     for precision in args.precisions.split(","):
         for name, launcher in POLICIES.items():
             with tempfile.TemporaryDirectory() as tmp:
                 print(f"{precision}, {name} ...", file=sys.stderr, flush=True)
                 rows.append({"precision": precision, "policy": name,
                              **time_sweep(args.overrides, launcher, precision, Path(tmp))})
-    report = {"host": platform.node(), "cores": os.cpu_count(), "command": " ".join(sys.argv),
-              "sweep": list(args.overrides), "rows": rows}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+            write_json_atomic(args.out, report)  # after each sweep: a stopped run keeps what it measured
     fastest = min(rows, key=lambda r: r["wall_s"])
     for r in rows:
         print(f"{r['precision']:<11} {r['policy']:<28} {r['wall_s']:>7.1f} s  "

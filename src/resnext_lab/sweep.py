@@ -6,7 +6,6 @@ Kept free of torch and Lightning: Hydra loads these callbacks for every command,
 from __future__ import annotations
 
 import itertools
-import json
 import re
 import sys
 import tempfile
@@ -86,14 +85,10 @@ def job_order(overrides: Sequence[Sequence[str]]) -> list[int]:
 
 def summarize_sweep(sweep_dir: Path) -> list[str]:
     """Print the sweep's table, jobs in the order of their swept values; return the jobs that did not complete."""
-    jobs = []
-    for path in sorted(sweep_dir.rglob("results.json")):
-        try:
-            result = json.loads(path.read_text())
-        except (OSError, ValueError):
-            result = {"status": "unreadable"}
-        jobs.append((path.parent, result if isinstance(result, dict) else {"status": "unreadable"}))
-    jobs = [jobs[i] for i in job_order([r.get("overrides") or [] for _, r in jobs])]
+    from resnext_lab.results import load_sweep
+
+    found = load_sweep(sweep_dir)
+    jobs = [(found[i].pop("_dir"), found[i]) for i in job_order([r.get("overrides") or [] for r in found])]
     rows, bad = [], []
     for run_dir, result in jobs:
         rows.append(_row(run_dir, sweep_dir, result))
@@ -158,7 +153,7 @@ def check_sweep(config: DictConfig, config_name: str | None) -> list[tuple[list[
             invalid.append((overrides, first_line(err)))
     for overrides, cfg in composed if not invalid else ():
         try:
-            check_job(cfg)  # data and model: builds the datamodule, solves width=auto
+            check_job(cfg, check_data=cfg.get("task") != "plan")  # a plan may be for data that lives elsewhere
         except ConfigError as err:
             invalid.append((overrides, first_line(err)))
     if not invalid:

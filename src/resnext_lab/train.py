@@ -11,86 +11,27 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
-import os
-import platform
 import secrets
-import subprocess
 import sys
 import time
 import traceback
 from collections.abc import Iterator
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from resnext_lab import results
 from resnext_lab.errors import ConfigError, fail, first_line
-from resnext_lab.files import write_json_atomic
 
 log = logging.getLogger("resnext_lab")
 
-RESULTS = "results.json"
 CHECKPOINT = "checkpoints/last.ckpt"
-PACKAGES = ("torch", "torchvision", "pytorch-lightning", "torchmetrics", "hydra-core", "wandb", "resnext-lab")
 
 
 class RunFailed(Exception):
     """A single run failed or diverged: run.py prints this one line (the traceback is in error.txt)."""
-
-
-# --- results.json ----------------------------------------------------------------------------
-
-
-def read_results(run_dir: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads((run_dir / RESULTS).read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def record_lost_job(sweep_dir: Path, overrides: list[str], error: str) -> Path | None:
-    """Mark the sweep's job with these overrides failed when its process died without saying so; its folder.
-
-    A job killed from outside (out of memory, a signal) leaves results.json at "running"; a launcher
-    that saw the process die records why, so that the sweep's table reports it. None if no such job.
-    """
-    for path in sorted(Path(sweep_dir).rglob(RESULTS)):
-        result = read_results(path.parent)
-        if result and result.get("status") == "running" and result.get("overrides") == list(overrides):
-            write_json_atomic(path, {**result, "status": "failed", "error": error})
-            return path.parent
-    return None
-
-
-def versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for name in PACKAGES:
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            out[name] = metadata.version(name)
-    return out
-
-
-def placement() -> dict[str, Any]:
-    """Where the job ran: the host, the GPUs it was given and its thread count as the environment set them."""
-    return {
-        "host": platform.node(),
-        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
-        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-    }
-
-
-def git_commit() -> str | None:
-    try:
-        here = Path(__file__).resolve().parent
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5, check=False
-        )
-        return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 def _auto(value: Any, default: Any) -> Any:
@@ -179,11 +120,11 @@ def train_task(cfg: DictConfig) -> dict[str, Any]:
     run_dir = _run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
     rank = process_rank()  # ranks > 0 train but write nothing: see process_rank
-    previous = read_results(run_dir)
+    previous = results.load(run_dir)
     if previous and cfg.resume is True:
         _check_same_job(previous, run_dir)
         if previous.get("status") == "completed":
-            log.info("skipping %s: completed before (%s)", run_dir, RESULTS)
+            log.info("skipping %s: completed before (%s)", run_dir, results.FILE)
             return previous
     base = {
         "status": "running",
@@ -193,9 +134,9 @@ def train_task(cfg: DictConfig) -> dict[str, Any]:
         "scale": cfg.get("scale_name"),
         "seed": cfg.seed,
         "task": "train",
-        "versions": versions(),
-        "git_commit": git_commit(),
-        "placement": placement(),
+        "versions": results.versions(),
+        "git_commit": results.git_commit(),
+        "placement": results.placement(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     start = time.perf_counter()
@@ -204,14 +145,14 @@ def train_task(cfg: DictConfig) -> dict[str, Any]:
         plan = build_run(cfg, run_dir)
         base["model"] = plan["model"]
         if rank == 0:
-            write_json_atomic(run_dir / RESULTS, base)
+            results.write(run_dir, base)
         _fit(cfg, run_dir, plan, outcome)
         status, error = "completed", None
     except KeyboardInterrupt:
         _finish_wandb(exit_code=255)
         if rank == 0:
-            write_json_atomic(run_dir / RESULTS, {**base, **outcome, "status": "interrupted",
-                                                  "wall_time_s": round(time.perf_counter() - start, 2)})
+            results.write(run_dir, {**base, **outcome, "status": "interrupted",
+                                    "wall_time_s": round(time.perf_counter() - start, 2)})
         raise
     except Exception as err:  # recorded, never lost: see the module docstring
         from resnext_lab.module import Diverged
@@ -222,8 +163,8 @@ def train_task(cfg: DictConfig) -> dict[str, Any]:
         error_file = run_dir / ("error.txt" if rank == 0 else f"error.rank{rank}.txt")
         error_file.write_text(traceback.format_exc())
         if rank == 0:
-            write_json_atomic(run_dir / RESULTS, {**base, **outcome, "status": status, "error": error,
-                                                  "wall_time_s": round(time.perf_counter() - start, 2)})
+            results.write(run_dir, {**base, **outcome, "status": status, "error": error,
+                                    "wall_time_s": round(time.perf_counter() - start, 2)})
         if not _in_multirun():  # run.py prints the one line and exits non-zero
             if isinstance(err, ConfigError):
                 raise
@@ -231,7 +172,7 @@ def train_task(cfg: DictConfig) -> dict[str, Any]:
         log.error("%s: %s", status, error)
     result = {**base, **outcome, "status": status, "error": error, "wall_time_s": round(time.perf_counter() - start, 2)}
     if rank == 0:
-        write_json_atomic(run_dir / RESULTS, result)
+        results.write(run_dir, result)
         if status == "completed":
             print_summary(result, run_dir)
     return result
@@ -258,11 +199,8 @@ def _fit(cfg: DictConfig, run_dir: Path, plan: dict[str, Any], outcome: dict[str
     """Train, validate and test; `outcome` gets resumed, metrics, epochs and the W&B run as they become known."""
     import pytorch_lightning as pl
     import torch
-    from pytorch_lightning.loggers import WandbLogger
 
-    from resnext_lab.callbacks import LastCheckpoint, Throughput, TimedProgressBar
     from resnext_lab.hardware import resolve_precision
-    from resnext_lab.tracking import wandb_mode
 
     t = cfg.trainer
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
@@ -286,58 +224,12 @@ def _fit(cfg: DictConfig, run_dir: Path, plan: dict[str, Any], outcome: dict[str
 
     last = run_dir / CHECKPOINT
     resumed = bool(cfg.resume and last.exists())
-    loggers: list[Any] = []
-    if cfg.logger.csv:
-        loggers.append(_csv_logger(run_dir, keep_rows=resumed))
-    wandb_info = None
-    if cfg.logger.wandb.enabled:
-        id_file = run_dir / "wandb_id"
-        import wandb
-
-        run_id = id_file.read_text().strip() if id_file.exists() else secrets.token_hex(4)
-        if process_rank() == 0:  # WandbLogger starts no run on other ranks; their id would clobber this one
-            id_file.write_text(run_id)
-        mode = wandb_mode(str(cfg.logger.wandb.get("mode", "auto")))
-        wl = WandbLogger(
-            project=cfg.logger.wandb.project,
-            entity=cfg.logger.wandb.get("entity"),
-            group=_sweep_group(cfg),
-            name=run_dir.name if _in_multirun() else None,
-            tags=list(cfg.logger.wandb.get("tags") or []),
-            job_type=cfg.logger.wandb.get("job_type", "train"),
-            save_dir=str(run_dir),
-            id=run_id,
-            resume="allow",
-            mode=mode,
-            config=OmegaConf.to_container(cfg, resolve=True),
-        )
+    loggers: list[Any] = [_csv_logger(run_dir, keep_rows=resumed)] if cfg.logger.csv else []
+    wl, wandb_info = _wandb_logger(cfg, run_dir) if cfg.logger.wandb.enabled else (None, None)
+    if wl is not None:
         loggers.append(wl)
-        wandb_info = {"id": run_id, "mode": mode, "project": cfg.logger.wandb.project}
         outcome["wandb"] = wandb_info
-
-    trainer = pl.Trainer(
-        accelerator=t.accelerator,
-        devices=t.devices,
-        num_nodes=t.num_nodes,
-        strategy=t.strategy,
-        sync_batchnorm=bool(t.sync_batchnorm),
-        max_epochs=int(t.max_epochs),
-        precision=precision,
-        benchmark=benchmark,
-        deterministic=bool(cfg.deterministic),
-        log_every_n_steps=int(t.log_every_n_steps),
-        limit_train_batches=t.limit_train_batches,
-        limit_val_batches=t.limit_val_batches,
-        limit_test_batches=t.limit_test_batches,
-        gradient_clip_val=t.gradient_clip_val,
-        enable_progress_bar=bool(t.enable_progress_bar),
-        enable_model_summary=False,
-        enable_checkpointing=False,  # LastCheckpoint writes the one checkpoint a rerun needs
-        logger=loggers or False,
-        callbacks=[LastCheckpoint(run_dir / CHECKPOINT), Throughput(),
-                   *([TimedProgressBar(float(t.get("progress_bar_interval_s", 0.5)))] if t.enable_progress_bar else [])],
-        default_root_dir=str(run_dir),
-    )
+    trainer = _trainer(cfg, run_dir, precision, benchmark, loggers)
     if resumed:
         log.info("resuming from %s", last)
     outcome.update(resumed=resumed, metrics_csv="csv/metrics.csv" if cfg.logger.csv else None)
@@ -358,7 +250,68 @@ def _fit(cfg: DictConfig, run_dir: Path, plan: dict[str, Any], outcome: dict[str
         run.summary.update({**metrics, **{f"model/{k}": plan["model"][k] for k in
                                           ("params", "flops", "cardinality", "width", "depth", "residual", "block")}})
         wandb_info["dir"] = str(Path(run.dir).parent)
+        import wandb
+
         wandb.finish()
+
+
+def _wandb_logger(cfg: DictConfig, run_dir: Path) -> tuple[Any, dict[str, Any]]:
+    """The run's WandbLogger (resuming the run id kept in `wandb_id`) and what results.json says of it."""
+    from pytorch_lightning.loggers import WandbLogger
+
+    from resnext_lab.tracking import wandb_mode
+
+    id_file = run_dir / "wandb_id"
+    run_id = id_file.read_text().strip() if id_file.exists() else secrets.token_hex(4)
+    if process_rank() == 0:  # WandbLogger starts no run on other ranks; their id would clobber this one
+        id_file.write_text(run_id)
+    mode = wandb_mode(str(cfg.logger.wandb.get("mode", "auto")))
+    logger = WandbLogger(
+        project=cfg.logger.wandb.project,
+        entity=cfg.logger.wandb.get("entity"),
+        group=_sweep_group(cfg),
+        name=run_dir.name if _in_multirun() else None,
+        tags=list(cfg.logger.wandb.get("tags") or []),
+        job_type=cfg.logger.wandb.get("job_type", "train"),
+        save_dir=str(run_dir),
+        id=run_id,
+        resume="allow",
+        mode=mode,
+        config=OmegaConf.to_container(cfg, resolve=True),
+    )
+    return logger, {"id": run_id, "mode": mode, "project": cfg.logger.wandb.project}
+
+
+def _trainer(cfg: DictConfig, run_dir: Path, precision: str, benchmark: bool, loggers: list[Any]) -> Any:
+    """The Lightning Trainer of the `trainer` node, with our callbacks and no checkpointing of its own."""
+    import pytorch_lightning as pl
+
+    from resnext_lab.callbacks import LastCheckpoint, Throughput, TimedProgressBar
+
+    t = cfg.trainer
+    bar = [TimedProgressBar(float(t.get("progress_bar_interval_s", 0.5)))] if t.enable_progress_bar else []
+    return pl.Trainer(
+        accelerator=t.accelerator,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        strategy=t.strategy,
+        sync_batchnorm=bool(t.sync_batchnorm),
+        max_epochs=int(t.max_epochs),
+        precision=precision,
+        benchmark=benchmark,
+        deterministic=bool(cfg.deterministic),
+        log_every_n_steps=int(t.log_every_n_steps),
+        limit_train_batches=t.limit_train_batches,
+        limit_val_batches=t.limit_val_batches,
+        limit_test_batches=t.limit_test_batches,
+        gradient_clip_val=t.gradient_clip_val,
+        enable_progress_bar=bool(t.enable_progress_bar),
+        enable_model_summary=False,
+        enable_checkpointing=False,  # LastCheckpoint writes the one checkpoint a rerun needs
+        logger=loggers or False,
+        callbacks=[LastCheckpoint(run_dir / CHECKPOINT), Throughput(), *bar],
+        default_root_dir=str(run_dir),
+    )
 
 
 @contextlib.contextmanager

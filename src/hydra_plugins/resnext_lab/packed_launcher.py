@@ -184,7 +184,7 @@ class _Worker:
         as a failed JobReturn, which Hydra raises at the end of the sweep."""
         import cloudpickle
 
-        from resnext_lab.train import record_lost_job
+        from resnext_lab.results import record_lost_job
 
         self.job = None
         try:

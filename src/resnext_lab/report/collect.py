@@ -16,17 +16,14 @@ from typing import Any
 
 import pandas as pd
 
-from resnext_lab.errors import DataError, first_line
-
-#: Statuses a training writes; anything else is reported as it is.
-STATUSES = ("completed", "failed", "diverged", "running")
-UNREADABLE = "unreadable"
+from resnext_lab.errors import DataError
+from resnext_lab.results import UNREADABLE, load_sweep
 
 _MISSING = object()
 
 
 def load_results(sweep_dir: str | Path) -> list[dict[str, Any]]:
-    """All `results.json` files at any depth below `sweep_dir`, sorted by path.
+    """All `results.json` files at any depth below `sweep_dir`, sorted by path (`results.load_sweep`).
 
     Each dict gets `_dir` (the job folder, a Path). A file that cannot be parsed,
     is not a JSON object, or has no `status` becomes `{"status": "unreadable",
@@ -35,22 +32,7 @@ def load_results(sweep_dir: str | Path) -> list[dict[str, Any]]:
     root = Path(sweep_dir)
     if not root.is_dir():
         raise DataError(f"sweep folder {root} does not exist (pass the folder a sweep wrote its jobs into)")
-    results = []
-    for path in sorted(root.rglob("results.json")):
-        results.append(_read_one(path))
-    return results
-
-
-def _read_one(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        return {"status": UNREADABLE, "error": f"{type(exc).__name__}: {first_line(exc)}", "_dir": path.parent}
-    if not isinstance(data, dict):
-        return {"status": UNREADABLE, "error": f"not a JSON object ({type(data).__name__})", "_dir": path.parent}
-    if not isinstance(data.get("status"), str):
-        return {**data, "status": UNREADABLE, "error": "no status field", "_dir": path.parent}
-    return {**data, "_dir": path.parent}
+    return load_sweep(root)
 
 
 def lookup(result: Mapping[str, Any], key: str, default: Any = None) -> Any:
