@@ -116,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.perf_counter()
     report: dict[str, Any] = {"command": " ".join(["python -m resnext_lab.gpu_check", *(argv or sys.argv[1:])]),
                               "device": bench.device_info(args.device), "versions": bench.versions()}
-    cases = ["resnet50", "resnext50_32x4d", "family", "proxy", "loop_overhead"]
+    cases = ["resnet50", "resnext50_32x4d", *([] if args.tiny else ["family"]), "proxy", "loop_overhead"]
     steps = [("bench_eager", lambda: bench.run(_settings(args.device, args.tiny, False), cases, log=_log))]
     if not args.skip_compile:
         steps.append(("bench_compiled", lambda: bench.run(_settings(args.device, args.tiny, True),
