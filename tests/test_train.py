@@ -342,8 +342,10 @@ BAD_INPUT = {
     "packed: bad devices": (["-m", "hydra/launcher=packed", "hydra.launcher.devices=gpu"], "hydra.launcher.devices="),
     "diverging run": (["optim.lr=1e30", "trainer.check_finite_every_n_steps=1", "logger=csv"], "error: diverged: "),
 }
-#: Cases that are not bad settings (a run that fails), or already a sweep: run once, as given.
-SINGLE = {"diverging run", "packed: no slots", "packed: bad devices", "unknown key"}
+#: Cases that are not bad settings (a run that fails), or already a sweep: run once, as given. The data and
+#: model cases under -m take the path of "zero cardinality" and "missing data" (check_job), tested under -m.
+SINGLE = {"diverging run", "packed: no slots", "packed: bad devices", "unknown key", "zero batch", "augment not a bool",
+          "out_root under a file"}
 CASES = [(name, False) for name in BAD_INPUT] + [(name, True) for name in BAD_INPUT if name not in SINGLE]
 
 
