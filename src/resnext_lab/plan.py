@@ -309,8 +309,10 @@ def render(plans: Sequence[JobPlan], device: str, slots: int, launcher: str, mat
 
 
 def _swept_names(plans: Sequence[JobPlan]) -> list[str]:
-    parsed = [dict(o.split("=", 1) for o in p.overrides if "=" in o) for p in plans]
-    keys = [k for k in dict.fromkeys(k for job in parsed for k in job) if len({job.get(k) for job in parsed}) > 1]
+    from resnext_lab.sweep import override_values, varying_keys
+
+    parsed = [override_values(p.overrides) for p in plans]
+    keys = varying_keys(parsed)
     return [",".join(f"{k}={job.get(k)}" for k in keys) or "the job" for job in parsed]
 
 

@@ -9,7 +9,7 @@ import itertools
 import re
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -73,13 +73,21 @@ def _value_key(text: str) -> tuple[int, float, str]:
         return (1, 0.0, text)
 
 
+def override_values(job: Sequence[str]) -> dict[str, str]:
+    """A job's `key=value` overrides as {key: value}, in command-line order."""
+    return dict(o.split("=", 1) for o in job if "=" in o)
+
+
+def varying_keys(parsed: Sequence[Mapping[str, str]]) -> list[str]:
+    """The keys whose values differ between jobs, in command-line order."""
+    keys: list[str] = list(dict.fromkeys(k for job in parsed for k in job))
+    return [k for k in keys if len({job.get(k) for job in parsed}) > 1]
+
+
 def job_order(overrides: Sequence[Sequence[str]]) -> list[int]:
     """Indices of jobs sorted by their swept values: keys in command-line order, numbers numerically."""
-    parsed = [dict(o.split("=", 1) for o in job if "=" in o) for job in overrides]
-    keys: list[str] = []
-    for job in parsed:
-        keys += [k for k in job if k not in keys]
-    swept = [k for k in keys if len({job.get(k) for job in parsed}) > 1]
+    parsed = [override_values(job) for job in overrides]
+    swept = varying_keys(parsed)
     return sorted(range(len(parsed)), key=lambda i: [_value_key(parsed[i].get(k, "")) for k in swept])
 
 

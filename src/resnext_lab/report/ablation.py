@@ -34,18 +34,16 @@ SEED = "seed"
 
 
 def _overrides(result: Mapping[str, Any]) -> dict[str, str]:
-    return dict(o.split("=", 1) for o in result.get("overrides") or [] if "=" in o)
+    from resnext_lab.sweep import override_values
+
+    return override_values(result.get("overrides") or [])
 
 
 def swept_keys(results: Sequence[Mapping[str, Any]]) -> list[str]:
     """The settings that differ between jobs, in command-line order, seed left out."""
-    from resnext_lab.sweep import RUN_INVARIANT
+    from resnext_lab.sweep import RUN_INVARIANT, varying_keys
 
-    parsed = [_overrides(r) for r in results]
-    keys: list[str] = []
-    for job in parsed:
-        keys += [k for k in job if k not in keys]
-    return [k for k in keys if k != SEED and k not in RUN_INVARIANT and len({job.get(k) for job in parsed}) > 1]
+    return [k for k in varying_keys([_overrides(r) for r in results]) if k != SEED and k not in RUN_INVARIANT]
 
 
 @dataclasses.dataclass
@@ -73,9 +71,10 @@ class Group:
         return next((j["model"] for j in self.jobs if isinstance(j.get("model"), Mapping)), {})
 
     def statuses(self) -> dict[str, int]:
+        usable = {id(j) for j in self.usable}
         out: dict[str, int] = {}
         for j in self.jobs:
-            if j not in self.usable:
+            if id(j) not in usable:
                 out[j.get("status", UNREADABLE)] = out.get(j.get("status", UNREADABLE), 0) + 1
         if self.missing:
             out[MISSING] = self.missing
