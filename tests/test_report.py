@@ -312,6 +312,15 @@ def test_render_statistics_and_verdicts(sweep: Path) -> None:
     assert "unreadable results.json" in markdown and "1 job(s) of the sweep match no cell" in markdown
 
 
+def test_omitted_cell_says_why_and_a_run_one_still_counts(sweep: Path) -> None:
+    omitted = [{"match": {"model.cardinality": 32}, "why": "no integer d within 5% at this width"}]
+    markdown, frame = render(load_results(sweep), {**TABLE, "omitted": omitted})
+    left_out = _record(frame, "50-layer", "32x4d")  # no job: left out on purpose
+    assert left_out["verdict"] == "not run" and left_out["excluded"] == "not run: no integer d within 5% at this width"
+    assert "not run: no integer d within 5% at this width" in markdown
+    assert _record(frame, "101-layer", "32x4d")["verdict"] == "inconclusive"  # it has jobs: reported as run
+
+
 def test_render_welch_when_not_paired(sweep: Path) -> None:
     _, frame = render(load_results(sweep), {**TABLE, "paired_by": None})
     c2 = _record(frame, "50-layer", "2x40d")
@@ -328,6 +337,8 @@ def test_render_welch_when_not_paired(sweep: Path) -> None:
         ({"x_axis": "depth"}, "report.x_axis"),
         ({"rows": [{"label": "r", "baseline": "zz", "cells": [{"label": "a", "match": {"seed": 1}}]}]}, "baseline"),
         ({"rows": [{"label": "r", "cells": [{"label": "a"}]}]}, r"cells\[0\]\.match"),
+        ({"omitted": [{"match": {"seed": 1}}]}, r"report\.omitted\[0\]"),
+        ({"omitted": "C=8"}, "report.omitted"),
     ],
 )
 def test_bad_table_definition(change: dict[str, Any], message: str) -> None:

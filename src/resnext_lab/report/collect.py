@@ -124,6 +124,8 @@ class CellJobs:
     values: list[float]
     keys: list[Any]
     counts: dict[str, int]
+    #: the cell's `match` of the table definition
+    match: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def usable(self) -> list[dict[str, Any]]:
@@ -189,6 +191,7 @@ def group_cells(results: Sequence[Mapping[str, Any]], table_def: Mapping[str, An
                     values=values,
                     keys=keys,
                     counts=counts,
+                    match=dict(cell["match"]),
                 )
             )
     return cells

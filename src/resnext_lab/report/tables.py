@@ -67,7 +67,34 @@ def validate_table(table_def: Mapping[str, Any]) -> dict[str, Any]:
         "rows": clean_rows,
         "paired_by": paired_by,
         "x_axis": x_axis,
+        "omitted": _validate_omitted(table_def.get("omitted")),
     }
+
+
+def _validate_omitted(omitted: Any) -> list[dict[str, Any]]:
+    """`report.omitted`: cells a scale leaves out on purpose, `[{match: {...}, why: "..."}]`."""
+    if omitted is None:
+        return []
+    if not isinstance(omitted, Sequence) or isinstance(omitted, str):
+        raise ConfigError("report.omitted: must be a list of {match, why}")
+    clean = []
+    for i, entry in enumerate(omitted):
+        match = entry.get("match") if isinstance(entry, Mapping) else None
+        why = entry.get("why") if isinstance(entry, Mapping) else None
+        if not isinstance(match, Mapping) or not match or not isinstance(why, str) or not why:
+            raise ConfigError(f"report.omitted[{i}]: must be a mapping with a non-empty match and a why")
+        clean.append({"match": dict(match), "why": why})
+    return clean
+
+
+def _omitted_why(cell: CellJobs, table: dict[str, Any]) -> str | None:
+    """Why a cell with no jobs was left out at this scale (`report.omitted`), or None."""
+    if cell.jobs:
+        return None
+    for entry in table.get("omitted", []):
+        if all(str(cell.match.get(key)) == str(value) for key, value in entry["match"].items()):
+            return entry["why"]
+    return None
 
 
 def _validate_row(i: int, row: Any) -> dict[str, Any]:
@@ -204,6 +231,9 @@ def _cell_record(cell: CellJobs, cells: Sequence[CellJobs], table: dict[str, Any
         state = verdict(diff, cell.paper, base.paper if base else None, is_baseline=cell.is_baseline)
         delta_text = _delta_text(diff, state)
     excluded = ", ".join(f"{n} {status}" for status, n in cell.counts.items())
+    why = _omitted_why(cell, table)
+    if why is not None:
+        excluded, state, delta_text = f"not run: {why}", "not run", "n/a"
     return {
         "row": cell.row,
         "cell": cell.label,
