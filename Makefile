@@ -9,17 +9,17 @@ OUT    ?= outputs
 ARGS   ?=
 # pip constraints: the exact versions `make install` installs; `make install LOCK=` takes the newest releases
 LOCK   ?= requirements/lock.txt
-SWEEP  ?= outputs/demo
+SWEEP  ?= outputs/demo/cpu
 # the paper's tables and figures that train
 EXPERIMENTS := table3 table4 residual fig5 fig7 table7 forms
 
-.PHONY: help install lock notebook gpu-check thread-policy plan test test-all lint format demo table1 table2 report dashboard bench clean $(EXPERIMENTS)
+.PHONY: help install lock notebook gpu-check thread-policy plan test test-all lint format demo publish table1 table2 report dashboard bench clean $(EXPERIMENTS)
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_ -]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  \033[1m%-22s\033[0m %s\n", $$1, $$2}'
 	@printf "  \033[1m%-22s\033[0m %s\n" "$(EXPERIMENTS)" "" | sed 's/ *$$//'
 	@echo "                         each: run that paper table's sweep at SCALE (resumable), then its report in reports/<table>/<SCALE>"
-	@echo "  variables: SCALE=smoke|proxy|paper (default proxy)  ARGS='extra Hydra overrides'  OUT=outputs"
+	@echo "  variables: SCALE=smoke|cpu|proxy|paper (default proxy)  ARGS='extra Hydra overrides'  OUT=outputs"
 
 install: ## create .venv, install the project (editable, dev tools, the versions in LOCK) and Fashion-MNIST where apt-get works
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -42,7 +42,7 @@ lock: ## regenerate requirements/lock.txt: the newest releases installed into a 
 	  .lock-venv/bin/python -m pip freeze --all --exclude-editable | grep -v '^resnext-lab'; } > requirements/lock.txt.tmp
 	mv requirements/lock.txt.tmp requirements/lock.txt && rm -rf .lock-venv
 
-notebook: ## open notebooks/analysis.ipynb in Jupyter on the sweep SWEEP (default outputs/demo)
+notebook: ## open notebooks/analysis.ipynb in Jupyter on the sweep SWEEP (default outputs/demo/cpu)
 	RESNEXT_SWEEP=$(SWEEP) $(VENV)/bin/jupyter notebook notebooks/analysis.ipynb
 
 test: ## the test suite (fast tests; `make test-all` adds the slow ones)
@@ -59,10 +59,8 @@ format: ## ruff format and autofix
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
 
-demo: ## a small cardinality-vs-width ablation on real Fashion-MNIST, CPU-sized (prints its table)
-	$(PY) run.py -m name=demo out_root=$(OUT) trainer.accelerator=cpu \
-	  model.width_scale=0.25 model.reference.width=16 model.cardinality=1,4,16 \
-	  data.limit_train=6000 data.limit_eval=2000 data.batch_size=128 trainer.max_epochs=2 $(ARGS)
+demo: ## about 5 min on 2 cores: ResNet-50 with and without shortcuts, 3 seeds each, on real Fashion-MNIST; prints the verdict table
+	$(call run_table,demo,cpu)
 
 table1: ## paper Table 1 (ResNet-50 vs ResNeXt-50 complexity) beside the library's exact counts
 	$(PY) -m resnext_lab.report.complexity_tables table1 --out reports/table1
@@ -70,16 +68,25 @@ table1: ## paper Table 1 (ResNet-50 vs ResNeXt-50 complexity) beside the library
 table2: ## paper Table 2 (d for each C at preserved complexity) beside the width solver's
 	$(PY) -m resnext_lab.report.complexity_tables table2 --out reports/table2
 
+# $(call run_table,EXPERIMENT,SCALE): its sweep (resumable), then its table beside the paper's in reports/EXPERIMENT/SCALE
+define run_table
+@status=0; $(PY) run.py -m experiment=$(1) scale=$(2) out_root=$(OUT) $(ARGS) || status=$$?; \
+case " $(ARGS) " in *" task=plan "*) exit $$status;; esac; \
+$(PY) -m resnext_lab.report $(OUT)/$(1)/$(2) --experiment $(1) --scale $(2) --out reports/$(1)/$(2) || status=$$?; \
+if [ $(1) = table4 ]; then $(PY) -m resnext_lab.report $(OUT)/$(1)/$(2) --experiment table4_top5 --scale $(2) \
+  --out reports/table4_top5/$(2) || status=$$?; fi; \
+exit $$status
+endef
+
 $(EXPERIMENTS): ## run a paper table's sweep at SCALE (resumable), then its report in reports/<table>/<SCALE>
-	@status=0; $(PY) run.py -m experiment=$@ scale=$(SCALE) out_root=$(OUT) $(ARGS) || status=$$?; \
-	case " $(ARGS) " in *" task=plan "*) exit $$status;; esac; \
-	$(PY) -m resnext_lab.report $(OUT)/$@/$(SCALE) --experiment $@ --scale $(SCALE) --out reports/$@/$(SCALE) || status=$$?; \
-	if [ $@ = table4 ]; then $(PY) -m resnext_lab.report $(OUT)/$@/$(SCALE) --experiment table4_top5 --scale $(SCALE) \
-	  --out reports/table4_top5/$(SCALE) || status=$$?; fi; \
-	exit $$status
+	$(call run_table,$@,$(SCALE))
+
+publish: ## copy a finished table (EXP, SCALE) with its machine, versions, commit, wall time and regime into docs/results/SCALE/EXP
+	$(PY) -m resnext_lab.report.publish $(EXP) --scale $(SCALE) --sweep $(OUT)/$(EXP)/$(SCALE) \
+	  $(if $(wildcard docs/results/$(SCALE)/$(EXP)/plan.txt),--plan docs/results/$(SCALE)/$(EXP)/plan.txt)
 
 report: ## render every paper table that has results under OUT
-	@for exp in $(EXPERIMENTS); do for scale in smoke proxy paper; do \
+	@for exp in $(EXPERIMENTS); do for scale in smoke cpu proxy paper; do \
 	  if [ -d $(OUT)/$$exp/$$scale ]; then $(PY) -m resnext_lab.report $(OUT)/$$exp/$$scale --experiment $$exp --scale $$scale --out reports/$$exp/$$scale || exit $$?; fi; \
 	done; done
 

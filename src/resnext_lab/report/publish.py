@@ -1,0 +1,217 @@
+"""Publish a finished paper-table sweep: its table, plots and ablation report, with how it was measured.
+
+    python -m resnext_lab.report.publish residual --scale cpu [--sweep outputs/residual/cpu]
+        [--reports reports/residual/cpu] [--out docs/results/cpu/residual] [--plan plan.txt]
+
+`make <table> SCALE=...` writes the table into reports/<table>/<scale> and the ablation report into the
+sweep's report/ folder; this copies both into `--out` and writes its README.md: the command, the
+machine, the versions, the git commit, the measured wall time (first job's start to last job's end),
+the plan's estimate when `--plan` names its output, and the regime check of every cell (did the loss
+settle below chance, was the training error still falling in the last epoch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import math
+import os
+import platform
+import re
+import shutil
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from resnext_lab.errors import ConfigError
+from resnext_lab.report.collect import load_curves, lookup
+from resnext_lab.results import load_sweep
+
+#: files of the table report (reports/<table>/<scale>) and of the ablation report (<sweep>/report) to copy
+TABLE_FILES = ("table.md", "table.csv", "curves.png", "size.png", "bars.png")
+ABLATION_FILES = ("report.md", "report.csv")
+
+
+def cpu_model() -> str:
+    """The CPU's model name as /proc/cpuinfo states it, else what `platform` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _time(text: Any) -> dt.datetime | None:
+    try:
+        return dt.datetime.fromisoformat(str(text))
+    except ValueError:
+        return None
+
+
+def wall_span(results: Sequence[Mapping[str, Any]]) -> tuple[float | None, float]:
+    """(seconds from the first job's start to the last job's end, sum of the jobs' wall times)."""
+    spans = []
+    total = 0.0
+    for res in results:
+        start, secs = _time(res.get("started")), res.get("wall_time_s")
+        if start is None or not isinstance(secs, int | float):
+            continue
+        spans.append((start, start + dt.timedelta(seconds=float(secs))))
+        total += float(secs)
+    if not spans:
+        return None, total
+    return (max(end for _, end in spans) - min(start for start, _ in spans)).total_seconds(), total
+
+
+def regime(result: Mapping[str, Any], num_classes: int) -> dict[str, Any]:
+    """One job's training regime check from its per-epoch curves.
+
+    `settled`: the last epoch's mean training loss is below chance (ln of the class count) and below
+    the first epoch's; `falling`: the training error of the last epoch is below the one before.
+    """
+    curves = load_curves(result)
+    loss = curves["train/loss"].dropna() if "train/loss" in curves else []
+    err = curves["train/top1_err"].dropna() if "train/top1_err" in curves else []
+    out: dict[str, Any] = {"epochs": len(loss), "first_loss": None, "last_loss": None, "last_err": None}
+    if len(loss):
+        out["first_loss"], out["last_loss"] = float(loss.iloc[0]), float(loss.iloc[-1])
+        out["settled"] = out["last_loss"] < math.log(num_classes) and out["last_loss"] < out["first_loss"]
+    if len(err):
+        out["last_err"] = float(err.iloc[-1])
+        out["falling"] = bool(len(err) > 1 and err.iloc[-1] < err.iloc[-2])
+    return out
+
+
+def _job_label(result: Mapping[str, Any]) -> str:
+    return " ".join(str(o) for o in result.get("overrides") or []) or str(result.get("_dir"))
+
+
+def regime_lines(results: Sequence[Mapping[str, Any]]) -> list[str]:
+    """A markdown table of every completed job's regime check, and a one-line summary."""
+    done = [r for r in results if r.get("status") == "completed"]
+    rows, settled, falling = [], 0, 0
+    for res in sorted(done, key=_job_label):
+        check = regime(res, int(lookup(res, "model.num_classes") or 10))
+        settled += bool(check.get("settled"))
+        falling += bool(check.get("falling"))
+        fmt = lambda v, p=3: "n/a" if v is None else f"{v:.{p}f}"  # noqa: E731
+        rows.append(
+            f"| {_job_label(res)} | {check['epochs']} | {fmt(check['first_loss'])} → {fmt(check['last_loss'])} | "
+            f"{fmt(check['last_err'], 2)} | {'yes' if check.get('settled') else 'no'} | "
+            f"{'yes' if check.get('falling') else 'no'} |"
+        )
+    head = [
+        f"Loss settled (last epoch's training loss below ln(classes) and below the first epoch's): "
+        f"{settled} of {len(done)} jobs. Training error still falling in the last epoch: {falling} of {len(done)}.",
+        "",
+        "| job | epochs | train loss, first → last epoch | last train error (%) | settled | still falling |",
+        "|---|---:|---|---:|---|---|",
+    ]
+    return head + rows
+
+
+def _first(results: Sequence[Mapping[str, Any]], key: str) -> Any:
+    return next((lookup(r, key) for r in results if lookup(r, key) is not None), None)
+
+
+def readme(
+    experiment: str, scale: str, results: Sequence[Mapping[str, Any]], table_md: str, plan_text: str | None
+) -> str:
+    span, total = wall_span(results)
+    statuses: dict[str, int] = {}
+    for res in results:
+        statuses[str(res.get("status"))] = statuses.get(str(res.get("status")), 0) + 1
+    commits = sorted({str(r.get("git_commit")) for r in results if r.get("git_commit")})
+    versions = _first(results, "versions") or {}
+    started = min((s for s in (_time(r.get("started")) for r in results) if s), default=None)
+    precision = _first(results, "precision.used")
+    planned = re.search(r"estimate: ([0-9.]+ (?:s|min|h))", plan_text or "")
+    lines = [
+        f"# {experiment} at the `{scale}` scale: measured",
+        "",
+        f"- **Command:** `make {experiment} SCALE={scale}` (resumable; `make {experiment} SCALE={scale} "
+        "ARGS=task=plan` prints the plan).",
+        f"- **Machine:** {cpu_model()}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}, "
+        f"Python {platform.python_version()}; precision {precision or 'n/a'}.",
+        "- **Versions:** " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".",
+        f"- **Git commit:** {', '.join(c[:10] for c in commits) or 'unknown'}"
+        + (" (the jobs ran at more than one commit)" if len(commits) > 1 else "")
+        + ".",
+        f"- **Started:** {started.isoformat(timespec='minutes') if started else 'unknown'}; "
+        f"jobs: " + ", ".join(f"{n} {s}" for s, n in sorted(statuses.items())) + ".",
+        f"- **Wall time:** {span / 60:.1f} min from the first job's start to the last job's end"
+        if span is not None
+        else "- **Wall time:** unknown",
+    ]
+    lines[-1] += f" ({total / 60:.1f} min of job time)" + (
+        f"; the plan estimated {planned.group(1)} (plan.txt)." if planned else "."
+    )
+    lines += ["", table_md.strip(), "", "## Regime of every job", "", *regime_lines(results), ""]
+    lines += [
+        "## Files",
+        "",
+        "- `table.md`, `table.csv`: the table beside the paper's numbers; plots beside them.",
+        "- `ablation/`: the sweep's own ablation report (every group, Δ with 95% CI, verdicts, seeds needed).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def publish(
+    experiment: str, scale: str, sweep: Path, reports: Path, out: Path, plan: Path | None = None
+) -> list[Path]:
+    """Copy the table and ablation reports into `out` and write its README.md; the files written."""
+    table = reports / "table.md"
+    if not table.is_file():
+        raise ConfigError(f"{table} does not exist: run `make {experiment} SCALE={scale}` first")
+    results = load_sweep(sweep)
+    if not results:
+        raise ConfigError(f"{sweep}: no results.json below it")
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name in TABLE_FILES:
+        if (reports / name).is_file():
+            written.append(Path(shutil.copy2(reports / name, out / name)))
+    ablation = sweep / "report"
+    if ablation.is_dir():
+        (out / "ablation").mkdir(exist_ok=True)
+        for path in sorted(ablation.iterdir()):
+            if path.name in ABLATION_FILES or path.suffix == ".png":
+                written.append(Path(shutil.copy2(path, out / "ablation" / path.name)))
+    plan_text = None
+    if plan is not None and plan.is_file():
+        plan_text = plan.read_text(encoding="utf-8")
+        if plan.resolve() != (out / "plan.txt").resolve():
+            written.append(Path(shutil.copy2(plan, out / "plan.txt")))
+    text = readme(experiment, scale, results, table.read_text(encoding="utf-8"), plan_text)
+    (out / "README.md").write_text(text, encoding="utf-8")
+    return [out / "README.md", *written]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m resnext_lab.report.publish", description=__doc__.splitlines()[0])
+    parser.add_argument("experiment")
+    parser.add_argument("--scale", default="cpu")
+    parser.add_argument("--sweep", type=Path, help="default outputs/EXPERIMENT/SCALE")
+    parser.add_argument("--reports", type=Path, help="default reports/EXPERIMENT/SCALE")
+    parser.add_argument("--out", type=Path, help="default docs/results/SCALE/EXPERIMENT")
+    parser.add_argument("--plan", type=Path, help="the saved output of the sweep's task=plan")
+    args = parser.parse_args(argv)
+    sweep = args.sweep or Path("outputs") / args.experiment / args.scale
+    reports = args.reports or Path("reports") / args.experiment / args.scale
+    out = args.out or Path("docs/results") / args.scale / args.experiment
+    try:
+        written = publish(args.experiment, args.scale, sweep, reports, out, args.plan)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
