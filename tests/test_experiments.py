@@ -8,6 +8,7 @@ The paper scale is checked by composition and one batch on a fake ImageNet folde
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import pickle
@@ -34,13 +35,15 @@ from resnext_lab.report.__main__ import main as report_main  # noqa: E402
 from resnext_lab.report.dashboard import build_report, compose_experiment  # noqa: E402
 from resnext_lab.report.dashboard import main as dashboard_main  # noqa: E402
 
-SCALES = ("smoke", "proxy", "paper")
+SCALES = ("smoke", "cpu", "proxy", "paper")
 COMPLEXITY = ("table1", "table2")
 #: Training experiments and the number of jobs of their smoke sweep (one seed).
 TRAINED = {"table3": 10, "table4": 6, "residual": 4, "fig5": 4, "fig7": 8, "table7": 4, "forms": 3}
 #: Experiments that only report another's sweep.
 REPORT_ONLY = {"table4_top5": "table4"}
-EXPERIMENTS = (*COMPLEXITY, *TRAINED, *REPORT_ONLY)
+#: `make demo`: composed at every scale, trained by its own make target
+DEMO = ("demo",)
+EXPERIMENTS = (*COMPLEXITY, *TRAINED, *REPORT_ONLY, *DEMO)
 
 
 def compose(experiment: str, scale: str, *overrides: str) -> DictConfig:
@@ -109,6 +112,42 @@ def test_proxy_keeps_the_papers_structure() -> None:
         flops[variant] = complexity(spec_from_config(OmegaConf.to_container(model, resolve=True)))["flops"]
     for variant in ("resnet200", "resnet101_1x100d", "resnext101_2x64d", "resnext101_64x4d"):
         assert 1.9 < flops[variant] / flops["resnet101"] < 2.1, variant
+
+
+def _jobs_but_seed(experiment: str, scale: str) -> list[list[str]]:
+    params = OmegaConf.to_container(compose(experiment, scale).hydra.sweeper.params, resolve=True)
+    axes = [[f"{key}={value}" for value in str(values).split(",")] for key, values in params.items() if key != "seed"]
+    return [list(combo) for combo in itertools.product(*axes)]
+
+
+@pytest.mark.parametrize("experiment", ["table3", "residual", "fig5", "forms", "demo"])
+def test_cpu_scale_matches_complexity_in_every_cell(experiment: str) -> None:
+    """Three seeds or more, packed on the CPU, and every job within 5% of its reference's params."""
+    from resnext_lab.models.complexity import complexity
+
+    cfg = compose(experiment, "cpu")
+    assert len(str(cfg.seeds).split(",")) >= 3 and cfg.hydra.launcher.devices == "cpu"
+    assert cfg.trainer.accelerator == "cpu" and cfg.data.name == "fashion_mnist"
+    for overrides in _jobs_but_seed(experiment, "cpu"):
+        model = OmegaConf.to_container(compose(experiment, "cpu", *overrides).model, resolve=True)
+        spec = spec_from_config(model)
+        if model["width"] == "auto":
+            ref = spec_from_config({**model, "cardinality": model["reference"]["cardinality"],
+                                    "width": model["reference"]["width"]})  # fmt: skip
+            assert abs(complexity(spec)["params"] / complexity(ref)["params"] - 1) <= 0.05, overrides
+        assert 15 <= spec.depth <= 60, overrides  # CPU-sized
+
+
+def test_cpu_table4_doubles_the_flops_in_each_2x_model() -> None:
+    from resnext_lab.models.complexity import complexity
+
+    flops = {}
+    for (variant,) in _jobs_but_seed("table4", "cpu"):
+        model = OmegaConf.to_container(compose("table4", "cpu", variant).model, resolve=True)
+        flops[variant.split("=")[1]] = complexity(spec_from_config(model))["flops"]
+    double = [v for k, v in flops.items() if k not in ("resnet101", "resnext101_32x4d")]
+    assert len(double) == 4 and all(1.85 < v / flops["resnet101"] < 2.05 for v in double)
+    assert max(double) / min(double) < 1.05  # the 2x models match each other within 5%
 
 
 def test_paper_scale_is_the_papers_recipe() -> None:
