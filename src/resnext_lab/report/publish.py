@@ -160,9 +160,7 @@ def readme(
     return "\n".join(lines)
 
 
-def publish(
-    experiment: str, scale: str, sweep: Path, reports: Path, out: Path, plan: Path | None = None
-) -> list[Path]:
+def publish(experiment: str, scale: str, sweep: Path, reports: Path, out: Path, plan: Path | None = None) -> list[Path]:
     """Copy the table and ablation reports into `out` and write its README.md; the files written."""
     table = reports / "table.md"
     if not table.is_file():
