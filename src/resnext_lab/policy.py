@@ -3,6 +3,8 @@ in fp32 and in bf16. Each way runs the same real sweep (Fashion-MNIST) from noth
 
     python -m resnext_lab.policy                       # `make thread-policy`; JSON in reports/policy/
     python -m resnext_lab.policy --precisions 32-true  # one precision only
+    python -m resnext_lab.policy --policy packed --compile --overrides experiment=demo scale=cpu
+                                                       # eager against torch.compile, compilation included
 
 The sweep is `cpu`-scale sized (a 50-layer cifar-template network at 1/8 width and its 8-path counterpart,
 two seeds, 2 epochs of 6,000 images); `--overrides` replaces it. The jobs are the same either way, but another
@@ -13,6 +15,7 @@ thread count rounds floating-point sums in another order, so their errors differ
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import platform
 import subprocess
@@ -27,6 +30,7 @@ SWEEP = ("model.template=cifar", "model.depth=null", "model.stage_blocks=[3,4,9]
          "model.reference.width=8", "model.width=auto", "model.cardinality=1,8", "seed=0,1",
          "data.limit_train=6000", "data.limit_eval=2000", "data.batch_size=128", "trainer.max_epochs=2",
          "trainer.enable_progress_bar=false", "logger=csv")
+POLICY_KEYS = {"one": "1 job x all cores", "packed": "packed: 2 jobs x 1 thread"}
 POLICIES = {
     "1 job x all cores": [],
     "packed: 2 jobs x 1 thread": ["hydra/launcher=packed", "hydra.launcher.devices=cpu",
@@ -57,6 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m resnext_lab.policy", description=__doc__.split("\n\n")[0])
     parser.add_argument("--precisions", default="32-true,bf16-mixed", help="comma-separated trainer.precision values")
     parser.add_argument("--overrides", nargs="*", default=list(SWEEP), help="the sweep (Hydra overrides)")
+    parser.add_argument("--policy", choices=["all", *POLICY_KEYS], default="all", help="time only this policy")
+    parser.add_argument("--compile", action="store_true", help="also time each policy with trainer.compile=true")
     parser.add_argument("--out", type=Path, default=Path("reports/policy") / f"{platform.node() or 'host'}.json")
     args = parser.parse_args(argv)
     from resnext_lab.files import write_json_atomic
@@ -64,16 +70,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows: list[dict[str, object]] = []
     report = {"host": platform.node(), "cores": os.cpu_count(), "command": " ".join(sys.argv),
               "sweep": list(args.overrides), "rows": rows}
+    chosen = {k: v for k, v in POLICIES.items() if args.policy == "all" or k == POLICY_KEYS[args.policy]}
+    compiles = (False, True) if args.compile else (False,)
     for precision in args.precisions.split(","):
-        for name, launcher in POLICIES.items():
+        for (name, launcher), compiled in itertools.product(chosen.items(), compiles):
+            label = f"{name}, compiled" if compiled else name
+            extra = ["trainer.compile=true"] if compiled else []
             with tempfile.TemporaryDirectory() as tmp:
-                print(f"{precision}, {name} ...", file=sys.stderr, flush=True)
-                rows.append({"precision": precision, "policy": name,
-                             **time_sweep(args.overrides, launcher, precision, Path(tmp))})
+                print(f"{precision}, {label} ...", file=sys.stderr, flush=True)
+                rows.append({"precision": precision, "policy": label,
+                             **time_sweep([*args.overrides, *extra], launcher, precision, Path(tmp))})
             write_json_atomic(args.out, report)  # after each sweep: a stopped run keeps what it measured
     fastest = min(rows, key=lambda r: r["wall_s"])
     for r in rows:
-        print(f"{r['precision']:<11} {r['policy']:<28} {r['wall_s']:>7.1f} s  "
+        print(f"{r['precision']:<11} {r['policy']:<38} {r['wall_s']:>7.1f} s  "
               f"({fastest['wall_s'] / r['wall_s']:.2f}x the fastest's speed)")
     print(f"fastest: {fastest['precision']}, {fastest['policy']}; written {args.out}")
     return 0
