@@ -38,3 +38,23 @@ def test_notebook_command_of_the_readme_has_its_server() -> None:
     jupyter = Path(sys.executable).parent / "jupyter"
     proc = subprocess.run([str(jupyter), "notebook", "--version"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and re.fullmatch(r"7\.\d+\.\d+", proc.stdout.strip()), proc.stderr
+
+
+def test_every_imported_package_is_declared() -> None:
+    """Each third-party package that src/ imports is a dependency in pyproject.toml, not just a dependency's."""
+    import ast
+    import tomllib
+
+    imported = set()
+    for path in (ROOT / "src").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.split(".")[0])
+    imported -= set(sys.stdlib_module_names) | {"resnext_lab", "hydra_plugins"}
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    declared = {_name(re.split(r"[<>=!~\[; ]", spec, maxsplit=1)[0]) for spec in project["dependencies"]}
+    providers = metadata.packages_distributions()
+    undeclared = {m: providers.get(m) for m in imported if not declared & {_name(d) for d in providers.get(m, [])}}
+    assert not undeclared, f"imported by src/ but not in pyproject.toml's dependencies: {undeclared}"
