@@ -72,12 +72,34 @@ class TimedProgressBar(TQDMProgressBar):
         self.interval_s = interval_s
         self._drawn = -math.inf  # the first step draws, whatever the monotonic clock's origin (boot, on Linux)
 
-    def _should_update(self, current: int, total: int | float) -> bool:
+    def _due(self, current: int, total: int | float | None) -> bool:
         now = time.monotonic()
-        if self.is_enabled and (current == total or now - self._drawn >= self.interval_s):
+        if current == total or now - self._drawn >= self.interval_s:
             self._drawn = now
             return True
         return False
+
+    # Lightning's batch-end hooks redraw (and, in training, gather the metrics) at every step of its refresh
+    # rate (1 here); each is called only when the interval has passed, or at the last batch.
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if self._due(batch_idx + 1, self.train_progress_bar.total):
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
+                                batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if self._due(batch_idx + 1, self.val_progress_bar.total):
+            super().on_validation_batch_end(trainer, pl_module, outputs, batch, batch_idx, dataloader_idx)
+
+    def on_test_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                          batch_idx: int, dataloader_idx: int = 0) -> None:
+        if self._due(batch_idx + 1, self.test_progress_bar.total):
+            super().on_test_batch_end(trainer, pl_module, outputs, batch, batch_idx, dataloader_idx)
+
+    def on_predict_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                             batch_idx: int, dataloader_idx: int = 0) -> None:
+        if self._due(batch_idx + 1, self.predict_progress_bar.total):
+            super().on_predict_batch_end(trainer, pl_module, outputs, batch, batch_idx, dataloader_idx)
 
 
 class LastCheckpoint(pl.Callback):
