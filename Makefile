@@ -45,11 +45,14 @@ lock: ## regenerate requirements/lock.txt: the newest releases installed into a 
 notebook: ## open notebooks/analysis.ipynb in Jupyter on the sweep SWEEP (default outputs/demo/cpu)
 	RESNEXT_SWEEP=$(SWEEP) $(VENV)/bin/jupyter notebook notebooks/analysis.ipynb
 
-test: ## the test suite (fast tests; `make test-all` adds the slow ones)
-	$(PY) -m pytest -q
+# one pytest worker per core (pytest-xdist), each test file on one worker, so that a file's fixtures are built once
+TEST_WORKERS ?= auto
+
+test: ## the test suite (fast tests, on every core; `make test-all` adds the slow ones)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test-all: ## every test, the slow ones too
-	$(PY) -m pytest -q -m ''
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m ''
 
 lint: ## ruff lint and format check
 	$(PY) -m ruff check .

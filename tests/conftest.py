@@ -44,6 +44,8 @@ def cli_env(home: Path) -> dict[str, str]:
         WANDB_CONFIG_DIR=str(home / "config"),
         WANDB_CACHE_DIR=str(home / "cache"),
         WANDB_DATA_DIR=str(home / "data"),
+        # task=plan's step-time cache: the tests' timings stay out of the user's ~/.cache
+        XDG_CACHE_HOME=str(home / "xdg-cache"),
         PYTHONUNBUFFERED="1",
         # one thread: the tiny model gains nothing from two, and pytest already keeps one core busy
         OMP_NUM_THREADS="1",
