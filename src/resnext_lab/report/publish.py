@@ -113,6 +113,29 @@ def regime_lines(results: Sequence[Mapping[str, Any]]) -> list[str]:
     return head + rows
 
 
+def regime_settings(results: Sequence[Mapping[str, Any]]) -> str | None:
+    """The training regime of the sweep, from the first job's composed config (`.hydra/config.yaml`)."""
+    from omegaconf import OmegaConf
+
+    for res in results:
+        path = Path(str(res.get("_dir"))) / ".hydra" / "config.yaml"
+        if not path.is_file():
+            continue
+        cfg = OmegaConf.load(path)
+        data, optim, trainer = cfg.data, cfg.optim, cfg.trainer
+        images, batch, epochs = data.limit_train, int(data.batch_size), int(trainer.max_epochs)
+        steps = f"{images // batch * epochs} steps" if images else "all steps"
+        warmup = float(optim.warmup_epochs)
+        warmup_text = f", warm-up {warmup:g} epoch(s) from lr x {optim.warmup_start:g}" if warmup else ""
+        return (
+            f"{images or 'all'} training images x {epochs} epochs at batch {batch} ({steps}); "
+            f"SGD lr {optim.lr:g}, momentum {optim.momentum:g}{' Nesterov' if optim.nesterov else ''}, "
+            f"weight decay {optim.weight_decay:g}, {optim.schedule} schedule{warmup_text}; "
+            f"{data.val_size} images held out for validation, test on {data.limit_eval or 'all'} images."
+        )
+    return None
+
+
 def _first(results: Sequence[Mapping[str, Any]], key: str) -> Any:
     return next((lookup(r, key) for r in results if lookup(r, key) is not None), None)
 
@@ -149,6 +172,9 @@ def readme(
     lines[-1] += f" ({total / 60:.1f} min of job time)" + (
         f"; the plan estimated {planned.group(1)} (plan.txt)." if planned else "."
     )
+    settings = regime_settings(results)
+    if settings:
+        lines.append(f"- **Regime:** {settings}")
     lines += ["", table_md.strip(), "", "## Regime of every job", "", *regime_lines(results), ""]
     lines += [
         "## Files",
