@@ -86,7 +86,7 @@ $(EXPERIMENTS): ## run a paper table's sweep at SCALE (resumable), then its repo
 
 publish: ## copy a finished table (EXP, SCALE) with its machine, versions, commit, wall time and regime into docs/results/SCALE/EXP
 	$(PY) -m resnext_lab.report.publish $(EXP) --scale $(SCALE) --sweep $(OUT)/$(EXP)/$(SCALE) \
-	  $(if $(wildcard docs/results/$(SCALE)/$(EXP)/plan.txt),--plan docs/results/$(SCALE)/$(EXP)/plan.txt)
+	  $(if $(wildcard docs/results/$(SCALE)/$(EXP)/plan.txt),--plan docs/results/$(SCALE)/$(EXP)/plan.txt) $(ARGS)
 
 report: ## render every paper table that has results under OUT
 	@for exp in $(EXPERIMENTS); do for scale in smoke cpu proxy paper; do \

@@ -21,7 +21,7 @@ def _job(root: Path, name: str, started: str, wall: float, losses: list[float], 
     pd.DataFrame(rows).to_csv(job_dir / "csv" / "metrics.csv", index=False)
     result = {
         "status": "completed",
-        "overrides": [f"model.residual={name}", "seed=0"],
+        "overrides": [f"model.residual={name}", "seed=0", "experiment=residual", "scale=cpu"],
         "model": {"num_classes": 10, "params": 1000, "flops": 40000},
         "metrics": {"test/top1_err": errors[-1]},
         "metrics_csv": "csv/metrics.csv",
@@ -66,7 +66,7 @@ def test_publish_writes_readme_and_copies_reports(tmp_path: Path, capsys: pytest
     plan = tmp_path / "plan.txt"
     plan.write_text("...\nestimate: 3.5 min wall time for the sweep (7.0 min of job time)\n")
 
-    written = publish("residual", "cpu", sweep, reports, out, plan)
+    written = publish("residual", "cpu", sweep, reports, out, plan, ["the tests ran alongside"])
 
     names = sorted(str(p.relative_to(out)) for p in written)
     assert names == ["README.md", "ablation/error_vs_params.png", "ablation/report.md", "plan.txt",
@@ -76,6 +76,8 @@ def test_publish_writes_readme_and_copies_reports(tmp_path: Path, capsys: pytest
     assert "2.0 min from the first job's start to the last job's end (3.5 min of job time)" in text
     assert "the plan estimated 3.5 min" in text and "## The table" in text
     assert "1 of 2 jobs. Training error still falling in the last epoch: 1 of 2" in text
+    assert "- **Note:** the tests ran alongside" in text
+    assert "| model.residual=True seed=0 | 2 |" in text  # a job is named by its own overrides
 
     assert main(["residual", "--sweep", str(sweep), "--reports", str(tmp_path / "none"), "--out", str(out)]) == 2
     assert "does not exist: run `make residual SCALE=cpu` first" in capsys.readouterr().err

@@ -86,7 +86,11 @@ def regime(result: Mapping[str, Any], num_classes: int) -> dict[str, Any]:
 
 
 def _job_label(result: Mapping[str, Any]) -> str:
-    return " ".join(str(o) for o in result.get("overrides") or []) or str(result.get("_dir"))
+    """The job's own overrides, without those every job of a table shares (experiment, scale, out_root...)."""
+    from resnext_lab.sweep import RUN_INVARIANT
+
+    own = [str(o) for o in result.get("overrides") or [] if str(o).split("=", 1)[0].lstrip("+~") not in RUN_INVARIANT]
+    return " ".join(own) or str(result.get("_dir"))
 
 
 def regime_lines(results: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -141,7 +145,12 @@ def _first(results: Sequence[Mapping[str, Any]], key: str) -> Any:
 
 
 def readme(
-    experiment: str, scale: str, results: Sequence[Mapping[str, Any]], table_md: str, plan_text: str | None
+    experiment: str,
+    scale: str,
+    results: Sequence[Mapping[str, Any]],
+    table_md: str,
+    plan_text: str | None,
+    notes: Sequence[str] = (),
 ) -> str:
     span, total = wall_span(results)
     statuses: dict[str, int] = {}
@@ -175,6 +184,7 @@ def readme(
     settings = regime_settings(results)
     if settings:
         lines.append(f"- **Regime:** {settings}")
+    lines += [f"- **Note:** {note}" for note in notes]
     lines += ["", table_md.strip(), "", "## Regime of every job", "", *regime_lines(results), ""]
     lines += [
         "## Files",
@@ -186,7 +196,15 @@ def readme(
     return "\n".join(lines)
 
 
-def publish(experiment: str, scale: str, sweep: Path, reports: Path, out: Path, plan: Path | None = None) -> list[Path]:
+def publish(
+    experiment: str,
+    scale: str,
+    sweep: Path,
+    reports: Path,
+    out: Path,
+    plan: Path | None = None,
+    notes: Sequence[str] = (),
+) -> list[Path]:
     """Copy the table and ablation reports into `out` and write its README.md; the files written."""
     table = reports / "table.md"
     if not table.is_file():
@@ -210,7 +228,7 @@ def publish(experiment: str, scale: str, sweep: Path, reports: Path, out: Path, 
         plan_text = plan.read_text(encoding="utf-8")
         if plan.resolve() != (out / "plan.txt").resolve():
             written.append(Path(shutil.copy2(plan, out / "plan.txt")))
-    text = readme(experiment, scale, results, table.read_text(encoding="utf-8"), plan_text)
+    text = readme(experiment, scale, results, table.read_text(encoding="utf-8"), plan_text, notes)
     (out / "README.md").write_text(text, encoding="utf-8")
     return [out / "README.md", *written]
 
@@ -223,12 +241,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--reports", type=Path, help="default reports/EXPERIMENT/SCALE")
     parser.add_argument("--out", type=Path, help="default docs/results/SCALE/EXPERIMENT")
     parser.add_argument("--plan", type=Path, help="the saved output of the sweep's task=plan")
+    parser.add_argument("--note", action="append", default=[], help="a line for the README (repeatable)")
     args = parser.parse_args(argv)
     sweep = args.sweep or Path("outputs") / args.experiment / args.scale
     reports = args.reports or Path("reports") / args.experiment / args.scale
     out = args.out or Path("docs/results") / args.scale / args.experiment
     try:
-        written = publish(args.experiment, args.scale, sweep, reports, out, args.plan)
+        written = publish(args.experiment, args.scale, sweep, reports, out, args.plan, args.note)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
