@@ -151,6 +151,7 @@ def readme(
     table_md: str,
     plan_text: str | None,
     notes: Sequence[str] = (),
+    command: str | None = None,
 ) -> str:
     span, total = wall_span(results)
     statuses: dict[str, int] = {}
@@ -164,8 +165,8 @@ def readme(
     lines = [
         f"# {experiment} at the `{scale}` scale: measured",
         "",
-        f"- **Command:** `make {experiment} SCALE={scale}` (resumable; `make {experiment} SCALE={scale} "
-        "ARGS=task=plan` prints the plan).",
+        f"- **Command:** `{command or f'make {experiment} SCALE={scale}'}` (resumable; `make {experiment} "
+        f"SCALE={scale} ARGS=task=plan` prints the plan).",
         f"- **Machine:** {cpu_model()}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}, "
         f"Python {platform.python_version()}; precision {precision or 'n/a'}.",
         "- **Versions:** " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".",
@@ -204,6 +205,7 @@ def publish(
     out: Path,
     plan: Path | None = None,
     notes: Sequence[str] = (),
+    command: str | None = None,
 ) -> list[Path]:
     """Copy the table and ablation reports into `out` and write its README.md; the files written."""
     table = reports / "table.md"
@@ -228,7 +230,7 @@ def publish(
         plan_text = plan.read_text(encoding="utf-8")
         if plan.resolve() != (out / "plan.txt").resolve():
             written.append(Path(shutil.copy2(plan, out / "plan.txt")))
-    text = readme(experiment, scale, results, table.read_text(encoding="utf-8"), plan_text, notes)
+    text = readme(experiment, scale, results, table.read_text(encoding="utf-8"), plan_text, notes, command)
     (out / "README.md").write_text(text, encoding="utf-8")
     return [out / "README.md", *written]
 
@@ -241,13 +243,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--reports", type=Path, help="default reports/EXPERIMENT/SCALE")
     parser.add_argument("--out", type=Path, help="default docs/results/SCALE/EXPERIMENT")
     parser.add_argument("--plan", type=Path, help="the saved output of the sweep's task=plan")
+    parser.add_argument("--command", help="the command that ran it (default: make EXPERIMENT SCALE=SCALE)")
     parser.add_argument("--note", action="append", default=[], help="a line for the README (repeatable)")
     args = parser.parse_args(argv)
     sweep = args.sweep or Path("outputs") / args.experiment / args.scale
     reports = args.reports or Path("reports") / args.experiment / args.scale
     out = args.out or Path("docs/results") / args.scale / args.experiment
     try:
-        written = publish(args.experiment, args.scale, sweep, reports, out, args.plan, args.note)
+        written = publish(args.experiment, args.scale, sweep, reports, out, args.plan, args.note, args.command)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
