@@ -169,3 +169,17 @@ def test_report_run_holds_the_table_in_the_sweeps_group(tmp_path: Path, monkeypa
     table = json.loads((folder / "files" / summary["ablation/path"]).read_text())  # nested keys read as a/b
     assert len(table["data"]) == 5 and "> 1000" in [row[table["columns"].index("seeds needed")] for row in table["data"]]
     assert {"plots/error_vs_model.cardinality/path", "plots/error_vs_params/path"} <= set(summary)
+
+
+def test_boolean_baseline_as_the_user_types_it() -> None:
+    """`report.baseline=model.residual=true` names the group Hydra writes as model.residual=True."""
+    results = [
+        {"status": "completed", "overrides": [f"model.residual={flag}", f"seed={seed}"], "seed": seed,
+         "metrics": {"test/top1_err": err}, "model": {"params": 1000, "flops": 40000}}
+        for flag, errs in (("True", (20.0, 21.0, 22.0)), ("False", (25.0, 27.0, 26.5)))
+        for seed, err in enumerate(errs)
+    ]  # fmt: skip
+    for typed in ("model.residual=true", "model.residual=True"):
+        report = ablation(results, baseline=typed)
+        verdicts = {row["model.residual"]: row["verdict"] for row in report["rows"]}
+        assert verdicts == {"True": "baseline", "False": "worse"}

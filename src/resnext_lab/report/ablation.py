@@ -105,6 +105,7 @@ def baseline_of(group: Group, groups: Sequence[Group], keys: Sequence[str], base
         return None
     if baseline:
         key, _, value = baseline.partition("=")
+        value = value.capitalize() if value.lower() in ("true", "false") else value  # as Hydra writes booleans
         if key not in keys or not any(g.values[key] == value for g in groups):
             accepted = "; ".join(f"{k}=" + "|".join(dict.fromkeys(g.values[k] for g in groups)) for k in keys)
             raise ConfigError(f"report.baseline={baseline!r}: must be a swept setting and one of its values ({accepted})")
