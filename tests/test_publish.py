@@ -39,9 +39,9 @@ def test_regime_settled_and_falling(tmp_path: Path) -> None:
     good = _job(tmp_path, "True", "2026-01-01T00:00:00", 60.0, [2.6, 1.2, 0.8], [70.0, 40.0, 30.0])
     stuck = _job(tmp_path, "False", "2026-01-01T00:00:00", 60.0, [2.5, 2.4, 2.35], [80.0, 78.0, 79.0])
     assert regime(good, 10) == {"epochs": 3, "first_loss": 2.6, "last_loss": 0.8, "last_err": 30.0,
-                                "settled": True, "falling": True}  # fmt: skip
+                                "settled": True, "falling": True, "rough_start": True}  # fmt: skip
     check = regime(stuck, 10)  # below its first epoch but above ln 10 = 2.303, and rising at the end
-    assert check["settled"] is False and check["falling"] is False
+    assert check["settled"] is False and check["falling"] is False and check["rough_start"] is True
 
 
 def test_wall_span_from_first_start_to_last_end(tmp_path: Path) -> None:
@@ -69,15 +69,20 @@ def test_publish_writes_readme_and_copies_reports(tmp_path: Path, capsys: pytest
     written = publish("residual", "cpu", sweep, reports, out, plan, ["the tests ran alongside"])
 
     names = sorted(str(p.relative_to(out)) for p in written)
-    assert names == ["README.md", "ablation/error_vs_params.png", "ablation/report.md", "plan.txt",
+    assert names == ["README.md", "ablation/error_vs_params.png", "ablation/report.md", "notes.txt", "plan.txt",
                      "table.csv", "table.md"]  # fmt: skip
     text = (out / "README.md").read_text()
     assert "`make residual SCALE=cpu`" in text and "torch 9.9.9" in text and "0123456789" in text
     assert "2.0 min from the first job's start to the last job's end (3.5 min of job time)" in text
     assert "the plan estimated 3.5 min" in text and "## The table" in text
     assert "1 of 2 jobs. Training error still falling in the last epoch: 1 of 2" in text
+    assert "above chance (the loss rose before it fell): 2 of 2" in text
     assert "- **Note:** the tests ran alongside" in text
     assert "| model.residual=True seed=0 | 2 |" in text  # a job is named by its own overrides
+
+    publish("residual", "cpu", sweep, reports, out, plan, ["a second note"])  # the first one is kept
+    assert (out / "notes.txt").read_text() == "the tests ran alongside\na second note\n"
+    assert "- **Note:** the tests ran alongside" in (out / "README.md").read_text()
 
     assert main(["residual", "--sweep", str(sweep), "--reports", str(tmp_path / "none"), "--out", str(out)]) == 2
     assert "does not exist: run `make residual SCALE=cpu` first" in capsys.readouterr().err

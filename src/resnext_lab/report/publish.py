@@ -4,7 +4,7 @@
         [--reports reports/residual/cpu] [--out docs/results/cpu/residual] [--plan plan.txt]
 
 `make <table> SCALE=...` writes the table into reports/<table>/<scale> and the ablation report into the
-sweep's report/ folder; this copies both into `--out` and writes its README.md: the command, the
+sweep's report/ folder; this copies both into `--out` and writes its README.md, with the notes of `--note` (kept in `notes.txt` for the next publish): the command, the
 machine, the versions, the git commit, the measured wall time (first job's start to last job's end),
 the plan's estimate when `--plan` names its output, and the regime check of every cell (did the loss
 settle below chance, was the training error still falling in the last epoch).
@@ -70,7 +70,8 @@ def regime(result: Mapping[str, Any], num_classes: int) -> dict[str, Any]:
     """One job's training regime check from its per-epoch curves.
 
     `settled`: the last epoch's mean training loss is below chance (ln of the class count) and below
-    the first epoch's; `falling`: the training error of the last epoch is below the one before.
+    the first epoch's; `falling`: the training error of the last epoch is below the one before;
+    `rough_start`: the first epoch's mean training loss is above chance (the loss rose before it fell).
     """
     curves = load_curves(result)
     loss = curves["train/loss"].dropna() if "train/loss" in curves else []
@@ -79,6 +80,7 @@ def regime(result: Mapping[str, Any], num_classes: int) -> dict[str, Any]:
     if len(loss):
         out["first_loss"], out["last_loss"] = float(loss.iloc[0]), float(loss.iloc[-1])
         out["settled"] = out["last_loss"] < math.log(num_classes) and out["last_loss"] < out["first_loss"]
+        out["rough_start"] = out["first_loss"] > math.log(num_classes)
     if len(err):
         out["last_err"] = float(err.iloc[-1])
         out["falling"] = bool(len(err) > 1 and err.iloc[-1] < err.iloc[-2])
@@ -96,23 +98,26 @@ def _job_label(result: Mapping[str, Any]) -> str:
 def regime_lines(results: Sequence[Mapping[str, Any]]) -> list[str]:
     """A markdown table of every completed job's regime check, and a one-line summary."""
     done = [r for r in results if r.get("status") == "completed"]
-    rows, settled, falling = [], 0, 0
+    rows, settled, falling, rough = [], 0, 0, 0
     for res in sorted(done, key=_job_label):
         check = regime(res, int(lookup(res, "model.num_classes") or 10))
         settled += bool(check.get("settled"))
         falling += bool(check.get("falling"))
+        rough += bool(check.get("rough_start"))
         fmt = lambda v, p=3: "n/a" if v is None else f"{v:.{p}f}"  # noqa: E731
         rows.append(
             f"| {_job_label(res)} | {check['epochs']} | {fmt(check['first_loss'])} → {fmt(check['last_loss'])} | "
             f"{fmt(check['last_err'], 2)} | {'yes' if check.get('settled') else 'no'} | "
-            f"{'yes' if check.get('falling') else 'no'} |"
+            f"{'yes' if check.get('falling') else 'no'} | {'yes' if check.get('rough_start') else 'no'} |"
         )
     head = [
         f"Loss settled (last epoch's training loss below ln(classes) and below the first epoch's): "
-        f"{settled} of {len(done)} jobs. Training error still falling in the last epoch: {falling} of {len(done)}.",
+        f"{settled} of {len(done)} jobs. Training error still falling in the last epoch: {falling} of {len(done)}. "
+        f"First epoch's mean training loss above chance (the loss rose before it fell): {rough} of {len(done)}.",
         "",
-        "| job | epochs | train loss, first → last epoch | last train error (%) | settled | still falling |",
-        "|---|---:|---|---:|---|---|",
+        "| job | epochs | train loss, first → last epoch | last train error (%) | settled | still falling | "
+        "first epoch above chance |",
+        "|---|---:|---|---:|---|---|---|",
     ]
     return head + rows
 
@@ -225,6 +230,12 @@ def publish(
         for path in sorted(ablation.iterdir()):
             if path.name in ABLATION_FILES or path.suffix == ".png":
                 written.append(Path(shutil.copy2(path, out / "ablation" / path.name)))
+    notes_file = out / "notes.txt"  # kept across publishes: what a reader must know that the numbers do not say
+    kept = notes_file.read_text(encoding="utf-8").splitlines() if notes_file.is_file() else []
+    notes = list(dict.fromkeys([*(n for n in kept if n.strip()), *notes]))
+    if notes:
+        notes_file.write_text("\n".join(notes) + "\n", encoding="utf-8")
+        written.append(notes_file)
     plan_text = None
     if plan is not None and plan.is_file():
         plan_text = plan.read_text(encoding="utf-8")
