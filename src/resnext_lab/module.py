@@ -14,7 +14,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchmetrics import Metric
+from torchmetrics import Metric, MinMetric
 
 from resnext_lab.errors import ConfigError
 
@@ -107,6 +107,10 @@ class ClassificationModule(pl.LightningModule):
         self.check_every = max(1, int(check_finite_every_n_steps))
         # accumulated on the device and logged once per epoch; ModuleDict keys may not be "train"
         self.metrics = nn.ModuleDict({stage: EpochErrors(min(5, num_classes)) for stage in ("train_", "val_", "test_")})
+        # the lowest validation error of the run so far, logged as best/val/top1_err; saved in the checkpoint,
+        # so a resumed run remembers the epochs before it
+        self.best_val = MinMetric()
+        self.best_val.persistent(True)
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
 
@@ -142,22 +146,30 @@ class ClassificationModule(pl.LightningModule):
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._step(batch, "test")
 
-    def _log_errors(self, stage: str) -> Tensor:
-        """Log the epoch's errors in percent and its mean loss (all reduced over ranks); return the loss."""
+    def _log_errors(self, stage: str) -> dict[str, Tensor]:
+        """Log the epoch's errors in percent and its mean loss (all reduced over ranks); return them."""
         metric = self.metrics[f"{stage}_"]
         values = metric.compute()
         metric.reset()
         for name, value in values.items():
             self.log(f"{stage}/{name}", value, prog_bar=name == "top1_err")
-        return values["loss"]
+        return values
 
     def on_train_epoch_end(self) -> None:
-        loss = self._log_errors("train")
+        loss = self._log_errors("train")["loss"]
         if not torch.isfinite(loss):
             raise Diverged(f"training loss is {loss.item()} at the end of epoch {self.current_epoch}")
 
     def on_validation_epoch_end(self) -> None:
-        self._log_errors("val")
+        values = self._log_errors("val")
+        if not self.trainer.sanity_checking:
+            self.best_val.update(values["top1_err"])
+            self.log("best/val/top1_err", self.best_val.compute())
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # a checkpoint written before best_val existed resumes with no best yet
+        for key, value in self.best_val.state_dict(prefix="best_val.").items():
+            checkpoint["state_dict"].setdefault(key, value)
 
     def on_test_epoch_end(self) -> None:
         self._log_errors("test")

@@ -236,11 +236,8 @@ def _fit(cfg: DictConfig, run_dir: Path, plan: dict[str, Any], outcome: dict[str
     with _ctrl_c_as_interrupt(trainer):
         trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resumed else None)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
-        best_val = _best(run_dir / "csv" / "metrics.csv", "val/top1_err") if cfg.logger.csv else None
         trainer.test(module, datamodule=dm, verbose=False)
     metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
-    if best_val is not None:
-        metrics["best/val/top1_err"] = best_val
     epochs = int(trainer.current_epoch)
     if epochs == 0 and last.exists():  # ddp_spawn trains in child processes: this Trainer never counted epochs
         epochs = int(torch.load(last, map_location="cpu", weights_only=False, mmap=True)["epoch"]) + 1
@@ -344,17 +341,6 @@ def _csv_logger(run_dir: Path, keep_rows: bool) -> Any:
         path.write_text(rows)
         writer.metrics_keys = next(csv.reader([rows.partition("\n")[0]]), [])
     return logger
-
-
-def _best(csv_path: Path, column: str) -> float | None:
-    import csv
-
-    try:
-        with csv_path.open() as f:
-            values = [float(r[column]) for r in csv.DictReader(f) if r.get(column)]
-    except (OSError, KeyError, ValueError):
-        return None
-    return min(values) if values else None
 
 
 def print_summary(result: dict[str, Any], run_dir: Path) -> None:
