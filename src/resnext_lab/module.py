@@ -42,6 +42,16 @@ def param_groups(net: nn.Module, optim: Mapping[str, Any]) -> list[dict[str, Any
     return groups
 
 
+def sgd(net: nn.Module, optim: Mapping[str, Any], global_batch: int = 0) -> torch.optim.SGD:
+    """The run's optimiser: SGD over `param_groups` at `scaled_lr`, with `optim`'s momentum and Nesterov."""
+    return torch.optim.SGD(
+        param_groups(net, optim),
+        lr=scaled_lr(optim, global_batch),
+        momentum=float(optim.get("momentum", 0.9)),
+        nesterov=bool(optim.get("nesterov", False)),
+    )
+
+
 def lr_factor(epoch: float, optim: Mapping[str, Any], max_epochs: int) -> float:
     """The learning-rate multiplier at a (fractional) epoch: warm-up, then the schedule."""
     warmup = float(optim.get("warmup_epochs", 0))
@@ -177,13 +187,7 @@ class ClassificationModule(pl.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         opt = self.optim
         global_batch = self.trainer.world_size * _batch_size(self.trainer) if opt.get("scale_lr") else 0
-        lr = scaled_lr(opt, global_batch)
-        optimizer = torch.optim.SGD(
-            param_groups(self.net, opt),
-            lr=lr,
-            momentum=float(opt.get("momentum", 0.9)),
-            nesterov=bool(opt.get("nesterov", False)),
-        )
+        optimizer = sgd(self.net, opt, global_batch)
         max_epochs = max(1, self.trainer.max_epochs or 1)
         steps_per_epoch = max(1, self.trainer.estimated_stepping_batches // max_epochs)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
