@@ -31,13 +31,13 @@ from conftest import ROOT, cli_env, find_job, job_dirs, tiny, wandb_records, wan
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
-from resnext_lab.cli import register_resolvers
 from resnext_lab.config import validate_optim, validate_trainer
 from resnext_lab.data import build_datamodule
 from resnext_lab.errors import ConfigError
 from resnext_lab.hardware import resolve_precision
 from resnext_lab.models import build, complexity, spec_from_config
 from resnext_lab.module import ClassificationModule, lr_factor, param_groups, scaled_lr
+from resnext_lab.sweep import register_resolvers
 
 CONF = ROOT / "conf"
 GROUPS = ("model", "data", "optim", "trainer", "logger", "task", "scale")

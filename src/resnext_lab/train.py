@@ -23,7 +23,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from resnext_lab import results
-from resnext_lab.errors import ConfigError, fail, first_line
+from resnext_lab.errors import ConfigError, first_line
 
 log = logging.getLogger("resnext_lab")
 
@@ -98,19 +98,6 @@ def build_run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     return {"dm": dm, "spec": spec, "model": model_info, "build": build, "module": ClassificationModule}
 
 
-def _check_same_job(previous: dict[str, Any], run_dir: Path) -> None:
-    """A folder's finished or resumable job must be this one: never skip or resume another config's run."""
-    from resnext_lab.sweep import comparable
-
-    if previous.get("status") != "completed" and not (run_dir / CHECKPOINT).exists():
-        return  # nothing to reuse: this job starts afresh in the folder
-    before, now = comparable(previous.get("overrides") or []), comparable(_overrides())
-    if before != now:
-        changed = sorted(set(before) ^ set(now))
-        fail(f"{run_dir} holds a run with other settings ({', '.join(changed)}); "
-             "give the sweep another name=..., or out_root=..., or resume=false to train it again there")
-
-
 def train_task(cfg: DictConfig) -> dict[str, Any]:
     """One job: skip it if done, else build, fit and test it; results.json says how it went at every step.
 
@@ -122,7 +109,10 @@ def train_task(cfg: DictConfig) -> dict[str, Any]:
     rank = process_rank()  # ranks > 0 train but write nothing: see process_rank
     previous = results.load(run_dir)
     if previous and cfg.resume is True:
-        _check_same_job(previous, run_dir)
+        from resnext_lab.sweep import check_same_job
+
+        reusable = previous.get("status") == "completed" or (run_dir / CHECKPOINT).exists()
+        check_same_job(previous, _overrides(), run_dir, reusable)
         if previous.get("status") == "completed":
             log.info("skipping %s: completed before (%s)", run_dir, results.FILE)
             return previous
