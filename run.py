@@ -1,9 +1,9 @@
 """resnext-lab's entry point: Hydra composes `conf/`, `task` picks what a run does.
 
-    python run.py                                   # train the default model (task=train)
-    python run.py task=complexity model=resnet50    # params and FLOPs only
-    python run.py -m model.cardinality=1,2,4,32,64  # a sweep at matched complexity
-    python run.py -m +experiment=table3 scale=smoke # a paper table's sweep
+python run.py                                   # train the default model (task=train)
+python run.py task=complexity model=resnet50    # params and FLOPs only
+python run.py -m model.cardinality=1,2,4,32,64  # a sweep at matched complexity
+python run.py -m +experiment=table3 scale=smoke # a paper table's sweep
 """
 
 import sys
@@ -11,7 +11,8 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from resnext_lab.cli import normalize_argv, register_resolvers, run_task
+from resnext_lab.cli import normalize_argv, run_task
+from resnext_lab.sweep import register_resolvers
 
 register_resolvers()
 

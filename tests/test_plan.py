@@ -13,9 +13,9 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from resnext_lab import plan
-from resnext_lab.cli import register_resolvers
 from resnext_lab.errors import ConfigError
 from resnext_lab.models import ModelSpec
+from resnext_lab.sweep import register_resolvers
 
 
 def run_plan(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -1,55 +1,13 @@
-"""What run.py needs around Hydra: resolvers for deterministic sweep folders, task dispatch, one-line errors."""
+"""What run.py needs around Hydra: the command line, task dispatch, one-line errors (folders: sweep.py)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
-from collections.abc import Sequence
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from resnext_lab.errors import ConfigError, fail
-
-_UNSAFE = re.compile(r"[^A-Za-z0-9_.,=+-]+")
-
-
-def _safe(text: str, limit: int = 120) -> str:
-    """A folder name from override text; long names keep a hash so they stay unique."""
-    name = _UNSAFE.sub("_", text).strip("_") or "default"
-    if len(name) > limit:
-        name = f"{name[: limit - 9]}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
-    return name
-
-
-def sweep_dir(name: Any, experiment: Any, scale: Any, overrides: Sequence[str] | None) -> str:
-    """The sweep's folder: `<experiment>/<scale>`, else `name`, else `sweeps/<swept overrides>[__<hash>]`.
-
-    The hash stands for the overrides all jobs share, so the same sweep over other
-    settings gets its own folder; jobs are then named by what they sweep alone.
-    """
-    if experiment:
-        return f"{experiment}/{scale or 'default'}"
-    if name:
-        return _safe(str(name))
-    from resnext_lab.sweep import split_overrides
-
-    swept, fixed = split_overrides(list(overrides or ()))
-    folder = _safe("_".join(sorted(swept)) or "default")
-    if fixed:
-        folder += "__" + hashlib.sha1("\n".join(sorted(fixed)).encode()).hexdigest()[:8]
-    return "sweeps/" + folder
-
-
-def job_dir(override_dirname: str) -> str:
-    return _safe(override_dirname)
-
-
-def register_resolvers() -> None:
-    for name, fn in (("sweep_dir", sweep_dir), ("job_dir", job_dir)):
-        if not OmegaConf.has_resolver(name):
-            OmegaConf.register_new_resolver(name, fn)
 
 
 def normalize_argv(argv: list[str]) -> list[str]:

@@ -14,7 +14,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchmetrics import Metric
+from torchmetrics import Metric, MinMetric
 
 from resnext_lab.errors import ConfigError
 
@@ -40,6 +40,16 @@ def param_groups(net: nn.Module, optim: Mapping[str, Any]) -> list[dict[str, Any
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0})
     return groups
+
+
+def sgd(net: nn.Module, optim: Mapping[str, Any], global_batch: int = 0) -> torch.optim.SGD:
+    """The run's optimiser: SGD over `param_groups` at `scaled_lr`, with `optim`'s momentum and Nesterov."""
+    return torch.optim.SGD(
+        param_groups(net, optim),
+        lr=scaled_lr(optim, global_batch),
+        momentum=float(optim.get("momentum", 0.9)),
+        nesterov=bool(optim.get("nesterov", False)),
+    )
 
 
 def lr_factor(epoch: float, optim: Mapping[str, Any], max_epochs: int) -> float:
@@ -107,6 +117,10 @@ class ClassificationModule(pl.LightningModule):
         self.check_every = max(1, int(check_finite_every_n_steps))
         # accumulated on the device and logged once per epoch; ModuleDict keys may not be "train"
         self.metrics = nn.ModuleDict({stage: EpochErrors(min(5, num_classes)) for stage in ("train_", "val_", "test_")})
+        # the lowest validation error of the run so far, logged as best/val/top1_err; saved in the checkpoint,
+        # so a resumed run remembers the epochs before it
+        self.best_val = MinMetric()
+        self.best_val.persistent(True)
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
 
@@ -142,22 +156,30 @@ class ClassificationModule(pl.LightningModule):
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._step(batch, "test")
 
-    def _log_errors(self, stage: str) -> Tensor:
-        """Log the epoch's errors in percent and its mean loss (all reduced over ranks); return the loss."""
+    def _log_errors(self, stage: str) -> dict[str, Tensor]:
+        """Log the epoch's errors in percent and its mean loss (all reduced over ranks); return them."""
         metric = self.metrics[f"{stage}_"]
         values = metric.compute()
         metric.reset()
         for name, value in values.items():
             self.log(f"{stage}/{name}", value, prog_bar=name == "top1_err")
-        return values["loss"]
+        return values
 
     def on_train_epoch_end(self) -> None:
-        loss = self._log_errors("train")
+        loss = self._log_errors("train")["loss"]
         if not torch.isfinite(loss):
             raise Diverged(f"training loss is {loss.item()} at the end of epoch {self.current_epoch}")
 
     def on_validation_epoch_end(self) -> None:
-        self._log_errors("val")
+        values = self._log_errors("val")
+        if not self.trainer.sanity_checking:
+            self.best_val.update(values["top1_err"])
+            self.log("best/val/top1_err", self.best_val.compute())
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # a checkpoint written before best_val existed resumes with no best yet
+        for key, value in self.best_val.state_dict(prefix="best_val.").items():
+            checkpoint["state_dict"].setdefault(key, value)
 
     def on_test_epoch_end(self) -> None:
         self._log_errors("test")
@@ -165,13 +187,7 @@ class ClassificationModule(pl.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         opt = self.optim
         global_batch = self.trainer.world_size * _batch_size(self.trainer) if opt.get("scale_lr") else 0
-        lr = scaled_lr(opt, global_batch)
-        optimizer = torch.optim.SGD(
-            param_groups(self.net, opt),
-            lr=lr,
-            momentum=float(opt.get("momentum", 0.9)),
-            nesterov=bool(opt.get("nesterov", False)),
-        )
+        optimizer = sgd(self.net, opt, global_batch)
         max_epochs = max(1, self.trainer.max_epochs or 1)
         steps_per_epoch = max(1, self.trainer.estimated_stepping_batches // max_epochs)
         scheduler = torch.optim.lr_scheduler.LambdaLR(

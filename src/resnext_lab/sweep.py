@@ -1,10 +1,12 @@
-"""Hydra's side of a sweep: the output folder checked and pinned before jobs start, the closing table after.
+"""Hydra's side of a sweep: folder names and job identity (the resolvers, the rerun check), the output folder
+checked and pinned before jobs start, the closing table after.
 
 Kept free of torch and Lightning: Hydra loads these callbacks for every command, `task=complexity` included.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import re
 import sys
@@ -44,6 +46,62 @@ def comparable(overrides: Sequence[str]) -> list[str]:
     """A job's overrides as they decide what it computes (for the rerun check)."""
     swept, fixed = split_overrides(overrides)
     return sorted(swept + fixed)
+
+
+def check_same_job(previous: Mapping[str, Any], overrides: Sequence[str], run_dir: Path, reusable: bool) -> None:
+    """A folder's finished or resumable job must be this one: never skip or resume another config's run.
+
+    `reusable`: the folder holds something a rerun would take over (a completed run or a checkpoint).
+    """
+    if not reusable:
+        return  # nothing to reuse: this job starts afresh in the folder
+    before, now = comparable(previous.get("overrides") or []), comparable(overrides)
+    if before != now:
+        changed = sorted(set(before) ^ set(now))
+        fail(f"{run_dir} holds a run with other settings ({', '.join(changed)}); "
+             "give the sweep another name=..., or out_root=..., or resume=false to train it again there")
+
+
+# --- folder names: the resolvers of conf/config.yaml's hydra.sweep.dir and subdir -----------------------------
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.,=+-]+")
+
+
+def _safe(text: str, limit: int = 120) -> str:
+    """A folder name from override text; long names keep a hash so they stay unique."""
+    name = _UNSAFE.sub("_", text).strip("_") or "default"
+    if len(name) > limit:
+        name = f"{name[: limit - 9]}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+    return name
+
+
+def sweep_dir(name: Any, experiment: Any, scale: Any, overrides: Sequence[str] | None) -> str:
+    """The sweep's folder: `<experiment>/<scale>`, else `name`, else `sweeps/<swept overrides>[__<hash>]`.
+
+    The hash stands for the overrides all jobs share, so the same sweep over other
+    settings gets its own folder; jobs are then named by what they sweep alone.
+    """
+    if experiment:
+        return f"{experiment}/{scale or 'default'}"
+    if name:
+        return _safe(str(name))
+    swept, fixed = split_overrides(list(overrides or ()))
+    folder = _safe("_".join(sorted(swept)) or "default")
+    if fixed:
+        folder += "__" + hashlib.sha1("\n".join(sorted(fixed)).encode()).hexdigest()[:8]
+    return "sweeps/" + folder
+
+
+def job_dir(override_dirname: str) -> str:
+    return _safe(override_dirname)
+
+
+def register_resolvers() -> None:
+    for name, fn in (("sweep_dir", sweep_dir), ("job_dir", job_dir)):
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn)
+
 
 
 COLUMNS = ("job", "C", "d", "depth", "params", "GFLOPs", "test top-1 err %", "epochs", "status")

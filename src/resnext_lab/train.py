@@ -23,7 +23,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from resnext_lab import results
-from resnext_lab.errors import ConfigError, fail, first_line
+from resnext_lab.errors import ConfigError, first_line
 
 log = logging.getLogger("resnext_lab")
 
@@ -98,19 +98,6 @@ def build_run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     return {"dm": dm, "spec": spec, "model": model_info, "build": build, "module": ClassificationModule}
 
 
-def _check_same_job(previous: dict[str, Any], run_dir: Path) -> None:
-    """A folder's finished or resumable job must be this one: never skip or resume another config's run."""
-    from resnext_lab.sweep import comparable
-
-    if previous.get("status") != "completed" and not (run_dir / CHECKPOINT).exists():
-        return  # nothing to reuse: this job starts afresh in the folder
-    before, now = comparable(previous.get("overrides") or []), comparable(_overrides())
-    if before != now:
-        changed = sorted(set(before) ^ set(now))
-        fail(f"{run_dir} holds a run with other settings ({', '.join(changed)}); "
-             "give the sweep another name=..., or out_root=..., or resume=false to train it again there")
-
-
 def train_task(cfg: DictConfig) -> dict[str, Any]:
     """One job: skip it if done, else build, fit and test it; results.json says how it went at every step.
 
@@ -122,7 +109,10 @@ def train_task(cfg: DictConfig) -> dict[str, Any]:
     rank = process_rank()  # ranks > 0 train but write nothing: see process_rank
     previous = results.load(run_dir)
     if previous and cfg.resume is True:
-        _check_same_job(previous, run_dir)
+        from resnext_lab.sweep import check_same_job
+
+        reusable = previous.get("status") == "completed" or (run_dir / CHECKPOINT).exists()
+        check_same_job(previous, _overrides(), run_dir, reusable)
         if previous.get("status") == "completed":
             log.info("skipping %s: completed before (%s)", run_dir, results.FILE)
             return previous
@@ -236,11 +226,8 @@ def _fit(cfg: DictConfig, run_dir: Path, plan: dict[str, Any], outcome: dict[str
     with _ctrl_c_as_interrupt(trainer):
         trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resumed else None)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
-        best_val = _best(run_dir / "csv" / "metrics.csv", "val/top1_err") if cfg.logger.csv else None
         trainer.test(module, datamodule=dm, verbose=False)
     metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
-    if best_val is not None:
-        metrics["best/val/top1_err"] = best_val
     epochs = int(trainer.current_epoch)
     if epochs == 0 and last.exists():  # ddp_spawn trains in child processes: this Trainer never counted epochs
         epochs = int(torch.load(last, map_location="cpu", weights_only=False, mmap=True)["epoch"]) + 1
@@ -344,17 +331,6 @@ def _csv_logger(run_dir: Path, keep_rows: bool) -> Any:
         path.write_text(rows)
         writer.metrics_keys = next(csv.reader([rows.partition("\n")[0]]), [])
     return logger
-
-
-def _best(csv_path: Path, column: str) -> float | None:
-    import csv
-
-    try:
-        with csv_path.open() as f:
-            values = [float(r[column]) for r in csv.DictReader(f) if r.get(column)]
-    except (OSError, KeyError, ValueError):
-        return None
-    return min(values) if values else None
 
 
 def print_summary(result: dict[str, Any], run_dir: Path) -> None:

@@ -123,6 +123,8 @@ class PackedLauncher(Launcher):
         log.info(f"packed sweep: {len(job_overrides)} jobs, {self.jobs_per_device} at a time {where}, "
                  f"{threads} CPU thread{'s' if threads > 1 else ''} each; worker logs in {sweep_dir / '.packed'}")
         payload = sweep_dir / ".packed" / "launcher.pkl"  # read by each worker as it starts: no pipe to fill
+        # Hydra's global state (its config, the job runtime) goes with the launcher, as Hydra's own joblib and
+        # ray launchers send it to their workers: Singleton.get_state/set_state
         payload.write_bytes(cloudpickle.dumps((self, Singleton.get_state())))
         names = _swept(job_overrides)
         workers = [_Worker(k, device, threads, sweep_dir / ".packed" / f"worker-{k}.log", payload)
@@ -196,9 +198,8 @@ class _Worker:
             error = f"worker {self.number} ended ({why}) during the job; its output: {self.log_path}"
             log.error(f"\t{' '.join(filter_overrides(list(overrides)))}: {error}")
             if record_lost_job(sweep_dir, list(overrides), error):
-                return JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED,
-                                 _return_value={"status": "failed", "error": error})
-            return JobReturn(overrides=list(overrides), status=JobStatus.FAILED, _return_value=RuntimeError(error))
+                return _job_return(overrides, JobStatus.COMPLETED, {"status": "failed", "error": error})
+            return _job_return(overrides, JobStatus.FAILED, RuntimeError(error))
 
     def stop(self) -> None:
         if self.process.is_alive():
@@ -232,14 +233,23 @@ def _serve(conn: Connection, env: dict[str, str], log_path: str, payload: str) -
         try:
             data = cloudpickle.dumps(ret)
         except Exception as err:  # an exception that does not pickle: keep its text
-            ret.return_value = RuntimeError(f"{type(ret._return_value).__name__}: {ret._return_value} ({err})")
+            try:
+                ret.return_value  # noqa: B018  (a failed job's value is its exception, raised on access)
+            except Exception as exc:
+                ret.return_value = RuntimeError(f"{type(exc).__name__}: {exc} ({err})")
             data = cloudpickle.dumps(ret)
         conn.send_bytes(data)
 
 
+def _job_return(overrides: Sequence[str], status: JobStatus, value: Any) -> JobReturn:
+    ret = JobReturn(overrides=list(overrides), status=status)
+    ret.return_value = value
+    return ret
+
+
 def _outcome(ret: JobReturn) -> str:
     """What became of a job: the task's own `status` when it returns one (training runs do), else Hydra's."""
-    value = ret._return_value if ret.status == JobStatus.COMPLETED else None
+    value = ret.return_value if ret.status == JobStatus.COMPLETED else None
     return str(value.get("status")) if isinstance(value, dict) and value.get("status") else ret.status.name.lower()
 
 

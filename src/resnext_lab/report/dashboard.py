@@ -44,7 +44,7 @@ def compose_experiment(name: str, scale: str) -> DictConfig:
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
 
-    from resnext_lab.cli import register_resolvers
+    from resnext_lab.sweep import register_resolvers
 
     register_resolvers()
     try:
