@@ -96,7 +96,9 @@ def test_a_mismatched_pair_is_refused():
 
 def test_pairs_are_checked_before_anything_is_timed(monkeypatch):
     monkeypatch.setitem(bench.TORCHVISION_PAIRS, "resnet50", ModelSpec(cardinality=32, width=4))
-    monkeypatch.setattr(bench, "measure_group", lambda *a, **k: pytest.fail("timed a mismatched pair"))
+    from resnext_lab.bench import cases
+
+    monkeypatch.setattr(cases, "measure_group", lambda *a, **k: pytest.fail("timed a mismatched pair"))
     with pytest.raises(bench.BenchError, match="resnet50: ours has 25,028,904 parameters"):
         bench.torchvision_case("resnet50", TINY)
 
