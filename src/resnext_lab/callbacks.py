@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-import torch
 from pytorch_lightning.callbacks import TQDMProgressBar
+
+from resnext_lab.hardware import synchronize
 
 
 class Throughput(pl.Callback):
@@ -24,7 +25,7 @@ class Throughput(pl.Callback):
     """
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._sync(pl_module)
+        synchronize(pl_module.device)
         self._seconds = 0.0
         self._images = 0
         self._start: float | None = time.perf_counter()
@@ -36,7 +37,7 @@ class Throughput(pl.Callback):
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._paused = getattr(self, "_start", None) is not None  # inside a training epoch, not a sanity check
         if self._paused:
-            self._sync(pl_module)
+            synchronize(pl_module.device)
             self._seconds += time.perf_counter() - self._start
             self._start = None
 
@@ -47,17 +48,13 @@ class Throughput(pl.Callback):
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._start is not None:
-            self._sync(pl_module)
+            synchronize(pl_module.device)
             self._seconds += time.perf_counter() - self._start
             self._start = None
         images = self._images * trainer.world_size
         pl_module.log("perf/epoch_time_s", self._seconds)
         pl_module.log("perf/images_per_s", images / max(self._seconds, 1e-9))
 
-    @staticmethod
-    def _sync(pl_module: pl.LightningModule) -> None:
-        if pl_module.device.type == "cuda":
-            torch.cuda.synchronize(pl_module.device)
 
 
 class TimedProgressBar(TQDMProgressBar):

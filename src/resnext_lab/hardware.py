@@ -8,6 +8,29 @@ Sapphire Rapids and later). Elsewhere a CPU emulates bf16 and runs slower than f
 
 from __future__ import annotations
 
+import platform
+from pathlib import Path
+from typing import Any
+
+
+def cpu_name() -> str:
+    """The CPU's model name as /proc/cpuinfo states it, else what `platform` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def synchronize(device: Any) -> None:
+    """Wait for a CUDA device's queued work (for timing); nothing to wait for on the CPU."""
+    if device.type == "cuda":
+        import torch
+
+        torch.cuda.synchronize(device)
+
 
 def native_bf16_cpu() -> str | None:
     """The CPU's native bf16 instruction set as torch's CPU capability query reports it, else None."""

@@ -115,6 +115,7 @@ def calibrate(spec: Any, batch: int, precision: str, channels_last: bool, thread
     import torch
     import torch.nn.functional as F
 
+    from resnext_lab.hardware import synchronize
     from resnext_lab.models import build
 
     small = batch if device == "cuda" else min(batch, CALIBRATION_BATCH)
@@ -146,26 +147,19 @@ def calibrate(spec: Any, batch: int, precision: str, channels_last: bool, thread
         for fn, budget in ((train_step, 1.0), (eval_step, 0.3)):
             net.train(fn is train_step)
             fn()  # warm-up (and cuDNN autotuning)
-            _sync(dev)
+            synchronize(dev)
             count, start = 0, time.perf_counter()
             while count < 2 or time.perf_counter() - start < budget:
                 fn()
                 count += 1
                 if count % 5 == 0:
-                    _sync(dev)
-            _sync(dev)
+                    synchronize(dev)
+            synchronize(dev)
             per_step.append((time.perf_counter() - start) / count * batch / small)
     finally:
         torch.set_num_threads(previous)
     cache[key] = per_step
     return per_step[0], per_step[1]
-
-
-def _sync(device: Any) -> None:
-    if device.type == "cuda":
-        import torch
-
-        torch.cuda.synchronize(device)
 
 
 def _flop_step(flops: int, batch: int, device: str) -> tuple[float, float]:

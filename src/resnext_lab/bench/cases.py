@@ -25,9 +25,9 @@ from resnext_lab.bench.harness import (
     n_params,
     paired_ratio,
     prepare,
-    sync,
 )
 from resnext_lab.bench.syncs import HostSyncs, _Audit
+from resnext_lab.hardware import synchronize
 from resnext_lab.models import ModelSpec, build, complexity, spec_from_config
 from resnext_lab.models.spec import IMAGENET_STAGE_BLOCKS
 
@@ -193,7 +193,7 @@ class _Alternate(pl.Callback):
         self._start: float | None = None
 
     def _stop(self) -> None:
-        sync(self.device)
+        synchronize(self.device)
         if self._start is not None:
             self.lightning_s.append(time.perf_counter() - self._start)
 
@@ -201,7 +201,7 @@ class _Alternate(pl.Callback):
         self._stop()
         start = time.perf_counter()
         self.plain_epoch()
-        sync(self.device)
+        synchronize(self.device)
         self.plain_s.append(time.perf_counter() - start)
         self._start = time.perf_counter()
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import gc
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -16,6 +15,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from resnext_lab.hardware import cpu_name, synchronize
 
 SCHEMA_VERSION = 1
 CONF_DIR = Path(__file__).resolve().parents[3] / "conf"
@@ -147,11 +148,6 @@ def paired_ratio(ours: Measurement, baseline: Measurement) -> float:
 # --- the device ------------------------------------------------------------------------------------
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 @contextmanager
 def peak_memory(device: torch.device) -> Iterator[dict[str, float | None]]:
     """Peak memory (MB) allocated inside over what was allocated before: params, grads, momentum, activations.
@@ -218,10 +214,10 @@ def measure_group(
             net = make()
             params = n_params(net)
             step = make_step(prepare(net, settings), x, y, settings)
-            sync(device)
+            synchronize(device)
             start = time.perf_counter()
             step()
-            sync(device)
+            synchronize(device)
             first = time.perf_counter() - start
             for _ in range(settings.warmup_steps - 1):
                 step()
@@ -230,11 +226,11 @@ def measure_group(
     losses: dict[str, Tensor] = {}
     for _ in range(settings.windows):
         for label, _params, step, *_ in steps:
-            sync(device)
+            synchronize(device)
             start = time.perf_counter()
             for _ in range(settings.steps_per_window):
                 losses[label] = step()
-            sync(device)
+            synchronize(device)
             windows[label].append(batch * settings.steps_per_window / (time.perf_counter() - start))
     for label, loss in losses.items():  # one read per network, after the clock stopped
         if not torch.isfinite(loss):
@@ -254,13 +250,7 @@ def device_info(device: str) -> dict[str, Any]:
             "memory_gb": round(props.total_memory / 2**30, 1),
             "capability": f"{props.major}.{props.minor}",
         }
-    name = platform.processor() or platform.machine()
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        name = next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"type": "cpu", "name": name, "cores": os.cpu_count(), "threads": torch.get_num_threads()}
+    return {"type": "cpu", "name": cpu_name(), "cores": os.cpu_count(), "threads": torch.get_num_threads()}
 
 
 def matmul_peak(device: str, bf16: bool, n: int = 2048, seconds: float = 1.0) -> float:
@@ -269,12 +259,12 @@ def matmul_peak(device: str, bf16: bool, n: int = 2048, seconds: float = 1.0) ->
     a, b = torch.randn(n, n, device=dev), torch.randn(n, n, device=dev)
     with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
         a @ b  # warm-up
-        sync(dev)
+        synchronize(dev)
         count, start = 0, time.perf_counter()
         while count < 3 or time.perf_counter() - start < seconds:
             a @ b
             count += 1
-        sync(dev)
+        synchronize(dev)
     return 2 * n**3 * count / (time.perf_counter() - start) / 1e9
 
 

@@ -25,23 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from resnext_lab.errors import ConfigError
+from resnext_lab.hardware import cpu_name
 from resnext_lab.report.collect import load_curves, lookup
 from resnext_lab.results import load_sweep
 
 #: files of the table report (reports/<table>/<scale>) and of the ablation report (<sweep>/report) to copy
 TABLE_FILES = ("table.md", "table.csv", "curves.png", "size.png", "bars.png")
 ABLATION_FILES = ("report.md", "report.csv")
-
-
-def cpu_model() -> str:
-    """The CPU's model name as /proc/cpuinfo states it, else what `platform` knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _time(text: Any) -> dt.datetime | None:
@@ -172,7 +162,7 @@ def readme(
         "",
         f"- **Command:** `{command or f'make {experiment} SCALE={scale}'}` (resumable; `make {experiment} "
         f"SCALE={scale} ARGS=task=plan` prints the plan).",
-        f"- **Machine:** {cpu_model()}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}, "
+        f"- **Machine:** {cpu_name()}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}, "
         f"Python {platform.python_version()}; precision {precision or 'n/a'}.",
         "- **Versions:** " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".",
         f"- **Git commit:** {', '.join(c[:10] for c in commits) or 'unknown'}"
