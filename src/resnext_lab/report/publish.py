@@ -79,10 +79,10 @@ def regime(result: Mapping[str, Any], num_classes: int) -> dict[str, Any]:
 
 def _job_label(result: Mapping[str, Any]) -> str:
     """The job's own overrides, without those every job of a table shares (experiment, scale, out_root...)."""
-    from resnext_lab.sweep import RUN_INVARIANT
+    from resnext_lab.sweep import split_overrides
 
-    own = [str(o) for o in result.get("overrides") or [] if str(o).split("=", 1)[0].lstrip("+~") not in RUN_INVARIANT]
-    return " ".join(own) or str(result.get("_dir"))
+    swept, fixed = split_overrides([str(o) for o in result.get("overrides") or []])
+    return " ".join(swept + fixed) or str(result.get("_dir"))
 
 
 def regime_lines(results: Sequence[Mapping[str, Any]]) -> list[str]:
