@@ -14,19 +14,7 @@ import torchvision
 from resnext_lab import bench
 from resnext_lab.models import ModelSpec, build, complexity
 
-TINY = dataclasses.replace(
-    bench.settings_for("cpu", "small"),
-    imagenet_batch=2,
-    imagenet_image_size=32,
-    proxy_batch=8,
-    proxy_images=16,
-    warmup_steps=1,
-    steps_per_window=1,
-    windows=2,
-    proxy_epochs=1,
-    audit_steps=1,
-    overhead_steps=10,
-)
+TINY = bench.settings_for("cpu", "tiny")
 MEASUREMENT_KEYS = {"label", "params", "images_per_s", "window_images_per_s", "peak_memory_mb", "first_step_s"}
 
 

@@ -14,7 +14,6 @@ It runs, in order, and writes what it measured after each step (a slot that ends
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import re
 import subprocess
@@ -32,12 +31,7 @@ UNITS = {"s": 1.0, "min": 60.0, "h": 3600.0}
 def _settings(device: str, tiny: bool, compile: bool) -> Any:
     from resnext_lab import bench
 
-    settings = bench.settings_for(device, "small" if tiny else "full", compile)
-    if tiny:
-        settings = dataclasses.replace(settings, imagenet_batch=2, imagenet_large_batch=2, proxy_batch=8,
-                                       proxy_images=16, warmup_steps=1, steps_per_window=1, windows=2,
-                                       proxy_epochs=1, audit_steps=1, overhead_steps=10)
-    return settings
+    return bench.settings_for(device, "tiny" if tiny else "full", compile)
 
 
 def sweep_args(device: str, tiny: bool) -> list[str]:

@@ -52,8 +52,21 @@ class Settings:
     overhead_steps: int = 200  # steps per epoch of the loop-overhead case
 
 
-#: `--size`: small keeps a CPU run to a few minutes (the defaults above); full is the issue's GPU setting.
+#: `--size`: small keeps a CPU run to a few minutes (the defaults above); full is the issue's GPU setting;
+#: tiny runs every case on a step or two, a check that the benchmark works (the tests, `gpu_check --tiny`).
 SIZES: dict[str, dict[str, Any]] = {
+    "tiny": dict(
+        imagenet_batch=2,
+        imagenet_large_batch=2,
+        proxy_batch=8,
+        proxy_images=16,
+        warmup_steps=1,
+        steps_per_window=1,
+        windows=2,
+        proxy_epochs=1,
+        audit_steps=1,
+        overhead_steps=10,
+    ),
     "small": {},
     "full": dict(
         imagenet_batch=256,
