@@ -30,11 +30,11 @@ SWEEP = ("model.template=cifar", "model.depth=null", "model.stage_blocks=[3,4,9]
          "model.reference.width=8", "model.width=auto", "model.cardinality=1,8", "seed=0,1",
          "data.limit_train=6000", "data.limit_eval=2000", "data.batch_size=128", "trainer.max_epochs=2",
          "trainer.enable_progress_bar=false", "logger=csv")
-POLICY_KEYS = {"one": "1 job x all cores", "packed": "packed: 2 jobs x 1 thread"}
+#: --policy name -> (its label in the report, its launcher overrides)
 POLICIES = {
-    "1 job x all cores": [],
-    "packed: 2 jobs x 1 thread": ["hydra/launcher=packed", "hydra.launcher.devices=cpu",
-                                  "hydra.launcher.jobs_per_device=2"],
+    "one": ("1 job x all cores", []),
+    "packed": ("packed: 2 jobs x 1 thread", ["hydra/launcher=packed", "hydra.launcher.devices=cpu",
+                                             "hydra.launcher.jobs_per_device=2"]),
 }
 
 
@@ -61,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m resnext_lab.policy", description=__doc__.split("\n\n")[0])
     parser.add_argument("--precisions", default="32-true,bf16-mixed", help="comma-separated trainer.precision values")
     parser.add_argument("--overrides", nargs="*", default=list(SWEEP), help="the sweep (Hydra overrides)")
-    parser.add_argument("--policy", choices=["all", *POLICY_KEYS], default="all", help="time only this policy")
+    parser.add_argument("--policy", choices=["all", *POLICIES], default="all", help="time only this policy")
     parser.add_argument("--compile", action="store_true", help="also time each policy with trainer.compile=true")
     parser.add_argument("--out", type=Path, default=Path("reports/policy") / f"{platform.node() or 'host'}.json")
     args = parser.parse_args(argv)
@@ -70,10 +70,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows: list[dict[str, object]] = []
     report = {"host": platform.node(), "cores": os.cpu_count(), "command": " ".join(sys.argv),
               "sweep": list(args.overrides), "rows": rows}
-    chosen = {k: v for k, v in POLICIES.items() if args.policy == "all" or k == POLICY_KEYS[args.policy]}
+    chosen = [policy for key, policy in POLICIES.items() if args.policy in ("all", key)]
     compiles = (False, True) if args.compile else (False,)
     for precision in args.precisions.split(","):
-        for (name, launcher), compiled in itertools.product(chosen.items(), compiles):
+        for (name, launcher), compiled in itertools.product(chosen, compiles):
             label = f"{name}, compiled" if compiled else name
             extra = ["trainer.compile=true"] if compiled else []
             with tempfile.TemporaryDirectory() as tmp:

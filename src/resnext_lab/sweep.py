@@ -103,7 +103,6 @@ def register_resolvers() -> None:
             OmegaConf.register_new_resolver(name, fn)
 
 
-
 COLUMNS = ("job", "C", "d", "depth", "params", "GFLOPs", "test top-1 err %", "epochs", "status")
 
 
