@@ -13,7 +13,7 @@ SWEEP  ?= outputs/demo/cpu
 # the paper's tables and figures that train
 EXPERIMENTS := table3 table4 residual fig5 fig7 table7 forms
 
-.PHONY: help install lock notebook gpu-check thread-policy plan test test-all lint format demo publish table1 table2 report dashboard bench clean $(EXPERIMENTS)
+.PHONY: help install lock settings notebook gpu-check thread-policy plan test test-all lint format demo publish table1 table2 report dashboard bench clean $(EXPERIMENTS)
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_ -]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  \033[1m%-22s\033[0m %s\n", $$1, $$2}'
@@ -53,6 +53,9 @@ test: ## the test suite (fast tests, on every core; `make test-all` adds the slo
 
 test-all: ## every test, the slow ones too
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m ''
+
+settings: ## write docs/SETTINGS.md: every setting, its default and what it accepts, from the config schemas
+	$(PY) -m resnext_lab.config > docs/SETTINGS.md.tmp && mv docs/SETTINGS.md.tmp docs/SETTINGS.md
 
 lint: ## ruff lint and format check
 	$(PY) -m ruff check .

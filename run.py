@@ -12,9 +12,9 @@ import hydra
 from omegaconf import DictConfig
 
 from resnext_lab.cli import normalize_argv, run_task
-from resnext_lab.sweep import register_resolvers
+from resnext_lab.config import register
 
-register_resolvers()
+register()  # the config schemas (each group's YAML extends its own) and the sweep resolvers
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")

@@ -18,11 +18,12 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 from PIL import Image
 from torch import nn
 
+from resnext_lab.config import compose
 from resnext_lab.data import (
+    DATA_SCHEMAS,
     TensorBatches,
     build_datamodule,
     crop_and_flip,
@@ -162,16 +163,23 @@ def test_bad_fields_name_the_field(override: dict[str, Any], field: str) -> None
 
 
 @pytest.mark.parametrize("name", ["fashion_mnist", "cifar10", "cifar100", "imagenet"])
-def test_yaml_configs_build_and_match_code_defaults(name: str) -> None:
-    cfg = OmegaConf.load(CONF / f"{name}.yaml")
-    OmegaConf.set_struct(cfg, True)
+def test_composed_data_node_is_the_schema(name: str) -> None:
+    """What `data=NAME` composes is its schema's defaults, key for key: the YAML adds no setting of its own."""
+    cfg = compose([f"data={name}"]).data
     dm = build_datamodule(cfg)
-    assert cfg.name == name
+    schema = DATA_SCHEMAS[name]
+    assert cfg.name == name and dm.settings == schema()
+    assert set(cfg) == {f.name for f in dataclasses.fields(schema)}
     assert (dm.num_classes, dm.in_channels, dm.image_size) == (cfg.num_classes, cfg.in_channels, cfg.image_size)
-    from_yaml = dataclasses.asdict(dm.settings)
-    from_code = dataclasses.asdict(build_datamodule({"name": name}).settings)
-    assert from_yaml == from_code and set(from_yaml) == set(cfg)
     assert "not set up" in dm.describe()
+
+
+@pytest.mark.parametrize("name", ["fashion_mnist", "cifar10", "cifar100"])
+def test_in_memory_sets_take_no_loader_settings(name: str) -> None:
+    for key, value in (("num_workers", 4), ("pin_memory", True), ("persistent_workers", False)):
+        with pytest.raises(ConfigError, match=f"^data.{key}={value!r}: no such setting here; data has name, "):
+            build_datamodule({"name": name, key: value})
+    assert build_datamodule({"name": "imagenet", "num_workers": 4}).settings.num_workers == 4
 
 
 def test_shape_attributes_before_setup() -> None:

@@ -13,11 +13,11 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 from PIL import Image
 
+from resnext_lab.config import compose
 from resnext_lab.data import ConfigError, build_datamodule
-from resnext_lab.data.imagenet import MEAN, PCA_EIGVAL, PCA_EIGVEC, STD, ImageNetDataModule, Lighting
+from resnext_lab.data.imagenet import MEAN, PCA_EIGVAL, PCA_EIGVEC, STD, Lighting
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 SIZES = ((300, 200), (200, 300), (256, 256), (320, 180))
@@ -157,10 +157,9 @@ def test_color_augment_is_validated() -> None:
 
 
 def test_only_imagenet_has_the_setting() -> None:
-    assert ImageNetDataModule.defaults["color_augment"] is False
-    assert OmegaConf.load(CONF / "data" / "imagenet.yaml").color_augment is False
+    assert compose(["data=imagenet"]).data.color_augment is False
     for name in ("fashion_mnist", "cifar10", "cifar100"):
-        assert "color_augment" not in OmegaConf.load(CONF / "data" / f"{name}.yaml")
+        assert "color_augment" not in compose([f"data={name}"]).data
         assert not hasattr(build_datamodule({"name": name}).settings, "color_augment")
 
 

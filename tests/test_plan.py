@@ -9,13 +9,12 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, cli_env, tiny
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from resnext_lab import plan
+from resnext_lab.config import compose
 from resnext_lab.errors import ConfigError
 from resnext_lab.models import ModelSpec
-from resnext_lab.sweep import register_resolvers
 
 
 def run_plan(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -47,9 +46,7 @@ def test_plan_for_a_cluster_states_its_assumption(tmp_path: Path) -> None:
 
 
 def test_steps_and_flop_model_follow_the_config() -> None:
-    register_resolvers()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=["experiment=table3", "scale=paper"])
+    cfg = compose(["experiment=table3", "scale=paper"])
     resolved = OmegaConf.to_container(cfg, resolve=True)
     train, val, test = plan.steps(resolved)
     assert plan.world_size(resolved["trainer"]) == 8

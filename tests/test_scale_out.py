@@ -6,6 +6,7 @@ SLURM checks build the real sbatch script with fake `srun`/`sbatch` commands, no
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -100,6 +101,14 @@ def _workers(pid: int) -> list[int]:
     return [c for c, cmd in cmdlines.items() if b"spawn_main" in cmd and b"resource_tracker" not in cmd]
 
 
+def _alive(pid: int) -> bool:
+    """A process that still runs: not gone, and not a zombie that nobody has reaped yet."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def _start_packed(tmp_path: Path, name: str, jobs_per_device: int, *overrides: str) -> subprocess.Popen[str]:
     """A packed sweep on the CPU in its own process group (as a terminal starts it), output captured."""
     return subprocess.Popen(
@@ -158,6 +167,35 @@ def test_ctrl_c_stops_a_packed_sweep_and_records_its_jobs_interrupted(tmp_path: 
     assert not [w for w in workers if Path(f"/proc/{w}").exists()]
 
 
+def test_packed_jobs_start_longest_first(tmp_path: Path) -> None:
+    """One worker, jobs of 1 and 2 epochs: the 2-epoch job (swept second) starts first; both keep their numbers."""
+    proc = _start_packed(tmp_path, "order", 1, "trainer.max_epochs=1,2")
+    stdout, stderr = proc.communicate(timeout=180)
+    assert proc.returncode == 0, stderr[-3000:]
+    started = re.findall(r"#(\d+) (\S+): started", stdout + stderr)
+    assert started == [("1", "trainer.max_epochs=2"), ("0", "trainer.max_epochs=1")], (stdout + stderr)[-3000:]
+
+
+def test_a_killed_packed_sweep_leaves_no_worker_and_its_jobs_resumable(tmp_path: Path) -> None:
+    """SIGKILL the sweep's own process (it cannot stop its workers): each worker interrupts its job as Ctrl-C
+    would, records it as interrupted, and exits; nothing keeps training."""
+    sweep = tmp_path / "orphaned"
+    proc = _start_packed(tmp_path, "orphaned", 2, "model.cardinality=1,2", "trainer.max_epochs=200")
+    try:
+        workers = _wait_running(proc, sweep, 2)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=30)
+        deadline = time.monotonic() + 60
+        while [w for w in workers if _alive(w)] and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert not [w for w in workers if _alive(w)], "a worker outlived its sweep"
+    statuses = sorted(json.loads(p.read_text())["status"] for p in sweep.glob("*/results.json"))
+    assert statuses == ["interrupted", "interrupted"]
+
+
 # --- DDP over two CPU processes ------------------------------------------------------------------
 
 
@@ -188,13 +226,15 @@ def test_ddp_rank_zero_alone_writes_results_wandb_and_summary(ddp_run: tuple[Pat
 def _evaluate_alone(run_dir: Path) -> tuple[dict[str, float], dict[str, float]]:
     """The checkpoint's test metrics from one process: over the whole test set, and over rank 0's half."""
     from resnext_lab.data.batches import shard
+    from resnext_lab.models import build
+    from resnext_lab.module import ClassificationModule
     from resnext_lab.train import build_run
 
     cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
-    plan = build_run(cfg, run_dir)
-    dm = plan["dm"]
+    job, _ = build_run(cfg)
+    dm = job.datamodule
     dm.setup("test")
-    module = plan["module"](plan["build"](plan["spec"]), OmegaConf.to_container(cfg.optim), plan["spec"].num_classes)
+    module = ClassificationModule(build(job.spec), job.settings.optim, job.spec.num_classes)
     module.load_state_dict(torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"])
     module.eval()
     with torch.no_grad():
@@ -235,14 +275,9 @@ def test_ddp_learning_rate_follows_the_global_batch(ddp_run: tuple[Path, str]) -
 
 
 def compose(overrides: list[str]) -> Any:
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
+    from resnext_lab import config
 
-    from resnext_lab.sweep import register_resolvers
-
-    register_resolvers()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return hydra_compose("config", overrides=overrides, return_hydra_config=True)
+    return config.compose(overrides, hydra=True)
 
 
 def test_paper_preset_is_8_gpus_of_32_images_at_lr_0_1() -> None:

@@ -28,16 +28,14 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from conftest import ROOT, cli_env, find_job, job_dirs, tiny, wandb_records, wandb_summary, wandb_values
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
-from resnext_lab.config import validate_optim, validate_trainer
+from resnext_lab.config import Optim, compose, parse, validate
 from resnext_lab.data import build_datamodule
 from resnext_lab.errors import ConfigError
 from resnext_lab.hardware import resolve_precision
 from resnext_lab.models import build, complexity, spec_from_config
 from resnext_lab.module import ClassificationModule, lr_factor, param_groups, scaled_lr
-from resnext_lab.sweep import register_resolvers
 
 CONF = ROOT / "conf"
 GROUPS = ("model", "data", "optim", "trainer", "logger", "task", "scale")
@@ -69,9 +67,7 @@ def show(proc: subprocess.CompletedProcess[str]) -> str:
 
 @pytest.fixture(scope="module")
 def compose_config() -> Iterator[Callable[..., DictConfig]]:
-    register_resolvers()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        yield lambda *overrides: compose("config", overrides=list(overrides))
+    yield lambda *overrides: compose(list(overrides))
 
 
 @pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
@@ -80,8 +76,7 @@ def test_every_config_composes_and_validates(compose_config: Callable[..., DictC
     cfg = compose_config(f"{group}={option}")
     OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
     assert cfg.task in ("train", "complexity", "plan")
-    validate_trainer(cfg.trainer)
-    validate_optim(OmegaConf.to_container(cfg.optim, resolve=True))
+    validate(cfg)
     dm = build_datamodule(OmegaConf.to_container(cfg.data, resolve=True))  # validates; reads no file
     assert isinstance(cfg.logger.wandb.enabled, bool) and isinstance(cfg.logger.csv, bool)
     spec = spec_from_config(OmegaConf.to_container(cfg.model, resolve=True), num_classes=dm.num_classes,
@@ -412,35 +407,35 @@ def test_a_sweep_with_an_invalid_job_runs_nothing(run_cli: RunCli, tmp_path: Pat
 
 
 def test_step_schedule_divides_at_milestones() -> None:
-    optim = {"schedule": "step", "milestones": [30, 60, 90], "gamma": 0.1}
+    optim = Optim(schedule="step", milestones=(30, 60, 90), gamma=0.1)
     factors = [lr_factor(e, optim, 100) for e in (0, 29.9, 30, 59, 60, 90, 99)]
     assert factors == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.001, 0.001])
 
 
 def test_cosine_schedule_and_warmup() -> None:
-    cosine = {"schedule": "cosine"}
+    cosine = Optim(schedule="cosine")
     assert [lr_factor(e, cosine, 10) for e in (0, 5, 10)] == pytest.approx([1, 0.5, 0])
-    warm = {"schedule": "cosine", "warmup_epochs": 2, "warmup_start": 0.1}
+    warm = Optim(schedule="cosine", warmup_epochs=2, warmup_start=0.1)
     assert [lr_factor(e, warm, 12) for e in (0, 1, 2, 7, 12)] == pytest.approx([0.1, 0.55, 1, 0.5, 0])
-    step = {"schedule": "step", "milestones": [3], "warmup_epochs": 1, "warmup_start": 0.0}
+    step = Optim(schedule="step", milestones=(3,), warmup_epochs=1, warmup_start=0.0)
     assert [lr_factor(e, step, 5) for e in (0, 0.5, 1, 3)] == pytest.approx([0, 0.5, 1, 0.1])
-    assert lr_factor(3, {"schedule": "constant"}, 5) == 1
+    assert lr_factor(3, Optim(schedule="constant"), 5) == 1
 
 
 def test_no_decay_for_bn_and_biases() -> None:
     net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(),
                               torch.nn.Linear(4, 2))
-    groups = param_groups(net, {"weight_decay": 5e-4, "no_decay_bn_bias": True})
+    groups = param_groups(net, Optim(weight_decay=5e-4, no_decay_bn_bias=True))
     assert [g["weight_decay"] for g in groups] == [5e-4, 0.0]
     assert [tuple(p.shape) for p in groups[0]["params"]] == [(4, 1, 3, 3), (2, 4)]
     assert len(groups[1]["params"]) == 4  # conv bias, BN weight and bias, fc bias
-    everything = param_groups(net, {"weight_decay": 5e-4})
+    everything = param_groups(net, Optim(weight_decay=5e-4))
     assert len(everything) == 1 and len(everything[0]["params"]) == 6
 
 
 def test_lr_scales_with_the_global_batch() -> None:
-    assert scaled_lr({"lr": 0.1}, 512) == 0.1
-    assert scaled_lr({"lr": 0.1, "scale_lr": True, "base_batch_size": 256}, 512) == pytest.approx(0.2)
+    assert scaled_lr(Optim(lr=0.1), 512) == 0.1
+    assert scaled_lr(Optim(lr=0.1, scale_lr=True, base_batch_size=256), 512) == pytest.approx(0.2)
     dm = build_datamodule({"name": "fashion_mnist", "batch_size": 32})
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
     optim = {"lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4, "scale_lr": True, "base_batch_size": 256,
@@ -465,9 +460,8 @@ def test_lr_scales_with_the_global_batch() -> None:
      ({"momentum": 1.0}, "optim.momentum"), ({"weight_decay": "none"}, "optim.weight_decay")],
 )
 def test_bad_optim_settings_are_named(change: dict[str, Any], setting: str) -> None:
-    optim = {**OmegaConf.to_container(OmegaConf.load(CONF / "optim" / "sgd.yaml")), **change}
     with pytest.raises(ConfigError, match=f"^{setting}="):
-        validate_optim(optim)
+        parse(Optim, change, "optim")
 
 
 def test_loss_checks_raise_diverged() -> None:

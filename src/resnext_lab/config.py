@@ -1,27 +1,48 @@
-"""Every scalar run setting's type and range, stated once and checked before anything is built or trained.
+"""The run's settings, each one's default, type and range stated once: a frozen dataclass per config
+group (`Run`, `Optim`, `Trainer`, `Logger`) and per data set (`DATA_SCHEMAS`, the `data` node).
 
-The YAML files under `conf/` hold the defaults; this module says what each setting accepts.
-`validate(cfg)` checks the top level, `optim` and `trainer` (the `model` node is checked by
-`models.spec_from_config`, the `data` node by `data.parse_settings`) and raises `ConfigError`
-with one line: the setting, the value and what is accepted. `check_job(cfg)` does all of it
-for one training job, data presence included, without reading a data file: a sweep runs it on
-every job before the first one starts. Torch is imported only by `check_job`.
+Every field is a `setting(default, rule, doc)`. `register()` stores each schema's defaults in Hydra's
+ConfigStore, as the base that the group's YAML extends (`defaults: [schema, _self_]`), so the YAML
+files only override. `parse(Schema, node)` checks a node against its schema and returns the frozen
+settings; a bad value raises `ConfigError` with one line: the setting, the value and what is accepted.
+
+Types are checked here, not by OmegaConf at compose time: Hydra reports a compose-time type error
+as several lines and exit status 1, where a bad setting of this project is one line and exit 2. So
+the ConfigStore holds each schema's defaults as a plain node (Hydra still rejects an unknown key).
+
+`validate(cfg)` checks the top level, `optim`, `trainer` and `logger` of a composed config (the
+`model` node is checked by `models.spec_from_config`, the `data` node by the data module, against
+its data set's schema). `check_job(cfg)` does all of it for one training job, data presence included,
+without reading a data file: a sweep runs it on every job before the first one starts. This module
+imports neither torch nor Lightning.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from collections.abc import Callable, Mapping
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar, NamedTuple, TypeVar
 
 from resnext_lab.errors import ConfigError, first_line
 
-#: (test, what is accepted): one setting's rule.
-Rule = tuple[Callable[[Any], bool], str]
+#: conf/, the configs run.py composes
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 SCHEDULES = ("step", "cosine", "constant")
 PRECISIONS = ("auto", "32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "64-true")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu", "hpu")
 TASKS = ("train", "complexity", "plan")
+WANDB_MODES = ("auto", "online", "offline", "disabled")
+
+
+class Rule(NamedTuple):
+    """What one setting accepts: a test, its wording, and the conversion of an accepted value."""
+
+    ok: Callable[[Any], bool]
+    accepted: str
+    convert: Callable[[Any], Any] = lambda v: v
 
 
 def _is_int(value: Any) -> bool:
@@ -33,9 +54,13 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def _or_none(convert: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    return lambda v: None if v is None else convert(v)
+
+
 def integer(minimum: int, *, null: bool = False) -> Rule:
-    return (lambda v: (null and v is None) or (_is_int(v) and v >= minimum),
-            f"an integer >= {minimum}" + (" or null" if null else ""))
+    return Rule(lambda v: (null and v is None) or (_is_int(v) and v >= minimum),
+                f"an integer >= {minimum}" + (" or null" if null else ""), _or_none(int))
 
 
 def number(low: float, high: float | None = None, *, open_low: bool = False, open_high: bool = False,
@@ -53,15 +78,19 @@ def number(low: float, high: float | None = None, *, open_low: bool = False, ope
         text = f"a number {'>' if open_low else '>='} {low:g}"
     else:
         text = f"a number in {'(' if open_low else '['}{low:g}, {high:g}{')' if open_high else ']'}"
-    return ok, text + (" or null" if null else "")
+    return Rule(ok, text + (" or null" if null else ""), _or_none(float))
 
 
 def boolean(*, auto: bool = False) -> Rule:
-    return (lambda v: isinstance(v, bool) or (auto and v == "auto"), "true or false" + (" or auto" if auto else ""))
+    return Rule(lambda v: isinstance(v, bool) or (auto and v == "auto"), "true or false" + (" or auto" if auto else ""))
 
 
 def choice(*values: str) -> Rule:
-    return (lambda v: v in values), "one of " + ", ".join(values)
+    return Rule(lambda v: v in values, "one of " + ", ".join(values))
+
+
+def text(accepted: str, *, null: bool = False) -> Rule:
+    return Rule(lambda v: (null and v is None) or (isinstance(v, str) and v != ""), accepted + (" or null" if null else ""))
 
 
 def _devices(v: Any) -> bool:
@@ -75,87 +104,24 @@ def _batches(v: Any) -> bool:
     return v is None or (_is_int(v) and v >= 0) or (isinstance(v, float) and 0.0 <= v <= 1.0)
 
 
-def _text(v: Any) -> bool:
-    return isinstance(v, str) and v != ""
+def _milestones(v: Any) -> bool:
+    return (isinstance(v, list | tuple) and all(_is_number(m) and m > 0 for m in v)
+            and list(v) == sorted(v))
 
 
-REPORT: dict[str, Rule] = {
-    "baseline": (lambda v: v is None or (isinstance(v, str) and "=" in v), "null or a swept setting as key=value"),
-    "min_effect": number(0, open_low=True, null=True),
-}
-
-BATCHES: Rule = (_batches, "a fraction in [0, 1], a number of batches >= 0, or null")
-
-TOP: dict[str, Rule] = {
-    "task": choice(*TASKS),
-    "seed": integer(0),
-    "deterministic": boolean(),
-    "resume": boolean(),
-    "out_root": (_text, "a folder path"),
-}
-
-OPTIM: dict[str, Rule] = {
-    "lr": number(0, open_low=True),
-    "momentum": number(0, 1, open_high=True),
-    "nesterov": boolean(),
-    "weight_decay": number(0),
-    "no_decay_bn_bias": boolean(),
-    "schedule": choice(*SCHEDULES),
-    "gamma": number(0, open_low=True),
-    "warmup_epochs": number(0),
-    "warmup_start": number(0, 1),
-    "scale_lr": boolean(),
-    "base_batch_size": integer(1),
-}
-
-TRAINER: dict[str, Rule] = {
-    "accelerator": choice(*ACCELERATORS),
-    "devices": (_devices, "an integer >= 1, auto, or a list of device indices"),
-    "num_nodes": integer(1),
-    "strategy": (_text, "a Lightning strategy name (auto, ddp, ddp_spawn, ...)"),
-    "sync_batchnorm": boolean(),
-    "max_epochs": integer(1),
-    "precision": choice(*PRECISIONS),
-    "channels_last": boolean(auto=True),
-    "compile": boolean(),
-    "benchmark": boolean(auto=True),
-    "log_every_n_steps": integer(1),
-    "limit_train_batches": BATCHES,
-    "limit_val_batches": BATCHES,
-    "limit_test_batches": BATCHES,
-    "gradient_clip_val": number(0, null=True),
-    "check_finite_every_n_steps": integer(1),
-    "enable_progress_bar": boolean(),
-    "progress_bar_interval_s": number(0),
-}
+BATCHES = Rule(_batches, "a fraction in [0, 1], a number of batches >= 0, or null")
+DEVICES = Rule(_devices, "an integer >= 1, auto, or a list of device indices",
+               lambda v: tuple(v) if isinstance(v, list | tuple) else v)
 
 
-def check(prefix: str, node: Mapping[str, Any], rules: Mapping[str, Rule]) -> None:
-    """Raise ConfigError for the first setting of `node` that breaks its rule; settings it leaves out pass."""
-    for key, (ok, accepted) in rules.items():
-        if key in node and not ok(node[key]):
-            name = f"{prefix}.{key}" if prefix else key
-            raise ConfigError(f"{name}={node[key]!r}: must be {accepted}")
+def setting(default: Any, rule: Rule, doc: str) -> Any:
+    """A schema field: its default, what it accepts and what it means (docs/SETTINGS.md lists them all)."""
+    if isinstance(default, list):
+        return dataclasses.field(default_factory=lambda: tuple(default), metadata={"rule": rule, "doc": doc})
+    return dataclasses.field(default=default, metadata={"rule": rule, "doc": doc})
 
 
-def validate_optim(optim: Mapping[str, Any]) -> None:
-    """Every optimiser setting, and the rules that tie two of them together."""
-    optim = plain(optim)
-    check("optim", optim, OPTIM)
-    if "lr" not in optim:
-        raise ConfigError("optim.lr is not set: must be a number > 0")
-    if optim.get("nesterov") and not optim.get("momentum"):
-        raise ConfigError(f"optim.nesterov=true: needs optim.momentum > 0 (got {optim.get('momentum')!r})")
-    milestones = list(optim.get("milestones") or [])
-    if any(not _is_number(m) or m <= 0 for m in milestones) or milestones != sorted(milestones):
-        raise ConfigError(f"optim.milestones={milestones}: must be increasing epochs > 0")
-
-
-def validate_trainer(trainer: Mapping[str, Any]) -> None:
-    trainer = plain(trainer)
-    check("trainer", trainer, TRAINER)
-    if "max_epochs" not in trainer:
-        raise ConfigError("trainer.max_epochs is not set: must be an integer >= 1")
+S = TypeVar("S")
 
 
 def plain(node: Any) -> Any:
@@ -167,23 +133,340 @@ def plain(node: Any) -> Any:
     return node
 
 
-def validate(cfg: Mapping[str, Any]) -> None:
-    """The top-level, `optim` and `trainer` settings of a composed config."""
+def parse(schema: type[S], node: Mapping[str, Any] | None, prefix: str) -> S:
+    """`node` checked against `schema` into its frozen settings; fields it leaves out take their defaults.
+
+    A key the schema does not have is an error, unless the schema says `open_keys` (its extra keys
+    belong to someone else, and are neither read nor resolved); a nested schema is parsed under its key.
+    """
     from omegaconf.errors import OmegaConfBaseException
 
-    try:
-        top = {key: plain(cfg.get(key)) for key in TOP if key in cfg}
-        optim, trainer = plain(cfg.get("optim")) or {}, plain(cfg.get("trainer")) or {}
-    except OmegaConfBaseException as err:  # an interpolation that does not resolve
-        raise ConfigError(first_line(err)) from None
-    check("", top, TOP)
-    check("report", plain(cfg.get("report")) or {}, REPORT)
-    validate_optim(optim)
-    validate_trainer(trainer)
+    node = {} if node is None else node
+    if not isinstance(node, Mapping):
+        raise ConfigError(f"{prefix}={node!r}: must be a group of settings")
+    fields = {f.name: f for f in dataclasses.fields(schema)}  # type: ignore[arg-type]
+    unknown = sorted(set(node) - set(fields))
+    if unknown and not getattr(schema, "open_keys", False):
+        name = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
+        raise ConfigError(f"{name}={node[unknown[0]]!r}: no such setting here; {prefix or 'the top level'} has "
+                          f"{', '.join(fields)}")
+    values = {}
+    for name, f in fields.items():
+        if name not in node:
+            continue
+        key = f"{prefix}.{name}" if prefix else name
+        try:
+            value = plain(node[name])
+        except OmegaConfBaseException as err:  # an interpolation that does not resolve
+            raise ConfigError(first_line(err)) from None
+        if "schema" in f.metadata:
+            values[name] = parse(f.metadata["schema"], value, key)
+            continue
+        rule: Rule = f.metadata["rule"]
+        if not rule.ok(value):
+            raise ConfigError(f"{key}={value!r}: must be {rule.accepted}")
+        values[name] = rule.convert(value)
+    return schema(**values)
 
 
-def check_job(cfg: Mapping[str, Any], check_data: bool = True) -> tuple[Any, Any]:
-    """Validate one training job completely, reading no data file: its (datamodule, model spec).
+def defaults(schema: type) -> dict[str, Any]:
+    """A schema's defaults as the plain node Hydra's ConfigStore holds (tuples as lists)."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(schema):
+        if "schema" in f.metadata:
+            out[f.name] = defaults(f.metadata["schema"])
+        else:
+            value = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def nested(schema: type) -> Any:
+    """A schema field that is itself a schema, at its defaults."""
+    return dataclasses.field(default_factory=schema, metadata={"schema": schema})
+
+
+# --- the schemas ---------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Optim:
+    """`optim`: SGD with momentum, as the paper trains."""
+
+    lr: float = setting(0.1, number(0, open_low=True), "learning rate (per base_batch_size images when scale_lr)")
+    momentum: float = setting(0.9, number(0, 1, open_high=True), "SGD momentum")
+    nesterov: bool = setting(True, boolean(), "Nesterov momentum (needs momentum > 0)")
+    weight_decay: float = setting(5e-4, number(0), "L2 weight decay")
+    no_decay_bn_bias: bool = setting(False, boolean(), "no weight decay on BN parameters and biases")
+    schedule: str = setting("cosine", choice(*SCHEDULES),
+                            "step: divide by 1/gamma at each epoch in milestones (the paper's); cosine; constant")
+    milestones: tuple[float, ...] = setting([], Rule(_milestones, "a list of increasing epochs > 0", tuple),
+                                            "epochs at which the step schedule multiplies the lr by gamma")
+    gamma: float = setting(0.1, number(0, open_low=True), "the step schedule's factor")
+    warmup_epochs: float = setting(0.0, number(0), "linear warm-up from lr * warmup_start over this many epochs")
+    warmup_start: float = setting(0.1, number(0, 1), "the warm-up's first lr, as a fraction of lr")
+    scale_lr: bool = setting(False, boolean(), "linear scaling rule: lr * global batch / base_batch_size")
+    base_batch_size: int = setting(256, integer(1), "the batch size that lr is stated for, with scale_lr")
+
+    def __post_init__(self) -> None:
+        if self.nesterov and not self.momentum:
+            raise ConfigError(f"optim.nesterov=true: needs optim.momentum > 0 (got {self.momentum!r})")
+
+
+@dataclasses.dataclass(frozen=True)
+class Trainer:
+    """`trainer`: the Lightning Trainer and this project's speed settings."""
+
+    accelerator: str = setting("auto", choice(*ACCELERATORS), "auto: the GPU when present, else the CPU")
+    devices: Any = setting(1, DEVICES, "devices per node")
+    num_nodes: int = setting(1, integer(1), "nodes (SLURM)")
+    strategy: str = setting("auto", text("a Lightning strategy name (auto, ddp, ddp_spawn, ...)"),
+                            "Lightning's strategy")
+    sync_batchnorm: bool = setting(False, boolean(), "synchronise BN statistics across devices")
+    max_epochs: int = setting(10, integer(1), "epochs")
+    precision: str = setting("auto", choice(*PRECISIONS),
+                             "auto: bf16-mixed on GPUs and on CPUs with native bf16 (AMX, AVX512-BF16), else 32-true")
+    channels_last: Any = setting("auto", boolean(auto=True),
+                                 "channels_last memory layout (auto: on; faster on GPUs and, measured, on CPUs)")
+    compile: bool = setting(False, boolean(), "torch.compile the network (off: docs/PERFORMANCE.md)")
+    benchmark: Any = setting("auto", boolean(auto=True), "cuDNN autotuning (auto: on unless deterministic)")
+    log_every_n_steps: int = setting(50, integer(1), "Lightning's logging cadence; metrics are logged per epoch")
+    limit_train_batches: Any = setting(None, BATCHES, "fraction (float) or number (int) of batches; null: all")
+    limit_val_batches: Any = setting(None, BATCHES, "as limit_train_batches, for validation")
+    limit_test_batches: Any = setting(None, BATCHES, "as limit_train_batches, for the test")
+    gradient_clip_val: float | None = setting(None, number(0, null=True), "gradient norm clipping; null: none")
+    check_finite_every_n_steps: int = setting(50, integer(1), "check the loss for NaN/inf every n steps (a host sync)")
+    enable_progress_bar: bool = setting(True, boolean(), "the progress bar")
+    progress_bar_interval_s: float = setting(0.5, number(0), "redraw the progress bar at most this often")
+
+
+@dataclasses.dataclass(frozen=True)
+class Wandb:
+    """`logger.wandb`: Weights & Biases, offline unless credentials are set."""
+
+    enabled: bool = setting(True, boolean(), "log each run to W&B")
+    project: str = setting("resnext-lab", text("a W&B project name"), "W&B project")
+    entity: str | None = setting(None, text("a W&B entity", null=True), "W&B entity (null: your default)")
+    mode: str = setting("auto", choice(*WANDB_MODES), "auto: online with credentials, else offline; WANDB_MODE wins")
+    group: str | None = setting(None, text("a W&B group name", null=True),
+                                "null: the sweep's folder under out_root, or runs")
+    tags: tuple[str, ...] = setting([], Rule(lambda v: isinstance(v, list | tuple), "a list of tags", tuple), "tags")
+    job_type: str = setting("train", text("a W&B job type"), "the runs' job type")
+
+
+@dataclasses.dataclass(frozen=True)
+class Logger:
+    """`logger`: the CSV log (csv/metrics.csv, read by the reports) and W&B."""
+
+    csv: bool = setting(True, boolean(), "write csv/metrics.csv (the reports read it)")
+    wandb: Wandb = nested(Wandb)
+
+
+@dataclasses.dataclass(frozen=True)
+class Report:
+    """`report`: the closing ablation report of a sweep. Experiment files add their paper table here."""
+
+    open_keys: ClassVar[bool] = True  # table, omitted, ...: report/tables.py checks them
+
+    baseline: str | None = setting(None, Rule(lambda v: v is None or (isinstance(v, str) and "=" in v),
+                                              "null or a swept setting as key=value"),
+                                   "the group every other is compared with (null: the first value swept first)")
+    min_effect: float | None = setting(None, number(0, open_low=True, null=True),
+                                       "the effect (error points) for which seeds needed is computed "
+                                       "(null: the observed difference)")
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """`plan`: task=plan's estimate of each job's wall time."""
+
+    device: str = setting("here", text("here or a GPU name (h100, a100, v100)"),
+                          "here: measured on this machine; a GPU name: from FLOPs at its stated throughput")
+
+
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+    """`sweep`: how `python run.py -m` treats invalid jobs."""
+
+    skip_invalid: bool = setting(False, boolean(), "false: one invalid job stops the sweep before any starts "
+                                 "(exit 2); true: run the valid ones and record the invalid as failed")
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """The top level; the groups model, data, optim, trainer and logger have their own schemas."""
+
+    open_keys: ClassVar[bool] = True  # the groups, hydra, and an experiment's own keys
+
+    task: str = setting("train", choice(*TASKS), "train; complexity (params and FLOPs only); plan (time a sweep)")
+    seed: int = setting(0, integer(0), "seeds the weights, the batch order and augmentation")
+    deterministic: bool = setting(False, boolean(), "torch.use_deterministic_algorithms + cuDNN determinism")
+    name: str | None = setting(None, text("a sweep name", null=True), "the sweep's name: its folder is out_root/name")
+    out_root: str = setting("outputs", text("a folder path"), "where runs and sweeps are written")
+    resume: bool = setting(True, boolean(), "a rerun skips completed jobs and resumes interrupted ones")
+    experiment_name: str | None = setting(None, text("an experiment name", null=True), "set by experiment files")
+    scale_name: str | None = setting(None, text("a scale name", null=True), "set by scale files")
+    plan: Plan = nested(Plan)
+    sweep: Sweep = nested(Sweep)
+    report: Report = nested(Report)
+
+
+# --- the data sets: one schema each, the `data` node ------------------------------------------------
+
+
+DATA_ROOT = Rule(lambda v: v is None or isinstance(v, str | os.PathLike), "a directory path or null",
+            lambda v: None if v is None or v == "" else Path(v).expanduser())
+
+
+def redefault(schema: type, name: str, default: Any, doc: str | None = None) -> Any:
+    """`schema`'s field `name`, with the same rule (and meaning, unless `doc` says more), at another default."""
+    meta = schema.__dataclass_fields__[name].metadata
+    return setting(default, meta["rule"], doc or meta["doc"])
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSettings:
+    """A data set held in memory on the training device (Fashion-MNIST's defaults)."""
+
+    #: fields the data set itself determines: a config may repeat them (the model config reads them
+    #: from the data node) but not change them
+    fixed: ClassVar[tuple[str, ...]] = ("name", "num_classes", "in_channels", "image_size")
+
+    name: str = setting("fashion_mnist", choice("fashion_mnist", "cifar10", "cifar100", "imagenet"), "the data set")
+    root: Path | None = setting(None, DATA_ROOT, "where its files are (null: the data set's usual places)")
+    download: bool = setting(False, boolean(), "fetch missing files with torchvision into root or ./data")
+    batch_size: int = setting(256, integer(1), "training batch, per device")
+    eval_batch_size: int | None = setting(None, integer(1, null=True), "evaluation batch (null: batch_size)")
+    val_size: int = setting(5000, integer(0), "training images held out for validation (0: validate on the test set)")
+    split_seed: int = setting(0, integer(0), "seeds the validation split")
+    augment: bool = setting(False, boolean(), "pad 4, random crop and horizontal flip, on the device (training only)")
+    limit_train: int | None = setting(None, integer(1, null=True), "use the first N of the shuffled training split")
+    limit_eval: int | None = setting(None, integer(1, null=True), "use the first N of validation and of the test")
+    num_classes: int = setting(10, integer(2), "classes")
+    in_channels: int = setting(1, integer(1), "image channels")
+    image_size: int = setting(28, integer(8), "image side in pixels")
+
+    def __post_init__(self) -> None:
+        for key in self.fixed:
+            value, fixed = getattr(self, key), self.__dataclass_fields__[key].default
+            if value != fixed:
+                if key == "name":
+                    raise ConfigError(f"data.name={value!r}: these settings are {fixed}'s")
+                raise ConfigError(f"data.{key}={value!r}: {self.name} has {key}={fixed}; leave it at {fixed}")
+        if self.eval_batch_size is None:
+            object.__setattr__(self, "eval_batch_size", self.batch_size)
+
+
+@dataclasses.dataclass(frozen=True)
+class FashionMNISTSettings(DataSettings):
+    """Fashion-MNIST: 28x28 grey, 10 classes."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CIFAR10Settings(DataSettings):
+    """CIFAR-10: 32x32 RGB, 10 classes; trained with crop and flip."""
+
+    name: str = redefault(DataSettings, "name", "cifar10")
+    batch_size: int = redefault(DataSettings, "batch_size", 128)
+    augment: bool = redefault(DataSettings, "augment", True)
+    in_channels: int = redefault(DataSettings, "in_channels", 3)
+    image_size: int = redefault(DataSettings, "image_size", 32)
+
+
+@dataclasses.dataclass(frozen=True)
+class CIFAR100Settings(CIFAR10Settings):
+    """CIFAR-100 (fine labels): 100 classes."""
+
+    name: str = redefault(DataSettings, "name", "cifar100")
+    num_classes: int = redefault(DataSettings, "num_classes", 100)
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageNetSettings(DataSettings):
+    """ImageNet from class folders, through DataLoader workers; any number of classes and image size."""
+
+    fixed: ClassVar[tuple[str, ...]] = ("name", "in_channels")
+
+    name: str = redefault(DataSettings, "name", "imagenet")
+    val_size: int = redefault(DataSettings, "val_size", 0, "0: validate on the val folder, the test set (as the "
+                              "paper); N > 0: hold N training images out instead")
+    augment: bool = redefault(DataSettings, "augment", True, "RandomResizedCrop(image_size) (8-100% of the area, "
+                              "aspect 3/4-4/3) and horizontal flip; false: the eval centre crop")
+    num_classes: int = redefault(DataSettings, "num_classes", 1000, "classes: the number of class folders")
+    in_channels: int = redefault(DataSettings, "in_channels", 3)
+    image_size: int = redefault(DataSettings, "image_size", 224, "the crop's side (eval resizes to 256/224 of it)")
+    color_augment: bool = setting(False, boolean(), "fb.resnet.torch's colour jitter (0.4, random order) and PCA "
+                                  "lighting (alphastd 0.1), independent of augment")
+    num_workers: int = setting(8, integer(0), "DataLoader worker processes")
+    pin_memory: bool = setting(True, boolean(), "pinned host memory for the batches")
+    persistent_workers: bool = setting(True, boolean(), "keep the workers between epochs")
+
+
+#: `data.name` -> its schema.
+DATA_SCHEMAS: dict[str, type[DataSettings]] = {
+    "fashion_mnist": FashionMNISTSettings,
+    "cifar10": CIFAR10Settings,
+    "cifar100": CIFAR100Settings,
+    "imagenet": ImageNetSettings,
+}
+
+
+#: group -> schema, as ConfigStore holds them (the data sets: DATA_SCHEMAS); the root's is `schema`.
+GROUPS: dict[str, type] = {"optim": Optim, "trainer": Trainer, "logger": Logger}
+
+
+def register() -> None:
+    """The schemas in Hydra's ConfigStore (each group's YAML extends its `schema`) and the sweep resolvers."""
+    from hydra.core.config_store import ConfigStore
+
+    from resnext_lab.sweep import register_resolvers
+
+    store = ConfigStore.instance()
+    store.store(name="schema", node=defaults(Run))
+    for group, schema in GROUPS.items():
+        store.store(group=group, name="schema", node=defaults(schema))
+    for name, schema in DATA_SCHEMAS.items():
+        store.store(group="data", name=f"{name}_schema", node=defaults(schema))
+    register_resolvers()
+
+
+def compose(overrides: list[str] | tuple[str, ...] = (), *, hydra: bool = False) -> Any:
+    """The config `python run.py OVERRIDES` composes (with `hydra`, its hydra node too), outside a run."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    register()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return hydra_compose("config", overrides=list(overrides), return_hydra_config=hydra)
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """A composed config's settings, checked: the top level and the optim, trainer and logger groups."""
+
+    run: Run
+    optim: Optim
+    trainer: Trainer
+    logger: Logger
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """One training job, checked completely: its settings, its datamodule (no file read yet) and model spec."""
+
+    settings: Settings
+    datamodule: Any
+    spec: Any
+
+
+def validate(cfg: Mapping[str, Any]) -> Settings:
+    """The top-level, `optim`, `trainer` and `logger` settings of a composed config."""
+    return Settings(parse(Run, cfg, ""), parse(Optim, cfg.get("optim"), "optim"),
+                    parse(Trainer, cfg.get("trainer"), "trainer"), parse(Logger, cfg.get("logger"), "logger"))
+
+
+def check_job(cfg: Mapping[str, Any], check_data: bool = True) -> Job:
+    """Validate one training job completely, reading no data file.
 
     Settings, the data node (and, with `check_data`, that its files exist where the data set looks for
     them, unless `data.download` may fetch them), the model node with `width: auto` solved.
@@ -191,11 +474,47 @@ def check_job(cfg: Mapping[str, Any], check_data: bool = True) -> tuple[Any, Any
     from resnext_lab.data import build_datamodule
     from resnext_lab.models import spec_from_config
 
-    validate(cfg)
+    settings = validate(cfg)
     dm = build_datamodule(plain(cfg.get("data")))
     available = getattr(dm, "check_available", None)
     if check_data and available is not None:
         available()
     spec = spec_from_config(plain(cfg.get("model")), num_classes=dm.num_classes, in_channels=dm.in_channels,
                             image_size=dm.image_size)
-    return dm, spec
+    return Job(settings, dm, spec)
+
+
+# --- docs/SETTINGS.md -----------------------------------------------------------------------------
+
+
+def _rows(schema: type, prefix: str) -> list[str]:
+    rows = []
+    for f in dataclasses.fields(schema):
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        if "schema" in f.metadata:
+            rows += _rows(f.metadata["schema"], key)
+            continue
+        value = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+        shown = "null" if value is None else str(value).lower() if isinstance(value, bool) else \
+            str(list(value)) if isinstance(value, tuple) else str(value)
+        rows.append(f"| `{key}` | `{shown}` | {f.metadata['rule'].accepted} | {f.metadata['doc']} |")
+    return rows
+
+
+def settings_markdown() -> str:
+    """Every setting of every schema: its default, what it accepts and what it means (docs/SETTINGS.md)."""
+    sections = [("Top level", Run, ""), *((f"`{group}`", schema, group) for group, schema in GROUPS.items()),
+                *((f"`data={name}`", schema, "data") for name, schema in DATA_SCHEMAS.items())]
+    out = ["# Settings", "",
+           "Every setting of `python run.py`, with its default and what it accepts, as the schemas in",
+           "`src/resnext_lab/config.py` state them (made by `make settings`; a test keeps it current).",
+           "A group's YAML under `conf/` extends its schema and states only what it changes; the model node",
+           "(`conf/model/*.yaml`) is checked by `models/spec.py`, the launchers' by their plugins.", ""]
+    for title, schema, prefix in sections:
+        out += [f"## {title}", "", (schema.__doc__ or "").strip(), "",
+                "| setting | default | accepts | meaning |", "|---|---|---|---|", *_rows(schema, prefix), ""]
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    print(settings_markdown(), end="")

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import Metric, MinMetric
 
+from resnext_lab.config import Optim, parse
 from resnext_lab.errors import ConfigError
 
 
@@ -23,46 +24,36 @@ class Diverged(RuntimeError):
     """The training loss became NaN or infinite."""
 
 
-def scaled_lr(optim: Mapping[str, Any], global_batch: int) -> float:
+def scaled_lr(optim: Optim, global_batch: int) -> float:
     """`optim.lr`, times global batch / `base_batch_size` when `scale_lr` (the linear scaling rule)."""
-    lr = float(optim["lr"])
-    if optim.get("scale_lr"):
-        lr *= global_batch / float(optim.get("base_batch_size", 256))
-    return lr
+    return optim.lr * global_batch / optim.base_batch_size if optim.scale_lr else optim.lr
 
 
-def param_groups(net: nn.Module, optim: Mapping[str, Any]) -> list[dict[str, Any]]:
+def param_groups(net: nn.Module, optim: Optim) -> list[dict[str, Any]]:
     """SGD parameter groups: with `no_decay_bn_bias`, BN weights and all biases (the 1-d tensors) get no decay."""
     decay, no_decay = [], []
     for p in net.parameters():
-        (no_decay if optim.get("no_decay_bn_bias") and p.ndim <= 1 else decay).append(p)
-    groups = [{"params": decay, "weight_decay": float(optim.get("weight_decay", 0))}]
+        (no_decay if optim.no_decay_bn_bias and p.ndim <= 1 else decay).append(p)
+    groups = [{"params": decay, "weight_decay": optim.weight_decay}]
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0})
     return groups
 
 
-def sgd(net: nn.Module, optim: Mapping[str, Any], global_batch: int = 0) -> torch.optim.SGD:
+def sgd(net: nn.Module, optim: Optim, global_batch: int = 0) -> torch.optim.SGD:
     """The run's optimiser: SGD over `param_groups` at `scaled_lr`, with `optim`'s momentum and Nesterov."""
-    return torch.optim.SGD(
-        param_groups(net, optim),
-        lr=scaled_lr(optim, global_batch),
-        momentum=float(optim.get("momentum", 0.9)),
-        nesterov=bool(optim.get("nesterov", False)),
-    )
+    return torch.optim.SGD(param_groups(net, optim), lr=scaled_lr(optim, global_batch), momentum=optim.momentum,
+                           nesterov=optim.nesterov)
 
 
-def lr_factor(epoch: float, optim: Mapping[str, Any], max_epochs: int) -> float:
+def lr_factor(epoch: float, optim: Optim, max_epochs: int) -> float:
     """The learning-rate multiplier at a (fractional) epoch: warm-up, then the schedule."""
-    warmup = float(optim.get("warmup_epochs", 0))
+    warmup = optim.warmup_epochs
     if warmup > 0 and epoch < warmup:
-        start = float(optim.get("warmup_start", 0.1))
-        return start + (1 - start) * epoch / warmup
-    schedule = optim.get("schedule", "cosine")
-    if schedule == "step":
-        passed = sum(epoch >= m for m in optim.get("milestones") or [])
-        return float(optim.get("gamma", 0.1)) ** passed
-    if schedule == "cosine":
+        return optim.warmup_start + (1 - optim.warmup_start) * epoch / warmup
+    if optim.schedule == "step":
+        return optim.gamma ** sum(epoch >= m for m in optim.milestones)
+    if optim.schedule == "cosine":
         span = max(max_epochs - warmup, 1e-8)
         return 0.5 * (1 + math.cos(math.pi * min(max(epoch - warmup, 0.0) / span, 1.0)))
     return 1.0
@@ -105,14 +96,14 @@ class ClassificationModule(pl.LightningModule):
     def __init__(
         self,
         net: nn.Module,
-        optim: Mapping[str, Any],
+        optim: Optim | Mapping[str, Any],
         num_classes: int,
         channels_last: bool = False,
         check_finite_every_n_steps: int = 50,
     ) -> None:
         super().__init__()
         self.net = net
-        self.optim = dict(optim)
+        self.optim = optim if isinstance(optim, Optim) else parse(Optim, optim, "optim")
         self.channels_last = channels_last
         self.check_every = max(1, int(check_finite_every_n_steps))
         # accumulated on the device and logged once per epoch; ModuleDict keys may not be "train"
@@ -186,7 +177,7 @@ class ClassificationModule(pl.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         opt = self.optim
-        global_batch = self.trainer.world_size * _batch_size(self.trainer) if opt.get("scale_lr") else 0
+        global_batch = self.trainer.world_size * _batch_size(self.trainer) if opt.scale_lr else 0
         optimizer = sgd(self.net, opt, global_batch)
         max_epochs = max(1, self.trainer.max_epochs or 1)
         steps_per_epoch = max(1, self.trainer.estimated_stepping_batches // max_epochs)

@@ -94,6 +94,22 @@ def steps(cfg: Mapping[str, Any]) -> tuple[int, int, int]:
     return train_steps, val_batches, test_batches
 
 
+def work(cfg: Mapping[str, Any]) -> float:
+    """A job's multiply-adds in all (a training image counts 3x: forward and backward): what the packed
+    launcher orders a sweep's jobs by, longest first, as `sweep_seconds` assumes."""
+    from resnext_lab.config import check_job, plain
+    from resnext_lab.models import complexity
+
+    spec = check_job(cfg, check_data=False).spec
+    nodes = {key: plain(cfg[key]) for key in ("data", "trainer")}
+    train_steps, val_batches, test_batches = steps(nodes)
+    batch = int(nodes["data"]["batch_size"])
+    eval_batch = int(nodes["data"].get("eval_batch_size") or batch)
+    epochs = int(nodes["trainer"]["max_epochs"])
+    images = 3 * epochs * train_steps * batch + (epochs * val_batches + test_batches) * eval_batch
+    return float(complexity(spec)["flops"]) * images * world_size(nodes["trainer"])
+
+
 def _key(spec: Any, batch: int, precision: str, channels_last: bool, threads: int, device: str) -> str:
     import platform
 
@@ -182,7 +198,7 @@ def plan_jobs(configs: Sequence[tuple[list[str], Any]], device: str, slots: int,
             cache = {}
     plans = []
     for overrides, cfg in configs:
-        _, spec = check_job(cfg, check_data=False)
+        spec = check_job(cfg, check_data=False).spec
         c = complexity(spec)
         resolved = plain(cfg)
         train_steps, val_batches, test_batches = steps(resolved)

@@ -81,21 +81,22 @@ def process_rank() -> int:
     return int(getattr(rank_zero_only, "rank", 0))
 
 
-def build_run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    """Validate everything and build data and spec; nothing trains yet."""
+def build_run(cfg: DictConfig) -> tuple[Any, dict[str, Any]]:
+    """Validate everything and build the data module and spec (nothing trains yet): the job, and what
+    results.json says of its model."""
     from resnext_lab.config import check_job
-    from resnext_lab.models import build, complexity
-    from resnext_lab.module import ClassificationModule
+    from resnext_lab.models import complexity
 
-    dm, spec = check_job(cfg)
-    dm.shuffle_seed = int(cfg.seed)
+    job = check_job(cfg)
+    job.datamodule.shuffle_seed = job.settings.run.seed
+    spec = job.spec
     model_info = {**spec.summary(), **complexity(spec)}
     if cfg.model.get("width") == "auto":  # what the width was solved against: the report's complexity check
         ref = dict(cfg.model.get("reference") or {})
         ref_spec = dataclasses.replace(spec, cardinality=int(ref.get("cardinality", 1)), width=int(ref.get("width", 64)))
         model_info["reference"] = {"cardinality": ref_spec.cardinality, "width": ref_spec.width,
                                    "match": str(cfg.model.get("match", "params")), **complexity(ref_spec)}
-    return {"dm": dm, "spec": spec, "model": model_info, "build": build, "module": ClassificationModule}
+    return job, model_info
 
 
 def train_task(cfg: DictConfig) -> dict[str, Any]:
@@ -132,11 +133,11 @@ def train_task(cfg: DictConfig) -> dict[str, Any]:
     start = time.perf_counter()
     outcome: dict[str, Any] = {}  # filled by _fit as it goes, so a failure keeps what was known
     try:
-        plan = build_run(cfg, run_dir)
-        base["model"] = plan["model"]
+        job, model_info = build_run(cfg)
+        base["model"] = model_info
         if rank == 0:
             results.write(run_dir, base)
-        _fit(cfg, run_dir, plan, outcome)
+        _fit(cfg, run_dir, job, model_info, outcome)
         status, error = "completed", None
     except KeyboardInterrupt:
         _finish_wandb(exit_code=255)
@@ -185,44 +186,46 @@ def _finish_wandb(exit_code: int) -> None:
         wandb.finish(exit_code=exit_code)
 
 
-def _fit(cfg: DictConfig, run_dir: Path, plan: dict[str, Any], outcome: dict[str, Any]) -> None:
+def _fit(cfg: DictConfig, run_dir: Path, job: Any, model_info: dict[str, Any], outcome: dict[str, Any]) -> None:
     """Train, validate and test; `outcome` gets resumed, metrics, epochs and the W&B run as they become known."""
     import pytorch_lightning as pl
     import torch
 
     from resnext_lab.hardware import resolve_precision
+    from resnext_lab.models import build
+    from resnext_lab.module import ClassificationModule
 
-    t = cfg.trainer
-    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    run, t, logger = job.settings.run, job.settings.trainer, job.settings.logger
+    pl.seed_everything(run.seed, workers=True, verbose=False)
     cuda = torch.cuda.is_available() and t.accelerator in ("auto", "gpu", "cuda")
-    precision, why = resolve_precision(str(t.precision), cuda)
+    precision, why = resolve_precision(t.precision, cuda)
     outcome["precision"] = {"used": precision, "why": why}
     channels_last = bool(_auto(t.channels_last, True))  # faster on CPUs too: docs/PERFORMANCE.md
-    benchmark = bool(_auto(t.benchmark, cuda and not cfg.deterministic))
+    benchmark = bool(_auto(t.benchmark, cuda and not run.deterministic))
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    spec, dm = plan["spec"], plan["dm"]
-    net = plan["build"](spec)
+    spec, dm = job.spec, job.datamodule
+    net = build(spec)
     if t.compile:
         net = torch.compile(net)
-    module = plan["module"](net, OmegaConf.to_container(cfg.optim, resolve=True), spec.num_classes, channels_last,
-                            int(t.check_finite_every_n_steps))
-    log.info("%s | %s params | %s GFLOPs | %s", spec.name, f"{plan['model']['params']:,}",
-             f"{plan['model']['flops'] / 1e9:.3f}", dm.describe())
+    module = ClassificationModule(net, job.settings.optim, spec.num_classes, channels_last,
+                                  t.check_finite_every_n_steps)
+    log.info("%s | %s params | %s GFLOPs | %s", spec.name, f"{model_info['params']:,}",
+             f"{model_info['flops'] / 1e9:.3f}", dm.describe())
     log.info("precision %s (%s)", precision, why)
 
     last = run_dir / CHECKPOINT
-    resumed = bool(cfg.resume and last.exists())
-    loggers: list[Any] = [_csv_logger(run_dir, keep_rows=resumed)] if cfg.logger.csv else []
-    wl, wandb_info = _wandb_logger(cfg, run_dir) if cfg.logger.wandb.enabled else (None, None)
+    resumed = bool(run.resume and last.exists())
+    loggers: list[Any] = [_csv_logger(run_dir, keep_rows=resumed)] if logger.csv else []
+    wl, wandb_info = _wandb_logger(cfg, run_dir, logger.wandb) if logger.wandb.enabled else (None, None)
     if wl is not None:
         loggers.append(wl)
         outcome["wandb"] = wandb_info
-    trainer = _trainer(cfg, run_dir, precision, benchmark, loggers)
+    trainer = _trainer(t, run.deterministic, run_dir, precision, benchmark, loggers)
     if resumed:
         log.info("resuming from %s", last)
-    outcome.update(resumed=resumed, metrics_csv="csv/metrics.csv" if cfg.logger.csv else None)
+    outcome.update(resumed=resumed, metrics_csv="csv/metrics.csv" if logger.csv else None)
     with _ctrl_c_as_interrupt(trainer):
         trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resumed else None)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
@@ -233,16 +236,17 @@ def _fit(cfg: DictConfig, run_dir: Path, plan: dict[str, Any], outcome: dict[str
         epochs = int(torch.load(last, map_location="cpu", weights_only=False, mmap=True)["epoch"]) + 1
     outcome.update(metrics=metrics, epochs=epochs)
     if wandb_info is not None and trainer.is_global_zero:
-        run = wl.experiment
-        run.summary.update({**metrics, **{f"model/{k}": plan["model"][k] for k in
-                                          ("params", "flops", "cardinality", "width", "depth", "residual", "block")}})
-        wandb_info["dir"] = str(Path(run.dir).parent)
+        wandb_run = wl.experiment
+        wandb_run.summary.update({**metrics, **{f"model/{k}": model_info[k] for k in
+                                                ("params", "flops", "cardinality", "width", "depth", "residual",
+                                                 "block")}})
+        wandb_info["dir"] = str(Path(wandb_run.dir).parent)
         import wandb
 
         wandb.finish()
 
 
-def _wandb_logger(cfg: DictConfig, run_dir: Path) -> tuple[Any, dict[str, Any]]:
+def _wandb_logger(cfg: DictConfig, run_dir: Path, w: Any) -> tuple[Any, dict[str, Any]]:
     """The run's WandbLogger (resuming the run id kept in `wandb_id`) and what results.json says of it."""
     from pytorch_lightning.loggers import WandbLogger
 
@@ -252,47 +256,46 @@ def _wandb_logger(cfg: DictConfig, run_dir: Path) -> tuple[Any, dict[str, Any]]:
     run_id = id_file.read_text().strip() if id_file.exists() else secrets.token_hex(4)
     if process_rank() == 0:  # WandbLogger starts no run on other ranks; their id would clobber this one
         id_file.write_text(run_id)
-    mode = wandb_mode(str(cfg.logger.wandb.get("mode", "auto")))
+    mode = wandb_mode(w.mode)
     logger = WandbLogger(
-        project=cfg.logger.wandb.project,
-        entity=cfg.logger.wandb.get("entity"),
+        project=w.project,
+        entity=w.entity,
         group=_sweep_group(cfg),
         name=run_dir.name if _in_multirun() else None,
-        tags=list(cfg.logger.wandb.get("tags") or []),
-        job_type=cfg.logger.wandb.get("job_type", "train"),
+        tags=list(w.tags),
+        job_type=w.job_type,
         save_dir=str(run_dir),
         id=run_id,
         resume="allow",
         mode=mode,
         config=OmegaConf.to_container(cfg, resolve=True),
     )
-    return logger, {"id": run_id, "mode": mode, "project": cfg.logger.wandb.project}
+    return logger, {"id": run_id, "mode": mode, "project": w.project}
 
 
-def _trainer(cfg: DictConfig, run_dir: Path, precision: str, benchmark: bool, loggers: list[Any]) -> Any:
-    """The Lightning Trainer of the `trainer` node, with our callbacks and no checkpointing of its own."""
+def _trainer(t: Any, deterministic: bool, run_dir: Path, precision: str, benchmark: bool, loggers: list[Any]) -> Any:
+    """The Lightning Trainer of the `trainer` settings, with our callbacks and no checkpointing of its own."""
     import pytorch_lightning as pl
 
     from resnext_lab.callbacks import LastCheckpoint, Throughput, TimedProgressBar
 
-    t = cfg.trainer
-    bar = [TimedProgressBar(float(t.get("progress_bar_interval_s", 0.5)))] if t.enable_progress_bar else []
+    bar = [TimedProgressBar(t.progress_bar_interval_s)] if t.enable_progress_bar else []
     return pl.Trainer(
         accelerator=t.accelerator,
-        devices=t.devices,
+        devices=list(t.devices) if isinstance(t.devices, tuple) else t.devices,
         num_nodes=t.num_nodes,
         strategy=t.strategy,
-        sync_batchnorm=bool(t.sync_batchnorm),
-        max_epochs=int(t.max_epochs),
+        sync_batchnorm=t.sync_batchnorm,
+        max_epochs=t.max_epochs,
         precision=precision,
         benchmark=benchmark,
-        deterministic=bool(cfg.deterministic),
-        log_every_n_steps=int(t.log_every_n_steps),
+        deterministic=deterministic,
+        log_every_n_steps=t.log_every_n_steps,
         limit_train_batches=t.limit_train_batches,
         limit_val_batches=t.limit_val_batches,
         limit_test_batches=t.limit_test_batches,
         gradient_clip_val=t.gradient_clip_val,
-        enable_progress_bar=bool(t.enable_progress_bar),
+        enable_progress_bar=t.enable_progress_bar,
         enable_model_summary=False,
         enable_checkpointing=False,  # LastCheckpoint writes the one checkpoint a rerun needs
         logger=loggers or False,

@@ -5,8 +5,10 @@ job's Python loop. `jobs_per_device` worker processes per GPU fill those gaps. E
 its one GPU as `cuda:0` (CUDA_VISIBLE_DEVICES), gets an equal share of the CPU cores as its
 thread count (OMP_NUM_THREADS), and runs one job after another as Hydra's basic launcher does
 in its single process: imports and CUDA start-up are paid once per worker, not once per job.
-A worker that finishes a job takes the next one at once; there is no batch to wait for. Without
-GPUs, `jobs_per_device` workers share the CPU.
+A worker that finishes a job takes the next one at once; there is no batch to wait for. The jobs
+start longest first (by multiply-adds, `plan.work`), so that the last one does not run alone while
+the other workers idle. Without GPUs, `jobs_per_device` workers share the CPU. A worker whose sweep
+process is killed interrupts its job as Ctrl-C would (recorded, resumable) and exits.
 
 Workers' output goes to `<sweep dir>/.packed/worker-<k>.log`; each job also writes its own
 log in its folder, as in any sweep. What a job computes does not depend on the packing: the
@@ -20,7 +22,9 @@ import logging
 import multiprocessing
 import os
 import pickle
+import signal
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -107,6 +111,19 @@ class PackedLauncher(Launcher):
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         return ret
 
+    def _longest_first(self, job_overrides: Sequence[Sequence[str]]) -> list[int]:
+        """The jobs' indices, most work first (`plan.work`), so that no worker idles at the end while one long
+        job runs alone; the sweep's order where a job does not compose or check (`sweep.skip_invalid`)."""
+        from resnext_lab.plan import work
+
+        assert self.hydra_context is not None and self.config is not None
+        try:
+            costs = [work(self.hydra_context.config_loader.load_sweep_config(self.config, list(o)))
+                     for o in job_overrides]
+        except Exception:  # noqa: BLE001  (the job itself reports what is wrong with it)
+            return list(range(len(job_overrides)))
+        return sorted(range(len(job_overrides)), key=lambda i: -costs[i])  # stable: equal work keeps sweep order
+
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         import cloudpickle
 
@@ -129,7 +146,7 @@ class PackedLauncher(Launcher):
         names = _swept(job_overrides)
         workers = [_Worker(k, device, threads, sweep_dir / ".packed" / f"worker-{k}.log", payload)
                    for k, device in enumerate(devices)]
-        pending = deque(enumerate(job_overrides))
+        pending = deque((i, job_overrides[i]) for i in self._longest_first(job_overrides))
         results: list[JobReturn | None] = [None] * len(job_overrides)
         start = time.perf_counter()
         try:
@@ -224,21 +241,30 @@ def _serve(conn: Connection, env: dict[str, str], log_path: str, payload: str) -
     launcher, state = cloudpickle.loads(Path(payload).read_bytes())
     Singleton.set_state(state)
     setup_globals()
-    while message := conn.recv_bytes():
-        overrides, idx = pickle.loads(message)
-        try:
+    threading.Thread(target=_interrupt_when_orphaned, args=(os.getppid(),), daemon=True).start()
+    try:
+        while message := conn.recv_bytes():
+            overrides, idx = pickle.loads(message)
             ret = launcher.run_one(overrides, idx)
-        except KeyboardInterrupt:
-            return
-        try:
-            data = cloudpickle.dumps(ret)
-        except Exception as err:  # an exception that does not pickle: keep its text
             try:
-                ret.return_value  # noqa: B018  (a failed job's value is its exception, raised on access)
-            except Exception as exc:
-                ret.return_value = RuntimeError(f"{type(exc).__name__}: {exc} ({err})")
-            data = cloudpickle.dumps(ret)
-        conn.send_bytes(data)
+                data = cloudpickle.dumps(ret)
+            except Exception as err:  # an exception that does not pickle: keep its text
+                try:
+                    ret.return_value  # noqa: B018  (a failed job's value is its exception, raised on access)
+                except Exception as exc:
+                    ret.return_value = RuntimeError(f"{type(exc).__name__}: {exc} ({err})")
+                data = cloudpickle.dumps(ret)
+            conn.send_bytes(data)
+    except (KeyboardInterrupt, EOFError, BrokenPipeError):  # the sweep was stopped, or its process is gone
+        return
+
+
+def _interrupt_when_orphaned(parent: int) -> None:
+    """Interrupt this worker, as Ctrl-C would, once the sweep's process is gone (killed, it could not stop
+    its workers): the running job is recorded as interrupted, resumable, and the worker exits."""
+    while os.getppid() == parent:
+        time.sleep(1)
+    os.kill(os.getpid(), signal.SIGINT)
 
 
 def _job_return(overrides: Sequence[str], status: JobStatus, value: Any) -> JobReturn:

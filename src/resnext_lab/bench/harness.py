@@ -9,7 +9,6 @@ import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,7 +18,6 @@ from torch import Tensor, nn
 from resnext_lab.hardware import cpu_name, synchronize
 
 SCHEMA_VERSION = 1
-CONF_DIR = Path(__file__).resolve().parents[3] / "conf"
 PACKAGES = ("torch", "torchvision", "pytorch-lightning", "torchmetrics")
 
 

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytorch_lightning as pl
 
+from resnext_lab.config import DATA_SCHEMAS, DataSettings
 from resnext_lab.data.batches import TensorBatches, crop_and_flip, normalize, seeded_permutation, split_indices
 from resnext_lab.data.cifar import CIFAR10DataModule, CIFAR100DataModule, read_cifar_batch
-from resnext_lab.data.config import DataSettings, parse_settings
 from resnext_lab.data.fashion_mnist import FashionMNISTDataModule, read_idx
 from resnext_lab.data.imagenet import ImageNetDataModule
 from resnext_lab.data.in_memory import InMemoryDataModule
@@ -43,6 +43,7 @@ def build_datamodule(cfg: Mapping[str, Any]) -> pl.LightningDataModule:
 
 
 __all__ = [
+    "DATA_SCHEMAS",
     "DATAMODULES",
     "CIFAR10DataModule",
     "CIFAR100DataModule",
@@ -56,7 +57,6 @@ __all__ = [
     "build_datamodule",
     "crop_and_flip",
     "normalize",
-    "parse_settings",
     "read_cifar_batch",
     "read_idx",
     "seeded_permutation",

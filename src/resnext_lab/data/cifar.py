@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import torch
 
+from resnext_lab.config import CIFAR10Settings, CIFAR100Settings
 from resnext_lab.data.in_memory import DEFAULT_DOWNLOAD_ROOT, InMemoryDataModule
 from resnext_lab.errors import DataError
 
@@ -88,30 +89,13 @@ class _CIFARDataModule(InMemoryDataModule):
         )
 
 
-_CIFAR_DEFAULTS: dict[str, Any] = {
-    "root": None,
-    "download": False,
-    "batch_size": 128,
-    "eval_batch_size": None,
-    "val_size": 5000,
-    "split_seed": 0,
-    "augment": True,
-    "limit_train": None,
-    "limit_eval": None,
-    "num_workers": 0,
-    "pin_memory": True,
-    "persistent_workers": False,
-}
-
-
 class CIFAR10DataModule(_CIFARDataModule):
     """CIFAR-10: 50k training (minus `val_size` held out) and 10k test images, 32x32 RGB, 10 classes."""
 
     title = "CIFAR-10"
     mean = (0.4914, 0.4822, 0.4465)
     std = (0.2470, 0.2435, 0.2616)
-    defaults = {"name": "cifar10", **_CIFAR_DEFAULTS}
-    fixed = {"num_classes": 10, "in_channels": 3, "image_size": 32}
+    schema = CIFAR10Settings
     folder = "cifar-10-batches-py"
     train_files = tuple(f"data_batch_{i}" for i in range(1, 6))
     test_files = ("test_batch",)
@@ -125,8 +109,7 @@ class CIFAR100DataModule(_CIFARDataModule):
     title = "CIFAR-100"
     mean = (0.5071, 0.4865, 0.4409)
     std = (0.2673, 0.2564, 0.2762)
-    defaults = {"name": "cifar100", **_CIFAR_DEFAULTS}
-    fixed = {"num_classes": 100, "in_channels": 3, "image_size": 32}
+    schema = CIFAR100Settings
     folder = "cifar-100-python"
     train_files = ("train",)
     test_files = ("test",)

@@ -14,11 +14,11 @@ import math
 import struct
 import zlib
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
+from resnext_lab.config import FashionMNISTSettings
 from resnext_lab.data.in_memory import DEFAULT_DOWNLOAD_ROOT, InMemoryDataModule
 from resnext_lab.errors import DataError
 
@@ -89,22 +89,7 @@ class FashionMNISTDataModule(InMemoryDataModule):
     title = "Fashion-MNIST"
     mean = (0.2860,)
     std = (0.3530,)
-    defaults: dict[str, Any] = {
-        "name": "fashion_mnist",
-        "root": None,
-        "download": False,
-        "batch_size": 256,
-        "eval_batch_size": None,
-        "val_size": 5000,
-        "split_seed": 0,
-        "augment": False,
-        "limit_train": None,
-        "limit_eval": None,
-        "num_workers": 0,
-        "pin_memory": True,
-        "persistent_workers": False,
-    }
-    fixed = {"num_classes": 10, "in_channels": 1, "image_size": 28}
+    schema = FashionMNISTSettings
 
     def _places(self) -> list[Path]:
         root = self.settings.root

@@ -12,7 +12,6 @@ held out instead.
 from __future__ import annotations
 
 import copy
-import dataclasses
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,8 +20,8 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from resnext_lab.config import ImageNetSettings, parse
 from resnext_lab.data.batches import eval_subset, split_indices
-from resnext_lab.data.config import DataSettings, _boolean, parse_settings
 from resnext_lab.data.in_memory import DEFAULT_DOWNLOAD_ROOT
 from resnext_lab.errors import ConfigError, DataError
 
@@ -36,13 +35,6 @@ PCA_EIGVEC = (
     (-0.5808, -0.0045, -0.8140),
     (-0.5836, -0.6948, 0.4203),
 )
-
-
-@dataclasses.dataclass(frozen=True)
-class ImageNetSettings(DataSettings):
-    """`DataSettings` plus the field only ImageNet has (the in-memory data sets have no colour augmentation)."""
-
-    color_augment: bool = False
 
 
 class Lighting:
@@ -79,32 +71,10 @@ class ImageNetDataModule(pl.LightningDataModule):
     """ImageNet-style class folders, served by DataLoaders with worker processes."""
 
     title = "ImageNet"
-    defaults: dict[str, Any] = {
-        "name": "imagenet",
-        "root": None,
-        "download": False,
-        "batch_size": 256,
-        "eval_batch_size": None,
-        "val_size": 0,
-        "split_seed": 0,
-        "augment": True,
-        "limit_train": None,
-        "limit_eval": None,
-        "num_workers": 8,
-        "pin_memory": True,
-        "persistent_workers": True,
-        "num_classes": 1000,
-        "in_channels": 3,
-        "image_size": 224,
-        "color_augment": False,
-    }
 
     def __init__(self, cfg: Mapping[str, Any]) -> None:
         super().__init__()
-        base = parse_settings(cfg, self.defaults, {"in_channels": 3})
-        color = cfg["color_augment"] if "color_augment" in cfg else self.defaults["color_augment"]
-        fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(base)}
-        self.settings = ImageNetSettings(**fields, color_augment=_boolean("color_augment", color))
+        self.settings = parse(ImageNetSettings, cfg, "data")
         self.num_classes = self.settings.num_classes
         self.in_channels = self.settings.in_channels
         self.image_size = self.settings.image_size

@@ -16,8 +16,8 @@ from typing import Any, ClassVar
 import pytorch_lightning as pl
 import torch
 
+from resnext_lab.config import DataSettings, parse
 from resnext_lab.data.batches import TensorBatches, crop_and_flip, eval_subset, normalize, split_indices
-from resnext_lab.data.config import DataSettings, parse_settings
 from resnext_lab.errors import ConfigError, DataError
 
 #: Where data sets are downloaded when `data.root` is null (torchvision's usual `./data`).
@@ -34,14 +34,12 @@ class InMemoryDataModule(pl.LightningDataModule):
     std: ClassVar[tuple[float, ...]]
     #: Zero padding before the random crop when `data.augment` is true.
     crop_padding: ClassVar[int] = 4
-    #: Config defaults; the same values as `conf/data/<name>.yaml`.
-    defaults: ClassVar[dict[str, Any]]
-    #: Shape fields the data set fixes (`num_classes`, `in_channels`, `image_size`).
-    fixed: ClassVar[dict[str, int]]
+    #: The `data` node's schema: every field's default, type and range (config.py).
+    schema: ClassVar[type[DataSettings]]
 
     def __init__(self, cfg: Mapping[str, Any]) -> None:
         super().__init__()
-        self.settings: DataSettings = parse_settings(cfg, self.defaults, self.fixed)
+        self.settings: DataSettings = parse(self.schema, cfg, "data")
         self.num_classes = self.settings.num_classes
         self.in_channels = self.settings.in_channels
         self.image_size = self.settings.image_size

@@ -25,7 +25,6 @@ from omegaconf import DictConfig, OmegaConf
 from resnext_lab.errors import ConfigError, first_line
 from resnext_lab.tracking import has_credentials
 
-CONF_DIR = Path(__file__).resolve().parents[3] / "conf"
 SCALES = ("smoke", "proxy", "paper")
 #: Parallel-coordinates axes: W&B summary keys written by every training run, then the error.
 DESIGN_AXES = (
@@ -41,15 +40,12 @@ ERROR = "test/top1_err"
 
 def compose_experiment(name: str, scale: str) -> DictConfig:
     """The config `python run.py -m experiment=NAME scale=SCALE` composes (hydra node included)."""
-    from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
 
-    from resnext_lab.sweep import register_resolvers
+    from resnext_lab.config import compose
 
-    register_resolvers()
     try:
-        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-            return compose("config", overrides=[f"experiment={name}", f"scale={scale}"], return_hydra_config=True)
+        return compose([f"experiment={name}", f"scale={scale}"], hydra=True)
     except HydraException as exc:
         raise ConfigError(f"experiment={name} scale={scale}: cannot compose ({first_line(exc)})") from exc
 
