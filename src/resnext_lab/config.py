@@ -90,7 +90,9 @@ def choice(*values: str) -> Rule:
 
 
 def text(accepted: str, *, null: bool = False) -> Rule:
-    return Rule(lambda v: (null and v is None) or (isinstance(v, str) and v != ""), accepted + (" or null" if null else ""))
+    """A name or path; Hydra reads `name=2024` or `name=nan` as a number, which names it as well."""
+    return Rule(lambda v: (null and v is None) or (isinstance(v, str) and v != "") or _is_number(v),
+                accepted + (" or null" if null else ""), _or_none(str))
 
 
 def _devices(v: Any) -> bool:
