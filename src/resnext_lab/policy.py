@@ -49,7 +49,7 @@ def time_sweep(overrides: Sequence[str], launcher: Sequence[str], precision: str
     wall = time.perf_counter() - start
     from resnext_lab.results import load_sweep
 
-    results = load_sweep(out / "policy")
+    results = load_sweep(out)  # the sweep is out/policy, or out/<experiment>/<scale> with experiment=
     if proc.returncode != 0 or len(results) == 0:
         raise RuntimeError(f"the sweep failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
     return {"wall_s": round(wall, 1), "jobs": len(results),
