@@ -176,6 +176,27 @@ def test_packed_jobs_start_longest_first(tmp_path: Path) -> None:
     assert started == [("1", "trainer.max_epochs=2"), ("0", "trainer.max_epochs=1")], (stdout + stderr)[-3000:]
 
 
+def test_a_packed_sweep_runs_the_configs_it_started_with(tmp_path: Path) -> None:
+    """Every job is composed before the first starts: a config edited while the sweep runs changes no job."""
+    extra = tmp_path / "extra" / "optim"
+    extra.mkdir(parents=True)
+    (extra / "mine.yaml").write_text("defaults:\n  - schema\n  - _self_\nlr: 0.05\n")
+    proc = _start_packed(tmp_path, "frozen", 1, f"hydra.searchpath=[file://{tmp_path / 'extra'}]", "optim=mine",
+                         "seed=0,1")
+    try:
+        _wait_running(proc, tmp_path / "frozen", 1)
+        (extra / "mine.yaml").write_text("defaults:\n  - schema\n  - _self_\nlr: broken\n")
+        stdout, stderr = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, (stdout + stderr)[-3000:]
+    for job in ("seed=0", "seed=1"):
+        config = OmegaConf.load(tmp_path / "frozen" / job / ".hydra" / "config.yaml")
+        assert config.optim.lr == 0.05
+        assert json.loads((tmp_path / "frozen" / job / "results.json").read_text())["status"] == "completed"
+
+
 def test_a_killed_packed_sweep_leaves_no_worker_and_its_jobs_resumable(tmp_path: Path) -> None:
     """SIGKILL the sweep's own process (it cannot stop its workers): each worker interrupts its job as Ctrl-C
     would, records it as interrupted, and exits; nothing keeps training."""

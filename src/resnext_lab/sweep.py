@@ -208,10 +208,12 @@ def check_sweep(config: DictConfig, config_name: str | None) -> list[tuple[list[
     jobs = sweep_jobs(config)
     if not jobs:
         return []
+    # where configs are found: a job composes with the command line's hydra.searchpath, as the launcher's will
+    searchpath = [o for o in config.hydra.overrides.hydra if o.split("=", 1)[0].lstrip("+~") == "hydra.searchpath"]
     invalid, composed = [], []
     for overrides in jobs:
         try:
-            cfg = compose(config_name=config_name, overrides=overrides)
+            cfg = compose(config_name=config_name, overrides=[*searchpath, *overrides])
             validate(cfg)  # settings first: cheap, no torch import
             composed.append((overrides, cfg))
         except (ConfigError, HydraException, OmegaConfBaseException) as err:  # one line each

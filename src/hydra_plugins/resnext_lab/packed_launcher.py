@@ -7,7 +7,9 @@ thread count (OMP_NUM_THREADS), and runs one job after another as Hydra's basic 
 in its single process: imports and CUDA start-up are paid once per worker, not once per job.
 A worker that finishes a job takes the next one at once; there is no batch to wait for. The jobs
 start longest first (by multiply-adds, `plan.work`), so that the last one does not run alone while
-the other workers idle. Without GPUs, `jobs_per_device` workers share the CPU. A worker whose sweep
+the other workers idle. Every job's config is composed before the first job starts, so a sweep runs
+the conf/ it started with, whatever is edited while it runs. Without GPUs, `jobs_per_device` workers
+share the CPU. A worker whose sweep
 process is killed interrupts its job as Ctrl-C would (recorded, resumable) and exits.
 
 Workers' output goes to `<sweep dir>/.packed/worker-<k>.log`; each job also writes its own
@@ -99,10 +101,16 @@ class PackedLauncher(Launcher):
         self.task_function = task_function
         self.gpus = resolve_devices(self.devices)  # before the sweep starts: a bad value stops it here
 
-    def run_one(self, overrides: Sequence[str], idx: int) -> JobReturn:
+    def compose(self, overrides: Sequence[str]) -> DictConfig:
+        """One job's config, as Hydra's basic launcher composes it."""
+        assert self.hydra_context is not None and self.config is not None
+        return self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+
+    def run_one(self, overrides: Sequence[str], idx: int, sweep_config: DictConfig | None = None) -> JobReturn:
         """One job, in a worker: what Hydra's basic launcher does for each job of its sweep."""
         assert self.hydra_context is not None and self.config is not None and self.task_function is not None
-        sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+        if sweep_config is None:
+            sweep_config = self.compose(overrides)
         with open_dict(sweep_config):
             sweep_config.hydra.job.id = idx
             sweep_config.hydra.job.num = idx
@@ -111,18 +119,28 @@ class PackedLauncher(Launcher):
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         return ret
 
-    def _longest_first(self, job_overrides: Sequence[Sequence[str]]) -> list[int]:
+    def _composed(self, job_overrides: Sequence[Sequence[str]]) -> list[DictConfig | None]:
+        """Every job's config, composed before the first job starts: a sweep runs the conf/ it started with,
+        whatever is edited while it runs. None for a job that does not compose (its worker reports why)."""
+        configs: list[DictConfig | None] = []
+        for overrides in job_overrides:
+            try:
+                configs.append(self.compose(overrides))
+            except Exception:  # noqa: BLE001
+                configs.append(None)
+        return configs
+
+    @staticmethod
+    def _longest_first(configs: Sequence[DictConfig | None]) -> list[int]:
         """The jobs' indices, most work first (`plan.work`), so that no worker idles at the end while one long
         job runs alone; the sweep's order where a job does not compose or check (`sweep.skip_invalid`)."""
         from resnext_lab.plan import work
 
-        assert self.hydra_context is not None and self.config is not None
         try:
-            costs = [work(self.hydra_context.config_loader.load_sweep_config(self.config, list(o)))
-                     for o in job_overrides]
+            costs = [work(c) if c is not None else 0.0 for c in configs]
         except Exception:  # noqa: BLE001  (the job itself reports what is wrong with it)
-            return list(range(len(job_overrides)))
-        return sorted(range(len(job_overrides)), key=lambda i: -costs[i])  # stable: equal work keeps sweep order
+            return list(range(len(configs)))
+        return sorted(range(len(configs)), key=lambda i: -costs[i])  # stable: equal work keeps sweep order
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         import cloudpickle
@@ -146,7 +164,8 @@ class PackedLauncher(Launcher):
         names = _swept(job_overrides)
         workers = [_Worker(k, device, threads, sweep_dir / ".packed" / f"worker-{k}.log", payload)
                    for k, device in enumerate(devices)]
-        pending = deque((i, job_overrides[i]) for i in self._longest_first(job_overrides))
+        configs = self._composed(job_overrides)
+        pending = deque((i, job_overrides[i]) for i in self._longest_first(configs))
         results: list[JobReturn | None] = [None] * len(job_overrides)
         start = time.perf_counter()
         try:
@@ -154,7 +173,7 @@ class PackedLauncher(Launcher):
                 for w in workers:
                     if w.job is None and pending:
                         i, overrides = pending.popleft()
-                        w.start_job(i, list(overrides), initial_job_idx + i)
+                        w.start_job(i, list(overrides), initial_job_idx + i, configs[i])
                         log.info(f"\t#{initial_job_idx + i} {names[i]}: started on {w.where}")
                 busy = [w for w in workers if w.job is not None]
                 wait([c for w in busy for c in (w.conn, w.process.sentinel)])
@@ -191,11 +210,11 @@ class _Worker:
         self.process.start()
         child.close()
 
-    def start_job(self, i: int, overrides: list[str], idx: int) -> None:
+    def start_job(self, i: int, overrides: list[str], idx: int, config: DictConfig | None) -> None:
         if not self.process.is_alive():
             self._spawn()
         self.job = (i, time.perf_counter())
-        self.conn.send_bytes(pickle.dumps((overrides, idx)))
+        self.conn.send_bytes(pickle.dumps((overrides, idx, config)))
 
     def collect(self, overrides: Sequence[str], sweep_dir: Path) -> JobReturn:
         """The job's JobReturn. A worker that died in the job (killed, out of memory) fails it: in its
@@ -244,8 +263,8 @@ def _serve(conn: Connection, env: dict[str, str], log_path: str, payload: str) -
     threading.Thread(target=_interrupt_when_orphaned, args=(os.getppid(),), daemon=True).start()
     try:
         while message := conn.recv_bytes():
-            overrides, idx = pickle.loads(message)
-            ret = launcher.run_one(overrides, idx)
+            overrides, idx, config = pickle.loads(message)
+            ret = launcher.run_one(overrides, idx, config)
             try:
                 data = cloudpickle.dumps(ret)
             except Exception as err:  # an exception that does not pickle: keep its text
