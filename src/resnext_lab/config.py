@@ -171,6 +171,10 @@ def parse(schema: type[S], node: Mapping[str, Any] | None, prefix: str) -> S:
     return schema(**values)
 
 
+def _default(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+
+
 def defaults(schema: type) -> dict[str, Any]:
     """A schema's defaults as the plain node Hydra's ConfigStore holds (tuples as lists)."""
     out: dict[str, Any] = {}
@@ -178,7 +182,7 @@ def defaults(schema: type) -> dict[str, Any]:
         if "schema" in f.metadata:
             out[f.name] = defaults(f.metadata["schema"])
         else:
-            value = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+            value = _default(f)
             out[f.name] = list(value) if isinstance(value, tuple) else value
     return out
 
@@ -496,7 +500,7 @@ def _rows(schema: type, prefix: str) -> list[str]:
         if "schema" in f.metadata:
             rows += _rows(f.metadata["schema"], key)
             continue
-        value = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+        value = _default(f)
         shown = "null" if value is None else str(value).lower() if isinstance(value, bool) else \
             str(list(value)) if isinstance(value, tuple) else str(value)
         rows.append(f"| `{key}` | `{shown}` | {f.metadata['rule'].accepted} | {f.metadata['doc']} |")

@@ -9,8 +9,8 @@ A worker that finishes a job takes the next one at once; there is no batch to wa
 start longest first (by multiply-adds, `plan.work`), so that the last one does not run alone while
 the other workers idle. Every job's config is composed before the first job starts, so a sweep runs
 the conf/ it started with, whatever is edited while it runs. Without GPUs, `jobs_per_device` workers
-share the CPU. A worker whose sweep
-process is killed interrupts its job as Ctrl-C would (recorded, resumable) and exits.
+share the CPU. A worker whose sweep process is killed interrupts its job as Ctrl-C would (recorded,
+resumable) and exits.
 
 Workers' output goes to `<sweep dir>/.packed/worker-<k>.log`; each job also writes its own
 log in its folder, as in any sweep. What a job computes does not depend on the packing: the
@@ -133,7 +133,8 @@ class PackedLauncher(Launcher):
     @staticmethod
     def _longest_first(configs: Sequence[DictConfig | None]) -> list[int]:
         """The jobs' indices, most work first (`plan.work`), so that no worker idles at the end while one long
-        job runs alone; the sweep's order where a job does not compose or check (`sweep.skip_invalid`)."""
+        job runs alone. A job that did not compose counts as no work; where one does not check
+        (`sweep.skip_invalid`), the sweep's order."""
         from resnext_lab.plan import work
 
         try:
