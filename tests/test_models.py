@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import math
 
 import pytest
 import torch
 import torchvision
+from omegaconf import OmegaConf
 from torch.utils.flop_counter import FlopCounterMode
 
 from resnext_lab.models import ConfigError, ModelSpec, build, complexity, convert, spec_from_config
@@ -134,6 +137,10 @@ def test_width_solver_custom_reference_and_infeasible():
         ({"stage_blocks": [1, 2]}, r"model.stage_blocks=\[1, 2\]: the imagenet template takes 4 integers"),
         ({"depth": 50, "residual": "maybe"}, r"model.residual='maybe'"),
         ({"depth": 50, "width": "auto", "match": "speed"}, r"model.match='speed'"),
+        ({"depth": 50, "init": "xavier"}, r"model.init='xavier': must be one of official, per_path"),
+        ({"depth": 50, "zero_init_last_bn": 1}, r"model.zero_init_last_bn=1: must be true or false"),
+        ({"depth": 50, "zero_init_last_bn": True, "residual": False}, r"zero_init_last_bn=true needs model.residual"),
+        ({"depth": 50, "zero_init_last_bn": True, "residual": False, "width": "auto"}, r"zero_init_last_bn=true needs"),
     ],
 )
 def test_bad_model_config_is_one_clear_line(cfg, pattern):
@@ -224,3 +231,132 @@ def test_converted_forms_give_equal_outputs_and_gradients(spec, target, train):
 def test_convert_rejects_unknown_form():
     with pytest.raises(ConfigError, match="model.block='d'"):
         convert(build(EQUIVALENCE[0]), "d")
+
+
+# --- initialisation: one function in every form, and the init named in the spec -------------------
+
+FORMS_SPEC = EQUIVALENCE[0]  # cifar, C=4
+
+
+def _build_at(spec, seed):
+    torch.manual_seed(seed)
+    return build(spec)
+
+
+@pytest.mark.parametrize("init", ["official", "per_path"])
+@pytest.mark.parametrize("train", [True, False])
+def test_forms_built_at_one_seed_are_one_function(init, train):
+    """`build` draws every form as the grouped one: a gap between forms cannot come from their init."""
+    spec = dataclasses.replace(FORMS_SPEC, init=init)
+    x = torch.randn(4, spec.in_channels, spec.image_size, spec.image_size)
+    models, after = {}, {}
+    for b in ("grouped", "aggregated", "concat"):
+        models[b] = _build_at(dataclasses.replace(spec, block=b), 0)
+        after[b] = torch.rand(3)  # the RNG is left in the same state too
+    logits = {b: m.train(train)(x).detach() for b, m in models.items()}
+    for b in ("aggregated", "concat"):
+        assert_close_to_scale(logits[b], logits["grouped"], b)
+        torch.testing.assert_close(after[b], after["grouped"], rtol=0, atol=0)
+
+
+def _sgd_losses(model, x, y, steps=20):
+    # a small lr: at 0.01-0.05 this tiny net's training amplifies a 1e-7 rounding difference about
+    # tenfold a step, between two copies of one form as much as between forms
+    opt = torch.optim.SGD(model.parameters(), lr=0.005, momentum=0.9)
+    losses = []
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return torch.tensor(losses, dtype=torch.float64)
+
+
+def test_forms_train_alike_from_one_seed():
+    spec = FORMS_SPEC
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(8, spec.in_channels, spec.image_size, spec.image_size, generator=gen)
+    y = torch.randint(0, spec.num_classes, (8,), generator=gen)
+    losses = {b: _sgd_losses(_build_at(dataclasses.replace(spec, block=b), 0).train(), x, y)
+              for b in ("grouped", "aggregated", "concat")}
+    assert losses["grouped"][-1] < 0.5 * losses["grouped"][0]  # it did train
+    for b in ("aggregated", "concat"):
+        torch.testing.assert_close(losses[b], losses["grouped"], rtol=1e-4, atol=0)
+
+
+# wide enough to measure a std: the first stage's grouped 3x3 has 8 groups of 32 channels
+INIT_SPEC = ModelSpec(template="cifar", stage_blocks=(1, 1, 1), cardinality=8, width=32, num_classes=10, image_size=8)
+
+
+@pytest.mark.parametrize("init", ["official", "per_path"])
+def test_each_conv_is_drawn_with_its_inits_std(init):
+    model = _build_at(dataclasses.replace(INIT_SPEC, init=init), 0)
+    grouped = model.blocks()[0].conv2[0]
+    assert (grouped.groups, grouped.out_channels) == (8, 256)
+    per_conv = 9 * 256 if init == "official" else 9 * 256 / 8
+    # 74k draws: the sample std is within 0.3% of the true one (one sigma)
+    assert grouped.weight.std().item() == pytest.approx((2 / per_conv) ** 0.5, rel=0.02)
+    ungrouped = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.groups == 1]
+    assert len(ungrouped) == 10  # stem, and each block's two 1x1s and shortcut
+    for conv in ungrouped:
+        fan_out = conv.out_channels * math.prod(conv.kernel_size)
+        assert conv.weight.std().item() == pytest.approx((2 / fan_out) ** 0.5, rel=0.05)
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert all((bn.weight == 1).all() and (bn.bias == 0).all() for bn in bns)
+
+
+def test_official_init_is_torchvisions_draw_for_draw():
+    """`official` reproduces kaiming_normal_(mode="fan_out") exactly, so earlier runs' seeds still hold."""
+    ours = build(INIT_SPEC)
+    reference = copy.deepcopy(ours)
+    torch.manual_seed(5)
+    ours.reset_parameters()
+    torch.manual_seed(5)
+    for m in reference.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+    for (k, v), (k2, v2) in zip(ours.state_dict().items(), reference.state_dict().items(), strict=True):
+        assert k == k2
+        torch.testing.assert_close(v, v2, rtol=0, atol=0, msg=k)
+
+
+def test_per_path_changes_only_grouped_convs():
+    official = _build_at(INIT_SPEC, 0).state_dict()
+    per_path = _build_at(dataclasses.replace(INIT_SPEC, init="per_path"), 0).state_dict()
+    changed = {k for k in official if not torch.equal(official[k], per_path[k])}
+    assert changed == {f"stages.{i}.0.conv2.0.weight" for i in range(3)}
+
+
+@pytest.mark.parametrize("block", ["grouped", "aggregated", "concat"])
+@pytest.mark.parametrize("zero", [True, False])
+def test_zero_init_last_bn(block, zero):
+    spec = dataclasses.replace(FORMS_SPEC, block=block, zero_init_last_bn=zero)
+    model = _build_at(spec, 0)
+    for b in model.blocks():
+        assert (b.last_bn().weight == (0 if zero else 1)).all()
+    x = torch.randn(2, spec.in_channels, spec.image_size, spec.image_size)
+    grouped = _build_at(dataclasses.replace(spec, block="grouped"), 0)
+    assert_close_to_scale(model(x).detach(), grouped(x).detach())
+
+
+def test_init_settings_are_recorded_and_change_no_count():
+    spec = dataclasses.replace(INIT_SPEC, init="per_path", zero_init_last_bn=True)
+    assert spec.summary()["init"] == "per_path" and spec.summary()["zero_init_last_bn"] is True
+    assert ModelSpec().summary()["init"] == "official" and ModelSpec().summary()["zero_init_last_bn"] is False
+    assert complexity(spec) == complexity(INIT_SPEC)
+
+
+def test_init_settings_compose_as_plain_overrides():
+    from resnext_lab.config import compose
+
+    def spec(*overrides):
+        return spec_from_config(OmegaConf.to_container(compose(list(overrides)).model, resolve=True))
+
+    assert (spec().init, spec().zero_init_last_bn) == ("official", False)
+    got = spec("model.init=per_path", "model.zero_init_last_bn=true")
+    assert (got.init, got.zero_init_last_bn) == ("per_path", True)
+    with pytest.raises(ConfigError, match=r"^model.init='fancy': must be one of official, per_path$"):
+        spec("model.init=fancy")
+    with pytest.raises(ConfigError, match=r"^model.zero_init_last_bn=true needs model.residual=true"):
+        spec("model.zero_init_last_bn=true", "model.residual=false")

@@ -10,6 +10,12 @@ BN follows every conv; in (a) the last BN comes after the sum, as in the paper.
 ReLU follows each BN except at the block output, where it follows the addition.
 The stride sits in the 3x3 conv; a projection shortcut (1x1 conv + BN) is used
 where the shape changes, and `residual=False` removes every shortcut.
+
+Given equal weights the three forms compute the same outputs and gradients, but
+drawing each form's own weights does not give equal weights: the official init
+draws a conv from N(0, 2 / fan_out), and torch's fan_out of the grouped 3x3 is
+9 * C * d, not a path's 9 * d, so form (c) would start sqrt(C) smaller than (a)
+and (b). `models.build` therefore draws every form as form (c) and converts it.
 """
 
 from __future__ import annotations
@@ -67,6 +73,10 @@ class Bottleneck(nn.Module):
     def load_grouped_state(self, state: dict[str, Tensor]) -> None:
         raise NotImplementedError
 
+    def last_bn(self) -> nn.BatchNorm2d:
+        """The BN before the addition, whose gamma `zero_init_last_bn` sets to 0 (form c's conv3 BN)."""
+        raise NotImplementedError
+
 
 class GroupedBlock(Bottleneck):
     """Form (c): one grouped 3x3 convolution with `cardinality` groups."""
@@ -82,6 +92,9 @@ class GroupedBlock(Bottleneck):
         x = self.relu(self.conv1(x))
         x = self.relu(self.conv2(x))
         return self.conv3(x)
+
+    def last_bn(self) -> nn.BatchNorm2d:
+        return self.conv3[1]
 
     def grouped_state(self) -> dict[str, Tensor]:
         return {f"conv{i}.{k}": v for i in (1, 2, 3) for k, v in getattr(self, f"conv{i}").state_dict().items()}
@@ -142,6 +155,9 @@ class ConcatBlock(_PathsBlock):
     def transform(self, x: Tensor) -> Tensor:
         return self.conv3(torch.cat([path(x) for path in self.paths], dim=1))
 
+    def last_bn(self) -> nn.BatchNorm2d:
+        return self.conv3[1]
+
     def grouped_state(self) -> dict[str, Tensor]:
         state = self._paths_grouped_state()
         state.update({f"conv3.{k}": v for k, v in self.conv3.state_dict().items()})
@@ -163,6 +179,9 @@ class AggregatedBlock(_PathsBlock):
     def transform(self, x: Tensor) -> Tensor:
         out = sum(expand(path(x)) for path, expand in zip(self.paths, self.expand, strict=True))
         return self.bn3(out)
+
+    def last_bn(self) -> nn.BatchNorm2d:
+        return self.bn3
 
     def grouped_state(self) -> dict[str, Tensor]:
         state = self._paths_grouped_state()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 from torch import Tensor, nn
@@ -16,7 +17,8 @@ class ResNeXt(nn.Module):
 
     The imagenet template's stem is a 7x7/2 conv and a 3x3/2 max pool (paper
     Table 1); the cifar template's a 3x3 conv (Sec. 5.3). Stage i > 0 halves the
-    resolution in its first block.
+    resolution in its first block. Build it with `build`, which draws every block
+    form alike; constructed directly, each form draws its own weights.
     """
 
     def __init__(self, spec: ModelSpec) -> None:
@@ -46,13 +48,28 @@ class ResNeXt(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """The official code's init: N(0, sqrt(2 / (k*k*C_out))) convs, BN weight 1 and bias 0."""
+        """Draw the weights as `spec.init` and `spec.zero_init_last_bn` say; the fc keeps torch's default.
+
+        `official` is the official code's and torchvision's init: BN gamma 1 and beta 0, each conv
+        from N(0, 2 / fan_out) with fan_out = k*k*C_out as torch counts it, ignoring groups. So a
+        grouped 3x3 conv of C groups starts sqrt(C) smaller than its paths built as their own
+        convs. `per_path` draws each group as its own conv, with fan_out = k*k*C_out/groups; convs
+        with groups=1 are drawn exactly as under `official`. `zero_init_last_bn` sets gamma to 0
+        on each block's last BN (Goyal et al. 2017), so every block starts as its shortcut.
+
+        This draws the network's own block form; `build` draws every form as the grouped one.
+        """
+        per_path = {"official": False, "per_path": True}[self.spec.init]
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                fan_out = m.out_channels * math.prod(m.kernel_size) / (m.groups if per_path else 1)
+                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0) / math.sqrt(fan_out))
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+        if self.spec.zero_init_last_bn:
+            for block in self.blocks():
+                nn.init.zeros_(block.last_bn().weight)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.stages(self.stem(x))
@@ -63,7 +80,15 @@ class ResNeXt(nn.Module):
 
 
 def build(spec: ModelSpec) -> ResNeXt:
-    return ResNeXt(spec)
+    """The network `spec` describes, initialised so that its block form does not matter.
+
+    Every form is drawn as the grouped form (c) and converted, so at one RNG state the three
+    forms are one function, with the same gradients, and they leave the RNG in the same state:
+    they differ only in speed and memory. Training and benchmarks build through here.
+    """
+    if spec.block == "grouped":
+        return ResNeXt(spec)
+    return convert(ResNeXt(dataclasses.replace(spec, block="grouped")), spec.block)
 
 
 def convert(model: ResNeXt, block: str) -> ResNeXt:
@@ -74,7 +99,10 @@ def convert(model: ResNeXt, block: str) -> ResNeXt:
     """
     if block not in BLOCKS:
         raise ConfigError(f"model.block={block!r}: must be one of {', '.join(BLOCKS)}")
-    target = ResNeXt(dataclasses.replace(model.spec, block=block)).to(next(model.parameters()).device)
+    # built without drawing anything, since every tensor is overwritten: the RNG stays as it was
+    with torch.device("meta"):
+        target = ResNeXt(dataclasses.replace(model.spec, block=block))
+    target = target.to_empty(device=next(model.parameters()).device)
     target.train(model.training)
     with torch.no_grad():
         target.stem.load_state_dict(model.stem.state_dict())

@@ -17,6 +17,7 @@ from resnext_lab.errors import ConfigError
 TEMPLATES = ("imagenet", "cifar")
 BLOCKS = ("grouped", "aggregated", "concat")
 MATCH = ("params", "flops")
+INITS = ("official", "per_path")
 
 #: ImageNet template depths (paper Table 1 and the 200-layer net of Table 4).
 IMAGENET_STAGE_BLOCKS: dict[int, tuple[int, ...]] = {
@@ -36,6 +37,8 @@ class ModelSpec:
     `width` is d, the bottleneck width of one path in the first stage; the
     grouped width of stage i is `cardinality * width * 2**i`. Block output
     widths are `256 * 2**i` scaled by `width_scale`, the stem `64 * width_scale`.
+    `init` and `zero_init_last_bn` choose the initialisation (`ResNeXt.reset_parameters`);
+    they change neither params nor FLOPs, but they are part of what a run trained.
     """
 
     template: str = "imagenet"
@@ -48,6 +51,15 @@ class ModelSpec:
     in_channels: int = 3
     image_size: int = 224
     width_scale: float = 1.0
+    init: str = "official"
+    zero_init_last_bn: bool = False
+
+    def __post_init__(self) -> None:
+        if self.zero_init_last_bn and not self.residual:
+            raise ConfigError(
+                "model.zero_init_last_bn=true needs model.residual=true: without shortcuts a zero gamma "
+                "silences every block, and nothing would train"
+            )
 
     @property
     def depth(self) -> int:
@@ -115,6 +127,12 @@ def _choice(name: str, value: Any, accepted: tuple[str, ...]) -> str:
     return value
 
 
+def _bool_field(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"model.{name}={value!r}: must be true or false")
+    return value
+
+
 def spec_from_config(cfg: Mapping[str, Any], **data: int) -> ModelSpec:
     """Validate a `model` config node and turn it into a spec.
 
@@ -146,9 +164,7 @@ def spec_from_config(cfg: Mapping[str, Any], **data: int) -> ModelSpec:
         if depth is None:
             raise ConfigError("model.depth=null: set model.depth or model.stage_blocks")
         blocks = stage_blocks_for(template, _int_field("depth", depth))
-    residual = cfg.get("residual", True)
-    if not isinstance(residual, bool):
-        raise ConfigError(f"model.residual={residual!r}: must be true or false")
+    residual = _bool_field("residual", cfg.get("residual", True))
     scale = cfg.get("width_scale", 1.0)
     if isinstance(scale, bool) or not isinstance(scale, int | float) or not scale > 0:
         raise ConfigError(f"model.width_scale={scale!r}: must be a number > 0")
@@ -163,6 +179,8 @@ def spec_from_config(cfg: Mapping[str, Any], **data: int) -> ModelSpec:
         in_channels=_int_field("in_channels", data.get("in_channels", cfg.get("in_channels", 3))),
         image_size=_int_field("image_size", data.get("image_size", cfg.get("image_size", 224))),
         width_scale=float(scale),
+        init=_choice("init", cfg.get("init", "official"), INITS),
+        zero_init_last_bn=_bool_field("zero_init_last_bn", cfg.get("zero_init_last_bn", False)),
     )
     width = cfg.get("width", 64)
     if width == "auto":
