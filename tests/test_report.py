@@ -43,6 +43,9 @@ from resnext_lab.report import (  # noqa: E402
     write_report,
 )
 from resnext_lab.report.__main__ import main  # noqa: E402
+from resnext_lab.report.collect import lookup  # noqa: E402
+from resnext_lab.report.stats import holm, paper_ordering, seeds_needed_range  # noqa: E402
+from resnext_lab.report.tables import analyse  # noqa: E402
 
 # Final test/top1_err per (depth, cardinality) and seed; None = a job of that seed failed/diverged.
 RUNS: dict[tuple[int, int], dict[int, float | str]] = {
@@ -246,87 +249,175 @@ def test_welch_interval_matches_scipy() -> None:
 
 def test_too_few_seeds_has_no_interval() -> None:
     diff = difference([9.0], [10.0, 10.5], [1], [1, 2])  # one shared seed: Welch, and one side has n=1
-    assert diff.delta == pytest.approx(-1.25) and not diff.has_interval
-    assert verdict(diff, 22.0, 23.0) == "inconclusive"
+    assert diff.delta == pytest.approx(-1.25) and not diff.has_interval and diff.p is None
+    assert verdict(diff, None, None) == "inconclusive"
     assert difference([], [1.0, 2.0]).delta is None
 
 
+def test_p_values_and_tost_are_scipys() -> None:
+    cell, base = [9.6, 10.1, 9.7, 9.9], [10.2, 10.8, 10.5, 10.4]
+    paired = difference(cell, base, [1, 2, 3, 4], [1, 2, 3, 4], margin=1.0)
+    d = np.subtract(cell, base)
+    assert paired.p == pytest.approx(sps.ttest_rel(cell, base).pvalue)
+    assert paired.p_equiv == pytest.approx(max(sps.ttest_1samp(d, -1.0, alternative="greater").pvalue,
+                                               sps.ttest_1samp(d, 1.0, alternative="less").pvalue))
+    unpaired = welch(cell, base, margin=1.0)
+    assert unpaired.p == pytest.approx(sps.ttest_ind(cell, base, equal_var=False).pvalue)
+    x, y = np.asarray(cell), np.asarray(base)
+    assert unpaired.p_equiv == pytest.approx(max(
+        sps.ttest_ind(x + 1.0, y, equal_var=False, alternative="greater").pvalue,
+        sps.ttest_ind(x - 1.0, y, equal_var=False, alternative="less").pvalue))
+
+
+def test_holm_by_hand() -> None:
+    """Sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1 -> 0.02, 0.03, 0.06, 0.04 -> monotone: 0.06 for both last."""
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.02, None, 0.03]) == pytest.approx([0.04, None, 0.04])  # None: not tested, not counted
+    assert holm([0.6, 0.7]) == [1.0, 1.0]
+
+
 @pytest.mark.parametrize(
-    ("low", "high", "paper_cell", "paper_base", "expected"),
+    ("delta", "p_adj", "p_eq", "test", "expected"),
     [
-        (-0.9, -0.4, 23.0, 23.9, "holds"),
-        (0.1, 1.3, 22.6, 23.9, "reversed"),
-        (-0.4, 0.6, 21.2, 22.0, "inconclusive"),
-        (0.2, 0.5, 31.2, 23.9, "holds"),  # the paper predicts a higher error (no shortcuts)
-        (-0.9, -0.4, None, 23.9, "no paper value"),
-        (-0.9, -0.4, 21.3, 21.3, "paper tie"),
+        (-0.6, 0.01, None, "difference", "better"),
+        (0.6, 0.01, None, "difference", "worse"),
+        (0.6, 0.2, None, "difference", "inconclusive"),
+        (0.1, 0.2, 0.01, "difference", "equivalent"),
+        (0.1, 0.2, 0.01, "equivalence", "equivalent"),
+        (0.9, 0.01, 0.3, "equivalence", "differ"),
+        (0.1, 0.3, 0.3, "equivalence", "not shown equal"),
     ],
 )
-def test_verdict(low: float, high: float, paper_cell: float | None, paper_base: float, expected: str) -> None:
-    diff = Difference((low + high) / 2, low, high, "welch", 4)
-    assert verdict(diff, paper_cell, paper_base) == expected
+def test_verdict_reads_adjusted_p(delta: float, p_adj: float, p_eq: float | None, test: str, expected: str) -> None:
+    diff = Difference(delta, delta - 0.2, delta + 0.2, "paired", 5)
+    assert verdict(diff, p_adj, p_eq, test) == expected
+    assert verdict(None, 0.01, None) == "missing"
 
 
-def test_verdict_missing_and_baseline() -> None:
-    assert verdict(None, 22.2, 23.9) == "missing"
-    assert verdict(difference([], [1.0, 2.0]), 22.2, 23.9) == "missing"
-    assert verdict(None, 23.9, 23.9, is_baseline=True) == "baseline"
+@pytest.mark.parametrize(
+    ("measured", "paper_cell", "paper_base", "expected"),
+    [
+        ("better", 23.0, 23.9, "holds"),
+        ("worse", 22.6, 23.9, "reversed"),
+        ("inconclusive", 21.2, 22.0, "not shown"),
+        ("worse", 31.2, 23.9, "holds"),  # the paper predicts a higher error (no shortcuts)
+        ("better", None, 23.9, "no paper value"),
+        ("equivalent", 22.2, 22.2, "holds"),  # the paper's tie is confirmed only by equivalence
+        ("not shown equal", 22.2, 22.2, "not shown"),
+        ("differ", 22.2, 22.2, "reversed"),
+        ("equivalent", 21.3, 22.0, "not shown"),
+    ],
+)
+def test_paper_ordering(measured: str, paper_cell: float | None, paper_base: float, expected: str) -> None:
+    assert paper_ordering(measured, paper_cell, paper_base) == expected
+
+
+def test_seeds_needed_range_widens_with_few_seeds() -> None:
+    few = difference([9.6, 10.1, 9.7], [10.2, 10.8, 10.5], [1, 2, 3], [1, 2, 3])
+    many = difference(list(np.linspace(9, 10, 12)), list(np.linspace(9.2, 10.3, 12)), list(range(12)),
+                      list(range(12)))
+    r_few, r_many = seeds_needed_range(0.5, few), seeds_needed_range(0.5, many)
+    assert r_few.low <= r_few.n and (r_few.high is None or r_few.high >= r_few.n)
+    assert (r_few.high or 10**4) - r_few.low > (r_many.high or 10**4) - r_many.low
 
 
 # --- tables --------------------------------------------------------------------------------------------------------
 
 
+def _outcome(outcomes: list[Any], name: str) -> Any:
+    return next(o for o in outcomes if o.name == name)
+
+
 def test_render_statistics_and_verdicts(sweep: Path) -> None:
     markdown, frame = render(load_results(sweep), TABLE)
     assert len(frame) == 7  # one line per cell, none dropped
+    _, outcomes = analyse(load_results(sweep), validate_table(TABLE))
 
     base = _record(frame, "50-layer", "1x64d")
-    assert base["verdict"] == "baseline" and base["n"] == 3
+    assert base["state"] == "baseline" and base["n"] == 3
     assert base["mean"] == pytest.approx(np.mean(_values(50, 1)))
     assert base["std"] == pytest.approx(np.std(_values(50, 1), ddof=1))
+    assert base["trained"] == "50 layers, 1x64d"
 
-    c2 = _record(frame, "50-layer", "2x40d")
-    ref = sps.ttest_rel(_values(50, 2), _values(50, 1)).confidence_interval(0.95)
-    assert c2["ci_method"] == "paired" and c2["verdict"] == "holds"
-    assert (c2["ci_low"], c2["ci_high"]) == (pytest.approx(ref.low), pytest.approx(ref.high))
+    # one family: every cell against its row baseline; Holm over the tests that could run
+    c2 = _outcome(outcomes, "2x40d vs 50-layer / 1x64d")
+    ref = sps.ttest_rel(_values(50, 2), _values(50, 1))
+    assert c2.diff.method == "paired" and c2.diff.p == pytest.approx(ref.pvalue)
+    assert (c2.diff.low, c2.diff.high) == (pytest.approx(ref.confidence_interval().low),
+                                           pytest.approx(ref.confidence_interval().high))
+    tested = [o for o in outcomes if o.diff is not None and o.diff.p is not None]
+    assert {o.family_size for o in tested} == {len(tested)}
+    assert holm([o.diff.p for o in tested]) == pytest.approx([o.p_adj for o in tested])
+    for o in tested:
+        assert o.verdict == verdict(o.diff, o.p_adj, None)
 
     c4 = _record(frame, "50-layer", "4x24d")
-    ref = sps.ttest_rel(_values(50, 4), _values(50, 1)[:2]).confidence_interval(0.95)
-    assert c4["n"] == 2 and c4["excluded"] == "1 failed" and c4["verdict"] == "reversed"
-    assert (c4["ci_low"], c4["ci_high"]) == (pytest.approx(ref.low), pytest.approx(ref.high))
+    assert c4["n"] == 2 and c4["excluded"] == "1 failed"
+    assert _outcome(outcomes, "4x24d vs 50-layer / 1x64d").diff.n == 2
 
     missing = _record(frame, "50-layer", "32x4d")
-    assert missing["verdict"] == "missing" and missing["n"] == 0 and missing["jobs"] == 0
+    assert missing["state"] == "missing" and missing["n"] == 0 and missing["jobs"] == 0
+    assert _outcome(outcomes, "50-layer / 32x4d vs 50-layer / 1x64d").verdict == "missing"
 
-    c32 = _record(frame, "101-layer", "32x4d")
-    assert c32["verdict"] == "inconclusive" and c32["excluded"] == "1 diverged"
-    assert _record(frame, "101-layer", "8x14d")["verdict"] == "no paper value"
+    assert _record(frame, "101-layer", "32x4d")["excluded"] == "1 diverged"
+    assert _outcome(outcomes, "8x14d vs 101-layer / 1x64d").paper in ("no paper value",)
 
     lines = markdown.splitlines()
     assert lines[0] == "## Table 3 (proxy): cardinality vs width"
     line_32 = next(line for line in lines if "| 32x4d |" in line and "22.2" in line)
     assert "missing" in line_32
     line_4 = next(line for line in lines if "| 4x24d |" in line)
-    assert "1 failed" in line_4 and "reversed" in line_4 and "(n=2)" in line_4
+    assert "1 failed" in line_4 and "(n=2)" in line_4
     assert "1 diverged" in next(line for line in lines if "| 32x4d |" in line and "21.2" in line)
+    assert "### Contrasts" in markdown and "p (Holm)" in markdown
     assert "unreadable results.json" in markdown and "1 job(s) of the sweep match no cell" in markdown
+
+
+def test_declared_contrasts_complexity_multiple_and_exclusion(sweep: Path) -> None:
+    """Table 4's shape: contrasts between cells in named families, a cell declared at 2x its row baseline's
+    complexity, and an exclusion rule that removes a row's jobs and leaves it not interpretable."""
+    table = {**TABLE, "min_effect": 0.5, "exclude": "first_epoch_above_chance",
+             "contrasts": [{"cell": "8x14d", "vs": "101-layer / 32x4d", "family": "primary"},
+                           {"cell": "8x14d", "vs": "101-layer / 1x64d", "family": "secondary"},
+                           {"cell": "2x40d", "vs": "50-layer / 1x64d", "family": "secondary"}]}
+    rows = [dict(r) for r in table["rows"]]
+    rows[1] = {**rows[1], "cells": [*rows[1]["cells"][:2], {**rows[1]["cells"][2], "complexity": 2}]}
+    table["rows"] = rows
+    results = load_results(sweep)
+    for job in results:  # every 101-layer job's loss began above chance
+        if lookup(job, "model.depth") == 101 and job.get("status") == "completed":
+            pd.DataFrame([{"epoch": 0, "step": 1, "train/loss": 3.0}]).to_csv(job["_dir"] / "csv" / "metrics.csv",
+                                                                               index=False)
+    markdown, frame = render(results, table)
+    _, outcomes = analyse(results, validate_table(table))
+    assert [(o.family, o.verdict) for o in outcomes] == [("primary", "not interpretable"),
+                                                          ("secondary", "not interpretable"),
+                                                          ("secondary", verdict(outcomes[2].diff, outcomes[2].p_adj,
+                                                                                outcomes[2].p_equiv_adj))]
+    assert outcomes[2].family_size == 1 and outcomes[2].p_adj == pytest.approx(outcomes[2].diff.p)
+    assert outcomes[2].seeds is not None  # min effect declared
+    c8 = _record(frame, "101-layer", "8x14d")
+    assert c8["state"] == "not interpretable" and c8["complexity_multiple"] == 2
+    base_params = _record(frame, "101-layer", "1x64d")["params"]
+    assert c8["params_vs_reference"] == pytest.approx(c8["params"] / (2 * base_params) - 1)
+    assert "Excluded by `first_epoch_above_chance`" in markdown and "101-layer / 1x64d, seed 1" in markdown
 
 
 def test_omitted_cell_says_why_and_a_run_one_still_counts(sweep: Path) -> None:
     omitted = [{"match": {"model.cardinality": 32}, "why": "no integer d within 5% at this width"}]
     markdown, frame = render(load_results(sweep), {**TABLE, "omitted": omitted})
     left_out = _record(frame, "50-layer", "32x4d")  # no job: left out on purpose
-    assert left_out["verdict"] == "not run" and left_out["excluded"] == "not run: no integer d within 5% at this width"
+    assert left_out["state"] == "not run" and left_out["excluded"] == "not run: no integer d within 5% at this width"
     assert "not run: no integer d within 5% at this width" in markdown
-    assert _record(frame, "101-layer", "32x4d")["verdict"] == "inconclusive"  # it has jobs: reported as run
+    assert _record(frame, "101-layer", "32x4d")["state"] == ""  # it has jobs: reported as run
 
 
 def test_render_welch_when_not_paired(sweep: Path) -> None:
-    _, frame = render(load_results(sweep), {**TABLE, "paired_by": None})
-    c2 = _record(frame, "50-layer", "2x40d")
+    _, outcomes = analyse(load_results(sweep), validate_table({**TABLE, "paired_by": None}))
+    c2 = _outcome(outcomes, "2x40d vs 50-layer / 1x64d")
     ref = sps.ttest_ind(_values(50, 2), _values(50, 1), equal_var=False).confidence_interval(0.95)
-    assert c2["ci_method"] == "welch"
-    assert (c2["ci_low"], c2["ci_high"]) == (pytest.approx(ref.low), pytest.approx(ref.high))
+    assert c2.diff.method == "welch"
+    assert (c2.diff.low, c2.diff.high) == (pytest.approx(ref.low), pytest.approx(ref.high))
 
 
 @pytest.mark.parametrize(
@@ -339,6 +430,10 @@ def test_render_welch_when_not_paired(sweep: Path) -> None:
         ({"rows": [{"label": "r", "cells": [{"label": "a"}]}]}, r"cells\[0\]\.match"),
         ({"omitted": [{"match": {"seed": 1}}]}, r"report\.omitted\[0\]"),
         ({"omitted": "C=8"}, "report.omitted"),
+        ({"min_effect": -1}, "report.min_effect"),
+        ({"test": "equivalence"}, "needs report.min_effect"),
+        ({"exclude": "after_the_fact"}, "report.exclude"),
+        ({"contrasts": [{"cell": "2x40d", "vs": "nowhere"}]}, r"report.contrasts\[0\]"),
     ],
 )
 def test_bad_table_definition(change: dict[str, Any], message: str) -> None:
@@ -352,14 +447,19 @@ def test_write_report_files(sweep: Path, tmp_path: Path) -> None:
     out = tmp_path / "report" / "table3"
     written = write_report(sweep, TABLE, out)
     names = [p.name for p in written]
-    assert names == ["table.md", "table.csv", "curves.png", "size.png", "bars.png"]
+    assert names == ["table.md", "table.csv", "per_seed.csv", "contrasts.csv", "curves.png", "size.png", "bars.png"]
+    seeds = pd.read_csv(out / "per_seed.csv")
+    assert list(seeds.columns) == ["row", "cell", "seed", "metric", "value", "excluded"]
+    two = seeds[(seeds.cell == "2x40d") & (seeds.metric == "test/top1_err")].sort_values("seed")
+    assert list(two.value) == pytest.approx(_values(50, 2))
+    assert len(pd.read_csv(out / "contrasts.csv")) == 5
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
     csv = pd.read_csv(out / "table.csv")
     assert len(csv) == 7
-    assert csv.set_index(["row", "cell"]).loc[("50-layer", "32x4d"), "verdict"] == "missing"
+    assert csv.set_index(["row", "cell"]).loc[("50-layer", "32x4d"), "state"] == "missing"
     assert csv.set_index(["row", "cell"]).loc[("50-layer", "4x24d"), "excluded"] == "1 failed"
     assert "skipped" not in (out / "table.md").read_text()
-    for png in written[2:]:
+    for png in written[4:]:
         assert png.stat().st_size > 10_000
         with Image.open(png) as image:
             image.verify()
@@ -375,7 +475,8 @@ def test_write_report_skips_plots_without_data(tmp_path: Path) -> None:
     out.mkdir()
     (out / "curves.png").write_bytes(b"stale")
     written = write_report(sweep, TABLE, out)
-    assert [p.name for p in written] == ["table.md", "table.csv", "size.png", "bars.png"]
+    assert [p.name for p in written] == ["table.md", "table.csv", "per_seed.csv", "contrasts.csv", "size.png",
+                                         "bars.png"]
     assert not (out / "curves.png").exists()
     assert "curves.png skipped: no metrics.csv" in (out / "table.md").read_text()
 

@@ -35,6 +35,8 @@ PRECISIONS = ("auto", "32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "6
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu", "hpu")
 TASKS = ("train", "complexity", "plan")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
+#: `report.exclude`: the rules report/checks.py codes
+EXCLUSION_RULES = ("first_epoch_above_chance",)
 
 
 class Rule(NamedTuple):
@@ -270,16 +272,23 @@ class Logger:
 
 @dataclasses.dataclass(frozen=True)
 class Report:
-    """`report`: the closing ablation report of a sweep. Experiment files add their paper table here."""
+    """`report`: the analysis of a sweep, declared before it runs. Experiment files add their paper table here."""
 
-    open_keys: ClassVar[bool] = True  # table, omitted, ...: report/tables.py checks them
+    open_keys: ClassVar[bool] = True  # table, omitted, contrasts, ...: report/tables.py checks them
 
     baseline: str | None = setting(None, Rule(lambda v: v is None or (isinstance(v, str) and "=" in v),
                                               "null or a swept setting as key=value"),
                                    "the group every other is compared with (null: the first value swept first)")
     min_effect: float | None = setting(None, number(0, open_low=True, null=True),
-                                       "the effect (error points) for which seeds needed is computed "
-                                       "(null: the observed difference)")
+                                       "the declared minimum effect (error points): the equivalence margin, and the "
+                                       "effect seeds needed is computed for (null: none, no power analysis)")
+    test: str = setting("difference", choice("difference", "equivalence"),
+                        "difference: better/worse/inconclusive; equivalence: a tie claimed by TOST at min_effect")
+    exclude: str | None = setting(None, Rule(lambda v: v is None or v in EXCLUSION_RULES,
+                                             "null or one of " + ", ".join(EXCLUSION_RULES)),
+                                  "the exclusion rule applied to every job alike (null: exclude nothing)")
+    alpha: float = setting(0.05, number(0, 1, open_low=True, open_high=True),
+                           "the significance level of every test, Holm-adjusted within a table's family")
 
 
 @dataclasses.dataclass(frozen=True)

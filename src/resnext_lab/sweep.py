@@ -25,7 +25,7 @@ from resnext_lab.errors import fail
 RUN_INVARIANT = frozenset({
     "name", "out_root", "resume", "experiment", "scale", "trainer.accelerator",
     "trainer.enable_progress_bar", "trainer.progress_bar_interval_s", "logger.wandb.mode", "sweep.skip_invalid",
-    "report.baseline", "report.min_effect",
+    "report.baseline", "report.min_effect", "report.test", "report.exclude", "report.alpha",
 })
 
 
@@ -363,7 +363,9 @@ def write_sweep_report(sweep_dir: Path, config: DictConfig) -> None:
 
     settings = config.get("report") or {}
     try:
-        report, written = write_ablation(sweep_dir, None, settings.get("baseline"), settings.get("min_effect"))
+        report, written = write_ablation(sweep_dir, None, settings.get("baseline"), settings.get("min_effect"),
+                                         test=settings.get("test") or "difference", exclude=settings.get("exclude"),
+                                         alpha=settings.get("alpha") or 0.05)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         return

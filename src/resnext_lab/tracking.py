@@ -47,13 +47,18 @@ def log_report_run(report: Mapping[str, Any], images: Sequence[Path], out_dir: P
     run = wandb.init(project=wandb_cfg.get("project"), entity=wandb_cfg.get("entity"), group=group,
                      job_type="report", name=f"report: {group}", dir=str(out_dir), mode=mode,
                      config={"swept": list(report["keys"]), "seeds": list(report["seeds"]),
-                             "baseline": report.get("baseline"), "min_effect": report.get("min_effect")},
+                             "baseline": report.get("baseline"), "min_effect": report.get("min_effect"),
+                             "test": report.get("test"), "exclude": report.get("exclude"),
+                             "alpha": report.get("alpha")},
                      reinit="finish_previous", settings=wandb.Settings(silent=True))
-    frame = pd.DataFrame(report["rows"]).astype(object).where(lambda f: f.notna(), None)
+    frame = pd.DataFrame(report["rows"]).drop(columns="_outcome", errors="ignore")
+    frame = frame.astype(object).where(lambda f: f.notna(), None)
     table = wandb.Table(columns=[str(c) for c in frame.columns],
                         data=[[_cell(v) for v in row] for row in frame.itertuples(index=False)],
-                        allow_mixed_types=True)  # "seeds needed" is a number, "> 1000" or empty
-    run.log({"ablation": table, **{f"plots/{p.stem}": wandb.Image(str(p)) for p in images}})
+                        allow_mixed_types=True)  # "seeds needed" is "12 (5-140)", "> 1000" or empty
+    per_seed = pd.DataFrame(report.get("per_seed") or [], columns=["group", "seed", "metric", "value", "excluded"])
+    run.log({"ablation": table, "per_seed": wandb.Table(dataframe=per_seed.astype({"seed": str})),
+             **{f"plots/{p.stem}": wandb.Image(str(p)) for p in images}})
     run.summary.update({"warnings": list(report["warnings"]),
                         "verdicts": {_label(r, report["keys"]): r["verdict"] for r in report["rows"]}})
     folder = Path(run.dir).parent

@@ -1,4 +1,4 @@
-"""Reports of a sweep against the paper: tables with confidence intervals and the paper's figures.
+"""Reports of a sweep against the paper: tables with declared contrasts, Holm-adjusted verdicts and plots.
 
 Entry points: `write_report` (files into a folder), `render` (markdown and a
 DataFrame), `load_results` and `results_frame` (the raw sweep), and the command
@@ -6,7 +6,7 @@ line `python -m resnext_lab.report SWEEP_DIR --experiment NAME --out DIR`.
 """
 
 from resnext_lab.report.collect import group_cells, load_curves, load_results, results_frame
-from resnext_lab.report.stats import Difference, Summary, difference, summarize, verdict, welch
+from resnext_lab.report.stats import Difference, Summary, difference, holm, summarize, verdict, welch
 from resnext_lab.report.tables import experiment_file, load_table_def, render, validate_table, write_report
 
 __all__ = [
@@ -15,6 +15,7 @@ __all__ = [
     "difference",
     "experiment_file",
     "group_cells",
+    "holm",
     "load_curves",
     "load_results",
     "load_table_def",

@@ -1,7 +1,8 @@
 """Command line: `python -m resnext_lab.report SWEEP_DIR [--table FILE.yaml | --experiment NAME [--scale S]] [--out DIR]`.
 
 With a table (a paper table's `report:` node) it renders that table beside the paper's numbers;
-without, the sweep's ablation report (report/ablation.py): groups, deltas, verdicts, seeds needed.
+without, the sweep's ablation report (report/ablation.py): groups, deltas, Holm-adjusted verdicts,
+seeds needed for the declared minimum effect.
 
 Prints the markdown table and the written paths. Errors a user can fix (no such
 folder, no results yet, a bad `report:` node) print as one line on stderr with
@@ -36,7 +37,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: SWEEP_DIR/report)")
     parser.add_argument("--baseline", help="ablation report: the group compared against, as key=value")
-    parser.add_argument("--min-effect", type=float, help="ablation report: the effect seeds-needed is computed for")
+    parser.add_argument("--min-effect", type=float,
+                        help="ablation report: the declared minimum effect (error points): equivalence margin and "
+                        "the effect seeds needed is computed for")
+    parser.add_argument("--test", choices=("difference", "equivalence"), default="difference",
+                        help="ablation report: difference (better/worse) or equivalence (TOST at --min-effect)")
+    parser.add_argument("--exclude", help="ablation report: the declared exclusion rule (first_epoch_above_chance)")
+    parser.add_argument("--alpha", type=float, default=0.05, help="ablation report: significance level (Holm)")
     args = parser.parse_args(argv)
     out = args.out if args.out is not None else args.sweep_dir / "report"
     if args.scale and not args.experiment:
@@ -45,7 +52,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from resnext_lab.report.ablation import to_terminal, write_ablation
 
         try:
-            report, written = write_ablation(args.sweep_dir, out, args.baseline, args.min_effect)
+            report, written = write_ablation(args.sweep_dir, out, args.baseline, args.min_effect, test=args.test,
+                                             exclude=args.exclude, alpha=args.alpha)
         except ConfigError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2

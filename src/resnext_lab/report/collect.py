@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +126,10 @@ class CellJobs:
     counts: dict[str, int]
     #: the cell's `match` of the table definition
     match: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: (seed, reason) of each completed job the table's exclusion rule removed
+    excluded: list[tuple[Any, str]] = dataclasses.field(default_factory=list)
+    #: the cell's complexity as a multiple of its row baseline's (paper Table 4's cells: 2)
+    complexity: float = 1.0
 
     @property
     def usable(self) -> list[dict[str, Any]]:
@@ -154,19 +158,21 @@ def _equal(have: Any, want: Any) -> bool:
     return have == want
 
 
-def group_cells(results: Sequence[Mapping[str, Any]], table_def: Mapping[str, Any]) -> list[CellJobs]:
+def group_cells(results: Sequence[Mapping[str, Any]], table_def: Mapping[str, Any],
+                exclude: Callable[[Mapping[str, Any]], str | None] | None = None) -> list[CellJobs]:
     """Assign jobs to the cells of a (validated) table definition, in table order.
 
     A job counts towards a cell's statistics only when it completed with a finite
-    metric; every other matching job is counted by status (a completed job whose
-    metric is missing or NaN counts as "no metric").
+    metric and the table's exclusion rule `exclude` keeps it; every other matching
+    job is counted by status (a completed job whose metric is missing or NaN counts
+    as "no metric", one the rule removes as "excluded", with its reason).
     """
     metric = table_def["metric"]
     paired_by = table_def.get("paired_by")
     cells = []
     for row in table_def["rows"]:
         for cell in row["cells"]:
-            jobs, values, keys = [], [], []
+            jobs, values, keys, excluded = [], [], [], []
             counts: dict[str, int] = {}
             for res in results:
                 if res.get("status") == UNREADABLE or not matches(res, cell["match"]):
@@ -174,6 +180,10 @@ def group_cells(results: Sequence[Mapping[str, Any]], table_def: Mapping[str, An
                 job = dict(res)
                 value = metric_value(job, metric) if job.get("status") == "completed" else None
                 state = job.get("status") if job.get("status") != "completed" or value is not None else "no metric"
+                reason = exclude(job) if exclude is not None and value is not None else None
+                if reason is not None:
+                    excluded.append((lookup(job, "seed"), reason))
+                    value, state = None, "excluded"
                 job["_usable"] = value is not None
                 if value is not None:
                     values.append(value)
@@ -192,6 +202,8 @@ def group_cells(results: Sequence[Mapping[str, Any]], table_def: Mapping[str, An
                     keys=keys,
                     counts=counts,
                     match=dict(cell["match"]),
+                    excluded=excluded,
+                    complexity=float(cell.get("complexity", 1.0)),
                 )
             )
     return cells

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import math
 import os
 import platform
 import re
@@ -26,7 +25,8 @@ from typing import Any
 
 from resnext_lab.errors import ConfigError
 from resnext_lab.hardware import cpu_name
-from resnext_lab.report.collect import load_curves, lookup
+from resnext_lab.report.checks import PLATEAU_METRIC, PLATEAU_TOL, PLATEAU_WINDOW, regime
+from resnext_lab.report.collect import lookup
 from resnext_lab.results import load_sweep
 
 #: files of the table report (reports/<table>/<scale>) and of the ablation report (<sweep>/report) to copy
@@ -56,27 +56,6 @@ def wall_span(results: Sequence[Mapping[str, Any]]) -> tuple[float | None, float
     return (max(end for _, end in spans) - min(start for start, _ in spans)).total_seconds(), total
 
 
-def regime(result: Mapping[str, Any], num_classes: int) -> dict[str, Any]:
-    """One job's training regime check from its per-epoch curves.
-
-    `settled`: the last epoch's mean training loss is below chance (ln of the class count) and below
-    the first epoch's; `falling`: the training error of the last epoch is below the one before;
-    `rough_start`: the first epoch's mean training loss is above chance (the loss rose before it fell).
-    """
-    curves = load_curves(result)
-    loss = curves["train/loss"].dropna() if "train/loss" in curves else []
-    err = curves["train/top1_err"].dropna() if "train/top1_err" in curves else []
-    out: dict[str, Any] = {"epochs": len(loss), "first_loss": None, "last_loss": None, "last_err": None}
-    if len(loss):
-        out["first_loss"], out["last_loss"] = float(loss.iloc[0]), float(loss.iloc[-1])
-        out["settled"] = out["last_loss"] < math.log(num_classes) and out["last_loss"] < out["first_loss"]
-        out["rough_start"] = out["first_loss"] > math.log(num_classes)
-    if len(err):
-        out["last_err"] = float(err.iloc[-1])
-        out["falling"] = bool(len(err) > 1 and err.iloc[-1] < err.iloc[-2])
-    return out
-
-
 def _job_label(result: Mapping[str, Any]) -> str:
     """The job's own overrides, without those every job of a table shares (experiment, scale, out_root...)."""
     from resnext_lab.sweep import split_overrides
@@ -88,26 +67,30 @@ def _job_label(result: Mapping[str, Any]) -> str:
 def regime_lines(results: Sequence[Mapping[str, Any]]) -> list[str]:
     """A markdown table of every completed job's regime check, and a one-line summary."""
     done = [r for r in results if r.get("status") == "completed"]
-    rows, settled, falling, rough = [], 0, 0, 0
+    rows, settled, falling, rough, plateaued = [], 0, 0, 0, 0
     for res in sorted(done, key=_job_label):
         check = regime(res, int(lookup(res, "model.num_classes") or 10))
         settled += bool(check.get("settled"))
         falling += bool(check.get("falling"))
         rough += bool(check.get("rough_start"))
+        plateaued += bool(check.get("plateau"))
         fmt = lambda v, p=3: "n/a" if v is None else f"{v:.{p}f}"  # noqa: E731
         rows.append(
             f"| {_job_label(res)} | {check['epochs']} | {fmt(check['first_loss'])} → {fmt(check['last_loss'])} | "
             f"{fmt(check['last_err'], 2)} | {'yes' if check.get('settled') else 'no'} | "
-            f"{'yes' if check.get('falling') else 'no'} | {'yes' if check.get('rough_start') else 'no'} |"
+            f"{'yes' if check.get('falling') else 'no'} | {'yes' if check.get('rough_start') else 'no'} | "
+            f"{ {True: 'yes', False: 'no', None: 'n/a'}[check.get('plateau')]} |"
         )
     head = [
         f"Loss settled (last epoch's training loss below ln(classes) and below the first epoch's): "
         f"{settled} of {len(done)} jobs. Training error still falling in the last epoch: {falling} of {len(done)}. "
-        f"First epoch's mean training loss above chance (the loss rose before it fell): {rough} of {len(done)}.",
+        f"First epoch's mean training loss above chance (the loss rose before it fell): {rough} of {len(done)}. "
+        f"At a plateau (the best `{PLATEAU_METRIC}` of the last {PLATEAU_WINDOW} epochs less than {PLATEAU_TOL:g} "
+        f"points below the best before them): {plateaued} of {len(done)}.",
         "",
         "| job | epochs | train loss, first → last epoch | last train error (%) | settled | still falling | "
-        "first epoch above chance |",
-        "|---|---:|---|---:|---|---|---|",
+        "first epoch above chance | plateau |",
+        "|---|---:|---|---:|---|---|---|---|",
     ]
     return head + rows
 

@@ -1,9 +1,12 @@
-"""A paper table rebuilt from a sweep: paper value, measured seeds, difference to baseline, verdict.
+"""A paper table rebuilt from a sweep: each cell's seeds beside the paper's number, then the table's
+declared contrasts with Holm-adjusted verdicts (`contrasts.py`).
 
 The layout follows the paper's tables (rows of cells, e.g. 50-layer: 1x64d ...
-32x4d) with one line per cell. Nothing is dropped: a cell with no job reads
-"missing", failed and diverged jobs are counted in the line, unreadable result
-files are listed under the table.
+32x4d) with one line per cell: the network trained at this scale, its params and
+FLOPs against the row's declared reference. Nothing is dropped: a cell with no job
+reads "missing", failed, diverged and excluded jobs are counted in the line (the
+excluded listed with their reason), unreadable result files are listed under the
+table, and every seed's value is written to per_seed.csv.
 """
 
 from __future__ import annotations
@@ -21,21 +24,23 @@ from omegaconf.errors import OmegaConfBaseException
 
 from resnext_lab.errors import ConfigError, DataError, first_line
 from resnext_lab.files import write_text_atomic
-from resnext_lab.report import plots
-from resnext_lab.report.collect import UNREADABLE, CellJobs, group_cells, load_results, matches
-from resnext_lab.report.stats import BASELINE, Difference, difference, summarize, verdict
+from resnext_lab.report import plots, stats
+from resnext_lab.report.checks import ROW_EXCLUDED_FRACTION, exclusion_rule
+from resnext_lab.report.collect import UNREADABLE, CellJobs, group_cells, load_results, lookup, matches
+from resnext_lab.report.contrasts import (
+    COMPLEXITY_TOLERANCE,
+    Outcome,
+    Side,
+    complexity_delta,
+    delta_text,
+    evaluate,
+    markdown,
+)
+from resnext_lab.report.stats import BASELINE, MISSING, NOT_INTERPRETABLE, NOT_RUN, summarize
 
 X_AXES = ("params", "flops")
-COLUMNS = (
-    "Row",
-    "Cell",
-    "Paper",
-    "Measured mean ± std (n)",
-    "Δ vs baseline [95% CI]",
-    "Paper ordering",
-    "Params",
-    "FLOPs",
-)
+COLUMNS = ("Row", "Cell", "Trained", "Paper", "Measured mean ± std (n)", "State", "Params", "Δparams", "FLOPs",
+           "ΔFLOPs")
 
 
 def validate_table(table_def: Mapping[str, Any]) -> dict[str, Any]:
@@ -61,6 +66,7 @@ def validate_table(table_def: Mapping[str, Any]) -> dict[str, Any]:
     if x_axis not in X_AXES:
         raise ConfigError(f"report.x_axis={x_axis!r}: must be one of {', '.join(X_AXES)}")
     clean_rows = [_validate_row(i, row) for i, row in enumerate(rows)]
+    analysis = validate_analysis(table_def)
     return {
         "title": str(table_def.get("title") or metric),
         "metric": metric,
@@ -68,7 +74,58 @@ def validate_table(table_def: Mapping[str, Any]) -> dict[str, Any]:
         "paired_by": paired_by,
         "x_axis": x_axis,
         "omitted": _validate_omitted(table_def.get("omitted")),
+        **analysis,
+        "contrasts": _validate_contrasts(table_def.get("contrasts"), clean_rows),
     }
+
+
+def validate_analysis(node: Mapping[str, Any]) -> dict[str, Any]:
+    """The analysis a `report:` node declares before its sweep runs: min effect, alpha, test, exclusion rule."""
+    min_effect = node.get("min_effect")
+    if min_effect is not None and (isinstance(min_effect, bool) or not isinstance(min_effect, int | float)
+                                   or not min_effect > 0):
+        raise ConfigError(f"report.min_effect={min_effect!r}: must be a number > 0 (error points) or null")
+    alpha = node.get("alpha", stats.ALPHA)
+    if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0 < alpha < 1:
+        raise ConfigError(f"report.alpha={alpha!r}: must be a number in (0, 1)")
+    test = node.get("test") or stats.DIFFERENCE
+    if test not in stats.TESTS:
+        raise ConfigError(f"report.test={test!r}: must be one of {', '.join(stats.TESTS)}")
+    if test == stats.EQUIVALENCE and min_effect is None:
+        raise ConfigError("report.test=equivalence: needs report.min_effect, the equivalence margin (error points)")
+    exclude = node.get("exclude")
+    exclusion_rule(exclude)
+    return {"min_effect": None if min_effect is None else float(min_effect), "alpha": float(alpha), "test": test,
+            "exclude": exclude}
+
+
+def _validate_contrasts(contrasts: Any, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`report.contrasts`: `[{cell, vs, family}]`, cells named by label ("row / label" where a label repeats).
+
+    Left out, every cell is compared with its row's baseline, in one family `primary`.
+    """
+    names = _cell_names(rows)
+    if contrasts is None:
+        return [{"cell": names[(r["label"], c["label"])], "vs": names[(r["label"], r["baseline"])],
+                 "family": "primary"}
+                for r in rows if r["baseline"] is not None for c in r["cells"] if c["label"] != r["baseline"]]
+    if not isinstance(contrasts, Sequence) or isinstance(contrasts, str) or not contrasts:
+        raise ConfigError("report.contrasts: must be a non-empty list of {cell, vs, family}")
+    known = set(names.values())
+    clean = []
+    for i, c in enumerate(contrasts):
+        if not isinstance(c, Mapping) or c.get("cell") not in known or c.get("vs") not in known or c["cell"] == c["vs"]:
+            raise ConfigError(f"report.contrasts[{i}]={c!r}: needs cell and vs, two different cells of "
+                              f"{', '.join(sorted(known))}")
+        clean.append({"cell": str(c["cell"]), "vs": str(c["vs"]), "family": str(c.get("family") or "primary")})
+    return clean
+
+
+def _cell_names(rows: list[dict[str, Any]]) -> dict[tuple[str, str], str]:
+    """(row, cell label) -> the name a contrast uses: the label, or "row / label" where labels repeat."""
+    labels = [c["label"] for r in rows for c in r["cells"]]
+    return {(r["label"], c["label"]): c["label"] if labels.count(c["label"]) == 1 else f"{r['label']} / {c['label']}"
+            for r in rows for c in r["cells"]}
 
 
 def _validate_omitted(omitted: Any) -> list[dict[str, Any]]:
@@ -115,9 +172,12 @@ def _validate_row(i: int, row: Any) -> dict[str, Any]:
         paper = cell.get("paper")
         if paper is not None and (isinstance(paper, bool) or not isinstance(paper, int | float)):
             raise ConfigError(f"{cwhere}.paper={paper!r}: must be a number or null")
-        clean_cells.append(
-            {"label": str(cell["label"]), "match": dict(match), "paper": None if paper is None else float(paper)}
-        )
+        factor = cell.get("complexity", 1)
+        if isinstance(factor, bool) or not isinstance(factor, int | float) or not factor > 0:
+            raise ConfigError(f"{cwhere}.complexity={factor!r}: must be a number > 0, the cell's complexity as a "
+                              "multiple of the row baseline's")
+        clean_cells.append({"label": str(cell["label"]), "match": dict(match),
+                            "paper": None if paper is None else float(paper), "complexity": float(factor)})
     labels = [c["label"] for c in clean_cells]
     if len(set(labels)) != len(labels):
         raise ConfigError(f"{where}.cells: labels must be unique, got {labels}")
@@ -168,92 +228,144 @@ def experiment_file(name: str) -> Path:
 
 def render(results: Sequence[Mapping[str, Any]], table_def: Mapping[str, Any]) -> tuple[str, pd.DataFrame]:
     """The table as markdown and as a DataFrame (one row per cell, raw numbers, for table.csv)."""
-    return _render(results, validate_table(table_def), notes=[])
+    markdown, frame, _, _ = _render(results, validate_table(table_def), notes=[])
+    return markdown, frame
 
 
-def _render(results: Sequence[Mapping[str, Any]], table: dict[str, Any], notes: list[str]) -> tuple[str, pd.DataFrame]:
-    cells = group_cells(results, table)
+def analyse(results: Sequence[Mapping[str, Any]], table: dict[str, Any]) -> tuple[list[CellJobs], list[Outcome]]:
+    """The cells of a validated table and its declared contrasts, tested (exclusion rule applied)."""
+    cells = group_cells(results, table, exclusion_rule(table["exclude"]))
+    sides = {}
+    names = _cell_names(table["rows"])
+    for cell in cells:
+        sides[names[(cell.row, cell.label)]] = Side(names[(cell.row, cell.label)], cell.values, cell.keys, cell.paper,
+                                                    _row_interpretable(cell.row, cells))
+    pairs = [(sides[c["cell"]], sides[c["vs"]], c["family"]) for c in table["contrasts"]]
+    outcomes = evaluate(pairs, test=table["test"], min_effect=table["min_effect"], alpha=table["alpha"],
+                        paired=table["paired_by"] is not None)
+    return cells, outcomes
+
+
+def _row_interpretable(row: str, cells: Sequence[CellJobs]) -> bool:
+    """False when the exclusion rule removed ROW_EXCLUDED_FRACTION or more of the row's completed jobs."""
+    mine = [c for c in cells if c.row == row]
+    completed = sum(len(c.values) + len(c.excluded) for c in mine)
+    return not completed or sum(len(c.excluded) for c in mine) < ROW_EXCLUDED_FRACTION * completed
+
+
+def _render(results: Sequence[Mapping[str, Any]], table: dict[str, Any],
+            notes: list[str]) -> tuple[str, pd.DataFrame, list[Outcome], list[CellJobs]]:
+    cells, outcomes = analyse(results, table)
     frame = pd.DataFrame([_cell_record(cell, cells, table) for cell in cells])
-    for col in ("n", "ci_n", "params", "flops", "jobs"):
+    for col in ("n", "params", "flops", "jobs"):
         with contextlib.suppress(TypeError, ValueError):  # non-integer sizes stay as written
             frame[col] = pd.to_numeric(frame[col]).astype("Int64")
-    lines = [f"## {table['title']}", ""]
     unit = "%, " if plots.metric_base(table["metric"]).endswith("_err") else ""
-    interval = (
-        f"paired t-interval over shared `{table['paired_by']}` values when at least 2 exist, else Welch's t-interval"
-        if table["paired_by"]
-        else "Welch's t-interval over seeds"
-    )
-    paired_note = f" (mean of per-{table['paired_by']} differences when paired)" if table["paired_by"] else ""
-    lines.append(
-        f"Metric: `{table['metric']}` ({unit}lower is better). Δ = cell − row baseline{paired_note}; 95% CI: "
-        f"{interval}. Paper ordering: whether the CI excludes 0 on the side the paper's numbers predict."
-    )
-    lines.append("")
-    lines.append("| " + " | ".join(COLUMNS) + " |")
-    lines.append("|" + "|".join(["---"] * 2 + ["---:"] * 3 + ["---"] + ["---:"] * 2) + "|")
+    rule = table["exclude"] or "none"
+    lines = [
+        f"## {table['title']}",
+        "",
+        f"Metric: `{table['metric']}` ({unit}lower is better), mean ± std over seeds (n usable jobs). "
+        f"Trained: the network at this scale (layers, C x d) beside the paper's name. Δparams and ΔFLOPs: "
+        f"against the row baseline's (times the cell's declared multiple), `!` beyond "
+        f"±{COMPLEXITY_TOLERANCE:.0%}. Exclusion rule (declared before the run): `{rule}`; a row that loses "
+        f"{ROW_EXCLUDED_FRACTION:.0%} or more of its jobs to it is not interpretable. "
+        f"Declared minimum effect: {_points(table['min_effect'])}.",
+        "",
+        "| " + " | ".join(COLUMNS) + " |",
+        "|" + "|".join(["---"] * 3 + ["---:"] * 2 + ["---"] + ["---:"] * 4) + "|",
+    ]
     previous_row = None
     for record in frame.to_dict("records"):
         row_label = record["row"] if record["row"] != previous_row else ""
         previous_row = record["row"]
-        values = [
-            row_label,
-            record["cell"],
-            _num(record["paper"]),
-            record["measured"],
-            record["delta_text"],
-            record["verdict"],
-            _human(record["params"]),
-            _human(record["flops"]),
-        ]
+        values = [row_label, record["cell"], record["trained"], _num(record["paper"]), record["measured"],
+                  record["state"], _human(record["params"]), record["params_text"], _human(record["flops"]),
+                  record["flops_text"]]
         lines.append("| " + " | ".join(_md_escape(str(v)) for v in values) + " |")
+    lines += ["", "### Contrasts", "", *markdown(outcomes, table["min_effect"], table["alpha"])]
+    excluded = [f"{c.row} / {c.label}, seed {seed}: {why}" for c in cells for seed, why in c.excluded]
+    if excluded:
+        lines += ["", f"Excluded by `{rule}` ({len(excluded)} jobs):", ""] + [f"- {e}" for e in excluded]
     notes = [*_job_notes(results, table), *notes]
     if notes:
         lines += ["", "Notes:", ""] + [f"- {note}" for note in notes]
-    return "\n".join(lines) + "\n", frame.drop(columns=["measured", "delta_text"])
+    drop = ["measured", "params_text", "flops_text"]
+    return "\n".join(lines) + "\n", frame.drop(columns=drop), outcomes, cells
 
 
 def _cell_record(cell: CellJobs, cells: Sequence[CellJobs], table: dict[str, Any]) -> dict[str, Any]:
     summary = summarize(cell.values)
     base = _baseline_of(cell, cells)
-    diff: Difference | None = None
-    if base is not None and not cell.is_baseline and cell.values and base.values:
-        paired = table["paired_by"] is not None
-        diff = difference(
-            cell.values,
-            base.values,
-            cell.keys if paired else None,
-            base.keys if paired else None,
-        )
-    if base is None and not cell.is_baseline:
-        delta_text, state = "no baseline", "no baseline"
-    else:
-        state = verdict(diff, cell.paper, base.paper if base else None, is_baseline=cell.is_baseline)
-        delta_text = _delta_text(diff, state)
     excluded = ", ".join(f"{n} {status}" for status, n in cell.counts.items())
+    state = BASELINE if cell.is_baseline else ""
+    if not _row_interpretable(cell.row, cells):
+        state = NOT_INTERPRETABLE
+    elif not cell.values:
+        state = MISSING
     why = _omitted_why(cell, table)
     if why is not None:
-        excluded, state, delta_text = f"not run: {why}", "not run", "n/a"
+        excluded, state = f"not run: {why}", NOT_RUN
+    params, flops = cell.first_model_value("params"), cell.first_model_value("flops")
+    ref_params = base.first_model_value("params") if base is not None else None
+    ref_flops = base.first_model_value("flops") if base is not None else None
+    d_params = complexity_delta(params, ref_params, cell.complexity)
+    d_flops = complexity_delta(flops, ref_flops, cell.complexity)
     return {
         "row": cell.row,
         "cell": cell.label,
+        "trained": _trained(cell),
         "paper": cell.paper,
         "mean": summary.mean,
         "std": summary.std,
         "n": summary.n,
-        "delta": diff.delta if diff else None,
-        "ci_low": diff.low if diff else None,
-        "ci_high": diff.high if diff else None,
-        "ci_method": diff.method if diff and diff.has_interval else None,
-        "ci_n": diff.n if diff else None,
-        "verdict": state,
-        "params": cell.first_model_value("params"),
-        "flops": cell.first_model_value("flops"),
+        "state": state,
+        "params": params,
+        "flops": flops,
+        "complexity_multiple": cell.complexity,
+        "params_vs_reference": d_params,
+        "flops_vs_reference": d_flops,
+        "complexity_flagged": any(d is not None and abs(d) > COMPLEXITY_TOLERANCE for d in (d_params, d_flops)),
         "jobs": len(cell.jobs),
         "excluded": excluded,
         "measured": _measured_text(summary.mean, summary.std, summary.n, excluded),
-        "delta_text": delta_text,
+        "params_text": "ref" if cell.is_baseline else delta_text(d_params),
+        "flops_text": "ref" if cell.is_baseline else delta_text(d_flops),
     }
+
+
+def _points(value: float | None) -> str:
+    return "none" if value is None else f"{value:g} points"
+
+
+def _trained(cell: CellJobs) -> str:
+    """The network as this scale built it: layers, C x d, and what sets it apart (no shortcuts, a block form)."""
+    depth, c, d = (cell.first_model_value(k) for k in ("depth", "cardinality", "width"))
+    if depth is None:
+        return "–"
+    text = f"{depth} layers, {c}x{d}d"
+    if cell.first_model_value("residual") is False:
+        text += ", no shortcuts"
+    block = cell.first_model_value("block")
+    return text + (f", {block}" if block not in (None, "grouped") else "")
+
+
+def per_seed(cells: Sequence[CellJobs], metrics: Sequence[str]) -> pd.DataFrame:
+    """Long form, one line per (cell, seed, metric): every completed job's value, excluded ones marked."""
+    rows = []
+    for cell in cells:
+        reasons = dict(cell.excluded)
+        for job in cell.jobs:
+            if job.get("status") != "completed":
+                continue
+            seed = lookup(job, "seed")
+            for metric in metrics:
+                value = lookup(job, "metrics", {}).get(metric)
+                if value is None:
+                    continue
+                rows.append({"row": cell.row, "cell": cell.label, "seed": seed, "metric": metric, "value": value,
+                             "excluded": reasons.get(seed, "")})
+    return pd.DataFrame(rows, columns=["row", "cell", "seed", "metric", "value", "excluded"])
 
 
 def _baseline_of(cell: CellJobs, cells: Sequence[CellJobs]) -> CellJobs | None:
@@ -265,16 +377,6 @@ def _measured_text(mean: float | None, std: float | None, n: int, excluded: str)
         return excluded or "missing"
     text = f"{mean:.2f} ± {std:.2f} (n={n})" if std is not None else f"{mean:.2f} (n={n})"
     return f"{text}; {excluded}" if excluded else text
-
-
-def _delta_text(diff: Difference | None, state: str) -> str:
-    if state == BASELINE:
-        return "baseline"
-    if diff is None or diff.delta is None:
-        return "n/a"
-    if not diff.has_interval:
-        return f"{diff.delta:+.2f} [n/a: too few seeds]"
-    return f"{diff.delta:+.2f} [{diff.low:+.2f}, {diff.high:+.2f}] ({diff.method}, n={diff.n})"
 
 
 def _job_notes(results: Sequence[Mapping[str, Any]], table: dict[str, Any]) -> list[str]:
@@ -302,7 +404,7 @@ def write_report(sweep_dir: str | Path, table_def: Mapping[str, Any], out_dir: s
         raise DataError(f"no results.json under {sweep_dir} (has the sweep run yet?)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    cells = group_cells(results, table)
+    cells = group_cells(results, table, exclusion_rule(table["exclude"]))
     metric = table["metric"]
     figures = {
         "curves.png": (
@@ -322,10 +424,15 @@ def write_report(sweep_dir: str | Path, table_def: Mapping[str, Any], out_dir: s
             notes.append(f"{name} skipped: {reason}")
         else:
             written_plots.append(plots.save_figure(fig, out / name))
-    markdown, frame = _render(results, table, notes)
-    md_path = write_text_atomic(out / "table.md", markdown)
+    text, frame, outcomes, cells = _render(results, table, notes)
+    seeds = per_seed(cells, list(dict.fromkeys([metric, "test/top1_err", "test/top5_err"])))
+    text += "\nPer-seed values: `per_seed.csv` (row, cell, seed, metric, value, excluded); contrasts: `contrasts.csv`.\n"
+    md_path = write_text_atomic(out / "table.md", text)
     csv_path = write_text_atomic(out / "table.csv", frame.to_csv(index=False))
-    return [md_path, csv_path, *written_plots]
+    seeds_path = write_text_atomic(out / "per_seed.csv", seeds.to_csv(index=False))
+    contrasts_path = write_text_atomic(out / "contrasts.csv",
+                                       pd.DataFrame([o.record() for o in outcomes]).to_csv(index=False))
+    return [md_path, csv_path, seeds_path, contrasts_path, *written_plots]
 
 
 def _num(value: Any) -> str:
