@@ -238,7 +238,8 @@ def test_smoke_sweep_runs_and_its_report_renders(smoke: dict[str, Any], experime
     for cell, line in zip(cells, lines, strict=True):
         paper = cell["paper"]
         shown = "–" if paper is None else f"{paper:.1f}" if round(paper, 1) == paper else f"{paper:.2f}"
-        assert f"| {cell['label']} | {shown} |" in line, line
+        assert f"| {cell['label']} | " in line and f" | {shown} | " in line, line
+    assert "### Contrasts" in markdown and (tmp_path / "per_seed.csv").is_file()
     assert "missing" not in markdown and "match no cell" not in markdown
     assert (tmp_path / "bars.png").is_file()
 
