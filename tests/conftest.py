@@ -119,8 +119,27 @@ _CHUNK_HEADER = 7
 _FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
 
 
-def wandb_records(path: Path) -> list[Any]:
-    """Every record of an offline run file, as `wandb.proto.wandb_internal_pb2.Record` messages."""
+def wandb_records(path: Path, finished: bool = True) -> list[Any]:
+    """Every record of an offline run file, as `wandb.proto.wandb_internal_pb2.Record` messages.
+
+    With `finished`, waits (up to a minute) for the writer to finish the run, that is for the file to
+    end in its `exit` record: `run.finish()` can return while wandb-core is still writing the file.
+    """
+    import time
+
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            records = _read_records(path)
+        except AssertionError:  # a chunk still being written
+            records = []
+        if not finished or (records and records[-1].WhichOneof("record_type") == "exit"):
+            return records
+        assert time.monotonic() < deadline, f"{path}: no exit record after 60 s (the run did not finish)"
+        time.sleep(0.05)
+
+
+def _read_records(path: Path) -> list[Any]:
     from wandb.proto import wandb_internal_pb2
 
     raw = path.read_bytes()

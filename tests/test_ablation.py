@@ -131,7 +131,7 @@ def test_baseline_and_min_effect_settings(tmp_path: Path) -> None:
     n = seeds_needed(0.5, sd, paired=True, alpha=0.05 / 3)
     lo = seeds_needed(0.5, sd * np.sqrt(2 / sps.chi2.ppf(0.975, 2)), paired=True, alpha=0.05 / 3)
     hi = seeds_needed(0.5, sd * np.sqrt(2 / sps.chi2.ppf(0.025, 2)), paired=True, alpha=0.05 / 3)
-    assert unsure["seeds needed"] == f"{n} ({lo}-{'> 1000' if hi is None else hi})" and lo < n
+    assert unsure["seeds needed"] == f"{n} [{lo}, {'>1000' if hi is None else hi}]" and lo < n
     with pytest.raises(ConfigError, match=r"^report.baseline='model.depth=50': must be a swept setting"):
         ablation(results, baseline="model.depth=50")
 
@@ -223,7 +223,7 @@ def test_report_run_holds_the_table_in_the_sweeps_group(tmp_path: Path, monkeypa
         monkeypatch.setenv(key, value)
     sweep = write_sweep(tmp_path / "sweep", {**ERRORS, 8: [10.5, 10.15, 10.3]})  # C=8: a delta far below its noise
     report, written = write_ablation(sweep, min_effect=0.01)
-    assert _row(report, 8)["seeds needed"].startswith("> 1000")
+    assert _row(report, 8)["seeds needed"].startswith(">1000")
     folder = log_report_run(report, [p for p in written if p.suffix == ".png"], sweep / "report",
                             {"enabled": True, "project": "resnext-lab", "mode": "auto"}, "sweeps/demo")
     assert folder is not None
@@ -233,7 +233,7 @@ def test_report_run_holds_the_table_in_the_sweeps_group(tmp_path: Path, monkeypa
     summary = wandb_summary(run_file)
     table = json.loads((folder / "files" / summary["ablation/path"]).read_text())  # nested keys read as a/b
     needed = [row[table["columns"].index("seeds needed")] for row in table["data"]]
-    assert len(table["data"]) == 5 and any(str(n).startswith("> 1000") for n in needed)
+    assert len(table["data"]) == 5 and any(str(n).startswith(">1000") for n in needed)
     assert {"plots/error_vs_model.cardinality/path", "plots/error_vs_params/path"} <= set(summary)
 
 

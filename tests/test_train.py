@@ -174,7 +174,8 @@ def test_smoke_sweep_writes_results_wandb_and_csv(smoke: tuple[subprocess.Comple
     # then the ablation report: one group per C (one seed: no CI yet), in <sweep>/report/
     report = proc.stdout[proc.stdout.index("ablation over seeds 0"):].splitlines()
     assert report[1].split()[0] == "model.cardinality=1" and report[1].endswith("baseline")
-    assert report[2].split()[0] == "model.cardinality=2" and "(no CI) inconclusive" in report[2]
+    assert report[2].split()[0] == "model.cardinality=2" and "(no CI: too few seeds)" in report[2]
+    assert report[2].endswith(": inconclusive")
     assert {"report.md", "report.csv"} <= {p.name for p in (sweep / "report").iterdir()}
     # and the same answer in W&B: one report run in the sweep's group, read back with W&B's own reader
     (run_dir,) = (sweep / "report").glob("wandb/offline-run-*")

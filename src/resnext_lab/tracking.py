@@ -55,7 +55,7 @@ def log_report_run(report: Mapping[str, Any], images: Sequence[Path], out_dir: P
     frame = frame.astype(object).where(lambda f: f.notna(), None)
     table = wandb.Table(columns=[str(c) for c in frame.columns],
                         data=[[_cell(v) for v in row] for row in frame.itertuples(index=False)],
-                        allow_mixed_types=True)  # "seeds needed" is "12 (5-140)", "> 1000" or empty
+                        allow_mixed_types=True)  # "seeds needed" is "12 [5, 140]", ">1000" or empty
     per_seed = pd.DataFrame(report.get("per_seed") or [], columns=["group", "seed", "metric", "value", "excluded"])
     run.log({"ablation": table, "per_seed": wandb.Table(dataframe=per_seed.astype({"seed": str})),
              **{f"plots/{p.stem}": wandb.Image(str(p)) for p in images}})

@@ -237,11 +237,11 @@ class SeedsNeeded:
 
     def text(self) -> str:
         def one(v: int | None) -> str:
-            return f"> {MAX_SEEDS}" if v is None else str(v)
+            return f">{MAX_SEEDS}" if v is None else str(v)
 
         if self.low == self.high == self.n:
             return one(self.n)
-        return f"{one(self.n)} ({one(self.low)}-{one(self.high)})"
+        return f"{one(self.n)} [{one(self.low)}, {one(self.high)}]"
 
 
 def seeds_needed_range(effect: float, diff: Difference, alpha: float = ALPHA) -> SeedsNeeded | None:
