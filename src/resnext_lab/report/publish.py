@@ -109,8 +109,10 @@ def regime_settings(results: Sequence[Mapping[str, Any]]) -> str | None:
         steps = f"{images // batch * epochs} steps" if images else "all steps"
         warmup = float(optim.warmup_epochs)
         warmup_text = f", warm-up {warmup:g} epoch(s) from lr x {optim.warmup_start:g}" if warmup else ""
+        init = (f"init {lookup(res, 'model.init') or 'official'}, "
+                f"zero_init_last_bn {str(bool(lookup(res, 'model.zero_init_last_bn'))).lower()}; ")
         return (
-            f"{images or 'all'} training images x {epochs} epochs at batch {batch} ({steps}); "
+            f"{images or 'all'} training images x {epochs} epochs at batch {batch} ({steps}); {init}"
             f"SGD lr {optim.lr:g}, momentum {optim.momentum:g}{' Nesterov' if optim.nesterov else ''}, "
             f"weight decay {optim.weight_decay:g}, {optim.schedule} schedule{warmup_text}; "
             f"{data.val_size} images held out for validation, test on {data.limit_eval or 'all'} images."
