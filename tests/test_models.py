@@ -79,6 +79,8 @@ DESIGN_POINTS = [
     ModelSpec(template="cifar", stage_blocks=(2, 2, 2), cardinality=16, width=2, num_classes=100, image_size=32, width_scale=0.5),
     ModelSpec(template="cifar", stage_blocks=(1, 1, 1), cardinality=32, width=6, num_classes=10, in_channels=1, image_size=28, width_scale=0.5),
     ModelSpec(template="cifar", stage_blocks=(1, 1, 1), cardinality=3, width=5, num_classes=7, in_channels=1, image_size=27, residual=False),
+    ModelSpec(template="cifar", stage_blocks=(2, 1, 1), cardinality=8, width=2, num_classes=10, in_channels=1, image_size=28, width_scale=0.25, stem_stride=2),
+    ModelSpec(template="cifar", stage_blocks=(1, 1, 1), cardinality=1, width=4, num_classes=10, in_channels=1, image_size=27, stem_stride=3),
 ]
 
 
@@ -360,3 +362,13 @@ def test_init_settings_compose_as_plain_overrides():
         spec("model.init=fancy")
     with pytest.raises(ConfigError, match=r"^model.zero_init_last_bn=true needs model.residual=true"):
         spec("model.zero_init_last_bn=true", "model.residual=false")
+
+
+def test_stem_stride_is_the_cifar_templates_alone():
+    with pytest.raises(ConfigError, match=r"^model.stem_stride=2: only the cifar template"):
+        spec_from_config({"template": "imagenet", "depth": 50, "stem_stride": 2})
+    with pytest.raises(ConfigError, match=r"^model.stem_stride=0: must be an integer >= 1"):
+        spec_from_config({"template": "cifar", "depth": 11, "stem_stride": 0})
+    strided = spec_from_config({"template": "cifar", "depth": 11, "stem_stride": 2, "image_size": 28})
+    assert strided.summary()["stem_stride"] == 2
+    assert build(strided)(torch.randn(2, 3, 28, 28)).shape == (2, 1000)

@@ -40,6 +40,7 @@ def layers(spec: ModelSpec) -> Iterator[Layer]:
         yield Layer("stem", spec.in_channels, spec.stem_width, 7, 1, size, True)
         size = _conv_out(size, 3, 2, 1)  # max pool
     else:
+        size = _conv_out(size, 3, spec.stem_stride, 1)
         yield Layer("stem", spec.in_channels, spec.stem_width, 3, 1, size, True)
     cin = spec.stem_width
     for i, (n, group_width, cout) in enumerate(

@@ -25,7 +25,7 @@ class ResNeXt(nn.Module):
         super().__init__()
         self.spec = spec
         imagenet = spec.template == "imagenet"
-        kernel, stride = (7, 2) if imagenet else (3, 1)
+        kernel, stride = (7, 2) if imagenet else (3, spec.stem_stride)
         stem = [*conv_bn(spec.in_channels, spec.stem_width, kernel, stride), nn.ReLU(inplace=True)]
         if imagenet:
             stem.append(nn.MaxPool2d(3, 2, 1))

@@ -53,8 +53,12 @@ class ModelSpec:
     width_scale: float = 1.0
     init: str = "official"
     zero_init_last_bn: bool = False
+    stem_stride: int = 1
 
     def __post_init__(self) -> None:
+        if self.stem_stride != 1 and self.template != "cifar":
+            raise ConfigError(f"model.stem_stride={self.stem_stride}: only the cifar template's stem takes a "
+                              "stride (the imagenet stem is the paper's 7x7/2 and max pool)")
         if self.zero_init_last_bn and not self.residual:
             raise ConfigError(
                 "model.zero_init_last_bn=true needs model.residual=true: without shortcuts a zero gamma "
@@ -181,6 +185,7 @@ def spec_from_config(cfg: Mapping[str, Any], **data: int) -> ModelSpec:
         width_scale=float(scale),
         init=_choice("init", cfg.get("init", "official"), INITS),
         zero_init_last_bn=_bool_field("zero_init_last_bn", cfg.get("zero_init_last_bn", False)),
+        stem_stride=_int_field("stem_stride", cfg.get("stem_stride", 1)),
     )
     width = cfg.get("width", 64)
     if width == "auto":
