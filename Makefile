@@ -11,7 +11,7 @@ ARGS   ?=
 LOCK   ?= requirements/lock.txt
 SWEEP  ?= outputs/demo/cpu
 # the paper's tables and figures that train
-EXPERIMENTS := table3 table4 residual fig5 fig7 table7 forms
+EXPERIMENTS := table3 table4 residual fig5 fig7 table7 forms init
 
 .PHONY: help install lock settings notebook gpu-check thread-policy plan test test-all lint format demo publish table1 table2 report dashboard bench clean $(EXPERIMENTS)
 

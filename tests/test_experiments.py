@@ -38,7 +38,7 @@ from resnext_lab.report.dashboard import main as dashboard_main  # noqa: E402
 SCALES = ("smoke", "cpu", "proxy", "paper")
 COMPLEXITY = ("table1", "table2")
 #: Training experiments and the number of jobs of their smoke sweep (one seed).
-TRAINED = {"table3": 10, "table4": 6, "residual": 4, "fig5": 4, "fig7": 8, "table7": 4, "forms": 3}
+TRAINED = {"table3": 10, "table4": 6, "residual": 4, "fig5": 4, "fig7": 8, "table7": 4, "forms": 3, "init": 3}
 #: Experiments that only report another's sweep.
 REPORT_ONLY = {"table4_top5": "table4"}
 #: `make demo`: composed at every scale, trained by its own make target
