@@ -6,11 +6,17 @@ Kept free of torch and Lightning: Hydra loads these callbacks for every command,
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import hashlib
 import itertools
+import json
+import os
+import platform
 import re
 import sys
 import tempfile
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,7 +24,7 @@ from typing import Any
 from hydra.experimental.callback import Callback as HydraCallback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from resnext_lab.errors import fail
+from resnext_lab.errors import fail, first_line
 
 #: Overrides that do not change what a job computes: left out of job folder names and of the check that a
 #: rerun finds the same job in its folder.
@@ -262,6 +268,77 @@ def unwritable(folder: Path) -> str | None:
     return None
 
 
+#: The file in a run's or sweep's folder that its process holds while it runs (filelock: flock), saying who it is.
+LOCK = ".lock"
+_held: dict[str, Any] = {}  # folder -> its FileLock, for as long as this process holds it
+
+
+def _holder(path: Path) -> dict[str, Any]:
+    """What a lock file says of its holder: pid, host, since, command ({} when empty or unreadable)."""
+    try:
+        data = json.loads(path.read_text() or "{}")
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _other_rank() -> bool:
+    """A DDP process other than rank zero (Lightning starts ranks > 0 with the run's own command line)."""
+    rank = next((os.environ[k] for k in ("RANK", "LOCAL_RANK", "SLURM_PROCID") if k in os.environ), "0")
+    return rank.isdigit() and int(rank) > 0
+
+
+def hold_folder(folder: Path) -> None:
+    """Hold `folder` for as long as this run or sweep runs: a second one started on it refuses at once (exit 2),
+    naming the holder's pid. The lock is an flock on `<folder>/.lock`, which the kernel drops however its
+    process ends, so a lock left by a killed run is free and taken over (said in one line). The file names the
+    holder while it runs and is emptied when it ends. Jobs do not take it: a sweep's jobs run under its lock,
+    whichever launcher runs them, and so do the ranks > 0 of a DDP run.
+    """
+    from filelock import FileLock, Timeout
+
+    if _other_rank() or str(folder) in _held:
+        return
+    path = Path(folder) / LOCK
+    me = {"pid": os.getpid(), "host": platform.node(), "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+          "command": " ".join(sys.argv)}
+
+    def claim(fd: int) -> None:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(me) + "\n").encode(), 0)
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        left = _holder(path)  # a killed holder's; a holder that ended emptied the file
+        lock = FileLock(path, on_acquired=claim, preserve_lock_file=True)
+        lock.acquire(blocking=False)
+    except Timeout:
+        holder = _holder(path)
+        who = f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}, since {holder.get('since', '?')}"
+        fail(f"{folder} is in use by another run ({who}): wait for it to end, or give this one another "
+             "name=... or out_root=...")
+    except OSError as err:
+        from resnext_lab.files import output_fault
+
+        why, remedy = output_fault(err, path.parent) or (f"cannot lock it ({first_line(err)})", "check the folder")
+        fail(f"{why}: cannot write {folder}: {remedy}, then run the same command again")
+    if left.get("pid") not in (None, os.getpid()):
+        print(f"note: {folder} was held by pid {left['pid']} on {left.get('host', '?')}, which ended without "
+              "letting go (killed?); taken over", file=sys.stderr, flush=True)
+    _held[str(folder)] = lock
+    atexit.register(release_folder, folder)
+
+
+def release_folder(folder: Path) -> None:
+    """Let go of a folder held by hold_folder, emptying its lock file (a later run sees that it ended)."""
+    lock = _held.pop(str(folder), None)
+    if lock is None:
+        return
+    with contextlib.suppress(OSError):
+        os.truncate(Path(folder) / LOCK, 0)
+    lock.release()
+
+
 def hydra_quote(value: str) -> str:
     """`value` as a quoted override value: Hydra reads backslashes literally except before a quote."""
     escaped = re.sub(r"(\\*)('|$)", lambda m: m.group(1) * 2 + ("\\'" if m.group(2) else ""), value)
@@ -291,6 +368,13 @@ class OutputFolder(HydraCallback):
                 check_job(config)
             except ConfigError as err:
                 fail(str(err))
+            hold_folder(Path(str(config.hydra.run.dir)))
+
+    def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
+        release_folder(Path(str(config.hydra.run.dir)))
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        release_folder(Path(str(config.hydra.sweep.dir)))
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         if config.get("task") == "plan":
@@ -298,7 +382,10 @@ class OutputFolder(HydraCallback):
         sweep_dir = str(config.hydra.sweep.dir)
         self._check(config, sweep_dir)
         if config.get("task") == "train":
+            if Path(sweep_dir).is_dir():  # a sweep that runs there refuses this one before the checks
+                hold_folder(Path(sweep_dir))
             check_sweep(config, kwargs.get("config_name"))
+            hold_folder(Path(sweep_dir))  # after the checks: a sweep with a bad job creates no folder
         # job folders are named by what varies inside the sweep; what all jobs share names the sweep folder
         _, fixed = split_overrides(list(config.hydra.overrides.task))
         exclude = sorted(RUN_INVARIANT | {o.split("=", 1)[0].lstrip("+~") for o in fixed})
