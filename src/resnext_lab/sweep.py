@@ -31,7 +31,7 @@ from resnext_lab.errors import fail, first_line
 RUN_INVARIANT = frozenset({
     "name", "out_root", "resume", "experiment", "scale", "trainer.accelerator",
     "trainer.enable_progress_bar", "trainer.progress_bar_interval_s", "logger.wandb.mode", "sweep.skip_invalid",
-    "report.baseline", "report.min_effect",
+    "report.baseline", "report.min_effect", "sweep.confirm",
 })
 
 
@@ -384,8 +384,10 @@ class OutputFolder(HydraCallback):
         if config.get("task") == "train":
             if Path(sweep_dir).is_dir():  # a sweep that runs there refuses this one before the checks
                 hold_folder(Path(sweep_dir))
-            check_sweep(config, kwargs.get("config_name"))
-            hold_folder(Path(sweep_dir))  # after the checks: a sweep with a bad job creates no folder
+            jobs = check_sweep(config, kwargs.get("config_name"))
+            if config.get("experiment_name"):
+                _plan_before_training(config, jobs, Path(sweep_dir))
+            hold_folder(Path(sweep_dir))  # after the checks: a sweep stopped by them creates no folder
         # job folders are named by what varies inside the sweep; what all jobs share names the sweep folder
         _, fixed = split_overrides(list(config.hydra.overrides.task))
         exclude = sorted(RUN_INVARIANT | {o.split("=", 1)[0].lstrip("+~") for o in fixed})
@@ -415,6 +417,33 @@ def _print_plan(config: DictConfig, jobs: list[tuple[list[str], DictConfig]]) ->
     except ConfigError as err:
         fail(str(err))
     raise SystemExit(0)
+
+
+#: A sweep that its plan prices above this on this machine trains only with sweep.confirm=true (make: CONFIRM=1).
+CONFIRM_ABOVE_S = 3600
+
+
+def _plan_before_training(config: DictConfig, jobs: list[tuple[list[str], DictConfig]], sweep_dir: Path) -> None:
+    """A paper table's sweep prints its plan, timed on this machine, before its first job; one priced above an
+    hour stops there (exit 2) unless sweep.confirm=true. A rerun prices the jobs it has left."""
+    from resnext_lab.errors import ConfigError
+    from resnext_lab.plan import estimate
+    from resnext_lab.results import load_sweep
+
+    done = {tuple(comparable(r.get("overrides") or [])) for r in load_sweep(sweep_dir) if r.get("status") == "completed"}
+    left = [(overrides, cfg) for overrides, cfg in jobs if tuple(comparable(overrides)) not in done]
+    if not left:
+        return
+    try:
+        text, seconds = estimate(left, {**(config.get("plan") or {}), "device": "here"}, config.hydra)
+    except ConfigError as err:
+        fail(str(err))
+    if len(left) < len(jobs):
+        text += f"\n({len(jobs) - len(left)} of {len(jobs)} jobs completed before: this plan is for the rest)"
+    print(text, flush=True)
+    if seconds > CONFIRM_ABOVE_S and not config.get("sweep", {}).get("confirm"):
+        fail(f"sweep.confirm=false: the plan above prices this sweep at {seconds / 3600:.1f} h on this machine; "
+             "start it with sweep.confirm=true (make: CONFIRM=1), or pick a smaller SCALE")
 
 
 class SweepSummary(HydraCallback):
