@@ -18,7 +18,7 @@ SWEEP  ?= outputs/demo/cpu
 # the paper's tables and figures that train
 EXPERIMENTS := table3 table4 residual fig5 fig7 table7 forms
 
-.PHONY: help install lock settings notebook gpu-check thread-policy plan test test-all lint format demo publish table1 table2 report dashboard bench clean $(EXPERIMENTS)
+.PHONY: help install lock settings notebook gpu-check thread-policy plan test test-all lint format demo publish table1 table2 report dashboard bench soak clean $(EXPERIMENTS)
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_ -]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  \033[1m%-22s\033[0m %s\n", $$1, $$2}'
@@ -117,6 +117,9 @@ gpu-check: ## check and time the GPU path in one call (bench eager+compiled, pro
 
 thread-policy: ## time one CPU sweep four ways: 1 job x all cores vs 2 packed jobs x 1 thread, fp32 and bf16
 	$(PY) -m resnext_lab.policy $(ARGS)
+
+soak: ## about 3 min: 50 tiny jobs through the packed launcher; one JSON line with the workers' RSS growth (fails above 10%)
+	$(PY) -m resnext_lab.soak $(ARGS)
 
 plan: ## estimate a paper table's sweep before running it: make plan EXP=table3 SCALE=cpu (ARGS=plan.device=h100)
 	$(PY) run.py -m experiment=$(EXP) scale=$(SCALE) task=plan $(ARGS)

@@ -270,7 +270,7 @@ def unwritable(folder: Path) -> str | None:
 
 #: The file in a run's or sweep's folder that its process holds while it runs (filelock: flock), saying who it is.
 LOCK = ".lock"
-_held: dict[str, Any] = {}  # folder -> its FileLock, for as long as this process holds it
+_held: dict[str, tuple[Any, Path]] = {}  # folder -> (its FileLock, the nearest folder above it that existed before)
 
 
 def _holder(path: Path) -> dict[str, Any]:
@@ -307,6 +307,7 @@ def hold_folder(folder: Path) -> None:
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(me) + "\n").encode(), 0)
 
+    existed = next(p for p in (path.parent.absolute(), *path.parent.absolute().parents) if p.exists())
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         left = _holder(path)  # a killed holder's; a holder that ended emptied the file
@@ -325,18 +326,28 @@ def hold_folder(folder: Path) -> None:
     if left.get("pid") not in (None, os.getpid()):
         print(f"note: {folder} was held by pid {left['pid']} on {left.get('host', '?')}, which ended without "
               "letting go (killed?); taken over", file=sys.stderr, flush=True)
-    _held[str(folder)] = lock
+    _held[str(folder)] = (lock, existed)
     atexit.register(release_folder, folder)
 
 
 def release_folder(folder: Path) -> None:
-    """Let go of a folder held by hold_folder, emptying its lock file (a later run sees that it ended)."""
-    lock = _held.pop(str(folder), None)
+    """Let go of a folder held by hold_folder, emptying its lock file (a later run sees that it ended). A folder
+    that hold_folder created and that holds nothing else (the run stopped before it began: a launcher's bad
+    setting, a refused plan) is removed again."""
+    lock, existed = _held.pop(str(folder), (None, None))
     if lock is None:
         return
+    path = Path(folder) / LOCK
     with contextlib.suppress(OSError):
-        os.truncate(Path(folder) / LOCK, 0)
+        os.truncate(path, 0)
     lock.release()
+    with contextlib.suppress(OSError):
+        if existed != path.parent.absolute() and os.listdir(folder) == [LOCK]:
+            path.unlink()
+            for empty in (path.parent.absolute(), *path.parent.absolute().parents):
+                if empty == existed:
+                    break
+                empty.rmdir()  # only an empty folder: the first that is not ends it
 
 
 def hydra_quote(value: str) -> str:

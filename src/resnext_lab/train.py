@@ -165,8 +165,8 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             record("interrupted", f"interrupted by {interrupts.name()}")
         from resnext_lab.errors import stop
 
-        stop(f"interrupted ({interrupts.name()}): job {run_dir} is resumable: run the same command again to "
-             "resume it from its last checkpoint", interrupts.status())
+        stop(f"interrupted ({interrupts.name()}): job {run_dir} is resumable: {_how_to_resume(run_dir)} to resume it "
+             "from its last checkpoint", interrupts.status())
     except Exception as err:  # recorded, never lost: see the module docstring
         from resnext_lab.module import Diverged
 
@@ -205,7 +205,15 @@ def _stop_if_unwritable(err: BaseException, run_dir: Path, record: Any = None) -
         with contextlib.suppress(OSError):
             record(f"{why}: {one_line(err)}")
     fail(f"{why}: cannot write {run_dir}; what was written is kept and the job is resumable: {remedy}, then "
-         "run the same command again")
+         f"{_how_to_resume(run_dir)}")
+
+
+def _how_to_resume(run_dir: Path) -> str:
+    """A sweep's folder is named after its overrides, so the same command finds the job; a single run's is
+    named after the time it started, so its folder must be given."""
+    if _in_multirun():
+        return "run the same command again"
+    return f"run the same command again with hydra.run.dir={run_dir}"
 
 
 def one_line(err: BaseException) -> str:
