@@ -495,6 +495,11 @@ def write_sweep_report(sweep_dir: Path, config: DictConfig) -> None:
         print(f"error: {err}", file=sys.stderr, flush=True)
         return
     except Exception as err:  # the sweep's jobs are done and recorded: a report bug must not hide that
+        from resnext_lab.files import output_fault
+
+        if fault := output_fault(err, sweep_dir):  # a full disk: one line, exit 2, as in a job
+            fail(f"{fault[0]}: cannot write the report in {sweep_dir / 'report'}: {fault[1]}, then run the same "
+                 "command again (the jobs are done and kept)")
         print(f"warning: the ablation report failed: {type(err).__name__}: {first_line(err)}", file=sys.stderr)
         return
     try:
