@@ -4,7 +4,12 @@ SHELL := /bin/bash
 
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-SCALE  ?= proxy
+# unset: proxy where a GPU is visible, else cpu (said once, when a target first uses it)
+SCALE  ?= $(eval SCALE := $(shell $(PY) -c 'import sys, torch; gpu = torch.cuda.is_available(); \
+  gpu or print("no GPU visible here: SCALE=cpu (SCALE=proxy runs the one-GPU scale anyway)", file=sys.stderr); \
+  print("proxy" if gpu else "cpu")'))$(SCALE)
+# CONFIRM=1: train a table whose plan prices it above an hour on this machine (sweep.confirm=true)
+CONFIRM ?=
 OUT    ?= outputs
 ARGS   ?=
 # pip constraints: the exact versions `make install` installs; `make install LOCK=` takes the newest releases
@@ -13,13 +18,14 @@ SWEEP  ?= outputs/demo/cpu
 # the paper's tables and figures that train
 EXPERIMENTS := table3 table4 residual fig5 fig7 table7 forms init
 
-.PHONY: help install lock settings notebook gpu-check thread-policy plan test test-all lint format demo publish table1 table2 report dashboard bench clean $(EXPERIMENTS)
+.PHONY: help install lock settings notebook gpu-check thread-policy plan test test-all lint format demo publish table1 table2 report dashboard bench soak clean $(EXPERIMENTS)
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_ -]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  \033[1m%-22s\033[0m %s\n", $$1, $$2}'
 	@printf "  \033[1m%-22s\033[0m %s\n" "$(EXPERIMENTS)" "" | sed 's/ *$$//'
 	@echo "                         each: run that paper table's sweep at SCALE (resumable), then its report in reports/<table>/<SCALE>"
-	@echo "  variables: SCALE=smoke|cpu|proxy|paper (default proxy)  ARGS='extra Hydra overrides'  OUT=outputs"
+	@echo "  variables: SCALE=smoke|cpu|proxy|paper (default: proxy with a GPU, else cpu)  ARGS='extra Hydra overrides'  OUT=outputs"
+	@echo "             CONFIRM=1: train a table that its plan (printed first) prices above an hour on this machine"
 
 install: ## create .venv, install the project (editable, dev tools, the versions in LOCK) and Fashion-MNIST where apt-get works
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -74,10 +80,14 @@ table1: ## paper Table 1 (ResNet-50 vs ResNeXt-50 complexity) beside the library
 table2: ## paper Table 2 (d for each C at preserved complexity) beside the width solver's
 	$(PY) -m resnext_lab.report.complexity_tables table2 --out reports/table2
 
-# $(call run_table,EXPERIMENT,SCALE): its sweep (resumable), then its table beside the paper's in reports/EXPERIMENT/SCALE
+# $(call run_table,EXPERIMENT,SCALE): its plan and sweep (resumable), then its table beside the paper's in
+# reports/EXPERIMENT/SCALE; no report when the sweep was stopped before it ended (exit 2: a bad input, no
+# CONFIRM, a full disk; 130, 143: interrupted)
 define run_table
-@status=0; $(PY) run.py -m experiment=$(1) scale=$(2) out_root=$(OUT) $(ARGS) || status=$$?; \
+@status=0; $(PY) run.py -m experiment=$(1) scale=$(2) out_root=$(OUT) $(if $(CONFIRM),sweep.confirm=true) $(ARGS) \
+  || status=$$?; \
 case " $(ARGS) " in *" task=plan "*) exit $$status;; esac; \
+case $$status in 2|130|143) exit $$status;; esac; \
 $(PY) -m resnext_lab.report $(OUT)/$(1)/$(2) --experiment $(1) --scale $(2) --out reports/$(1)/$(2) || status=$$?; \
 if [ $(1) = table4 ]; then $(PY) -m resnext_lab.report $(OUT)/$(1)/$(2) --experiment table4_top5 --scale $(2) \
   --out reports/table4_top5/$(2) || status=$$?; fi; \
@@ -107,6 +117,9 @@ gpu-check: ## check and time the GPU path in one call (bench eager+compiled, pro
 
 thread-policy: ## time one CPU sweep four ways: 1 job x all cores vs 2 packed jobs x 1 thread, fp32 and bf16
 	$(PY) -m resnext_lab.policy $(ARGS)
+
+soak: ## about 3 min: 50 tiny jobs through the packed launcher; one JSON line with the workers' RSS growth (fails above 10%)
+	$(PY) -m resnext_lab.soak $(ARGS)
 
 plan: ## estimate a paper table's sweep before running it: make plan EXP=table3 SCALE=cpu (ARGS=plan.device=h100)
 	$(PY) run.py -m experiment=$(EXP) scale=$(SCALE) task=plan $(ARGS)

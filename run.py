@@ -8,11 +8,15 @@ python run.py -m +experiment=table3 scale=smoke # a paper table's sweep
 
 import sys
 
-import hydra
-from omegaconf import DictConfig
+from resnext_lab import interrupts
 
-from resnext_lab.cli import normalize_argv, run_task
-from resnext_lab.config import register
+interrupts.install()  # Ctrl-C and SIGTERM end a run in one line, its job resumable, from the first import on
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from resnext_lab.cli import normalize_argv, run_task  # noqa: E402
+from resnext_lab.config import register  # noqa: E402
 
 register()  # the config schemas (each group's YAML extends its own) and the sweep resolvers
 

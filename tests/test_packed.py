@@ -116,11 +116,14 @@ def test_ctrl_c_stops_a_packed_sweep_and_records_its_jobs_interrupted(tmp_path: 
     try:
         workers = _wait_running(proc, sweep, 2)
         os.killpg(proc.pid, signal.SIGINT)
-        proc.communicate(timeout=60)
+        _, stderr = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode != 0
+    assert proc.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr, stderr[-3000:]
+    (line,) = [line for line in stderr.splitlines() if line.startswith(("interrupted", "error"))]
+    assert line.startswith("interrupted (SIGINT): 2 running job(s)") and "run the same command again" in line
     statuses = sorted(json.loads(p.read_text())["status"] for p in sweep.glob("*/results.json"))
     assert statuses == ["interrupted", "interrupted"]  # the third job never started
     assert not [w for w in workers if Path(f"/proc/{w}").exists()]

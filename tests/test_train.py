@@ -171,6 +171,9 @@ def test_smoke_sweep_writes_results_wandb_and_csv(smoke: tuple[subprocess.Comple
     assert sorted(line.split()[-1] for line in table[2:4]) == ["completed", "completed"]
     assert "did not complete" not in proc.stdout
     assert f"precision {used} ({why})" in proc.stderr
+    # quiet: the warnings every job printed are gone (stated weights_only, a logging interval within the epoch)
+    for known in ("`weights_only` was not set", "LeafSpec", "log_every_n_steps"):
+        assert known not in proc.stderr, known
     # then the ablation report: one group per C (one seed: no CI yet), in <sweep>/report/
     report = proc.stdout[proc.stdout.index("ablation over seeds 0"):].splitlines()
     assert report[1].split()[0] == "model.cardinality=1" and report[1].endswith("baseline")
@@ -296,6 +299,7 @@ def test_killed_sweep_resumes_and_skips_completed_jobs(run_cli: RunCli, start_cl
 
     proc = run_cli(*args)
     assert proc.returncode == 0, show(proc)
+    assert f"held by pid {first.pid}" in proc.stderr and "taken over" in proc.stderr  # the killed sweep's lock
     assert (done / "results.json").stat().st_mtime_ns == done_stat.st_mtime_ns
     assert (done / "results.json").read_bytes() == done_bytes
     assert f"skipping {done}" in proc.stderr
@@ -331,6 +335,8 @@ BAD_INPUT = {
     "zero batch": (["data.batch_size=0"], "data.batch_size=0"),
     "augment not a bool": (["data.augment=often"], "data.augment='often'"),
     "missing data": (["data.root=/nonexistent", "data.download=false"], "data.root"),
+    "val_size above the data": (["data.val_size=70000"], "data.val_size=70000: must be smaller than the 60000"),
+    "batch above limit_train": (["data.limit_train=10"], "data.batch_size=64: larger than the 10 training images"),
     "out_root under a file": (["out_root={file}/out"], "out_root="),
     "out_root under /proc": (["out_root=/proc/forbidden/out"], "out_root='/proc/forbidden/out'"),
     "negative bar interval": (["trainer.progress_bar_interval_s=-1"], "trainer.progress_bar_interval_s=-1"),

@@ -1,4 +1,5 @@
-"""Lightning callbacks: throughput per epoch and the checkpoint a rerun resumes from.
+"""Lightning callbacks and plugins: throughput per epoch, the logging interval, and the checkpoint a rerun
+resumes from, written so that it cannot tear.
 
 Hydra's callbacks (output folder checks, the sweep's closing table) live in `sweep.py`:
 Hydra loads them for every command, and importing Lightning would cost seconds each time.
@@ -6,14 +7,19 @@ Hydra loads them for every command, and importing Lightning would cost seconds e
 
 from __future__ import annotations
 
+import io
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
+from lightning_fabric.plugins import TorchCheckpointIO
 from pytorch_lightning.callbacks import TQDMProgressBar
 
+from resnext_lab.files import write_atomic
 from resnext_lab.hardware import synchronize
 
 
@@ -104,11 +110,48 @@ class LastCheckpoint(pl.Callback):
 
     Lightning's ModelCheckpoint (2.6) writes its `last` file only when it also saves a top-k checkpoint,
     so with save_top_k=0 it appeared only once training had ended and a killed job started over.
-    `trainer.save_checkpoint` writes atomically, from global rank zero, and is called on every rank.
+    `trainer.save_checkpoint` writes from global rank zero (through AtomicCheckpointIO) and is called on every rank.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        trainer.save_checkpoint(self.path)
+        trainer.save_checkpoint(self.path, weights_only=False)  # the optimiser and loops too: a rerun resumes
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written whole or not at all: serialised in memory, written to a temporary file in the
+    checkpoint's folder, flushed to disk, then renamed over the old one. A kill, a crash or a full disk
+    during a save leaves the previous checkpoint as it was.
+
+    Lightning's own save (2.6) writes a temporary file in /tmp, then copies it over the checkpoint in place:
+    a kill or a full disk during the copy leaves half a file that no rerun can load.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+
+        def write(handle: Any) -> None:
+            handle.write(buffer.getbuffer())
+            handle.flush()
+            os.fsync(handle.fileno())
+
+        write_atomic(Path(path), write)
+
+
+class EpochLogInterval(pl.Callback):
+    """Caps Lightning's `log_every_n_steps` at the steps of one training epoch, so that an epoch shorter than
+    the interval still logs (and Lightning does not warn that it would not)."""
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # after the datamodule's setup, before Lightning first counts the epoch's batches (for the lr schedule)
+        datamodule = getattr(trainer, "datamodule", None)
+        if stage != "fit" or datamodule is None:
+            return
+        steps = len(datamodule.train_dataloader())
+        limit = trainer.limit_train_batches
+        if limit is not None:
+            steps = min(steps, limit) if isinstance(limit, int) else int(steps * float(limit))
+        trainer.log_every_n_steps = max(1, min(trainer.log_every_n_steps, steps))

@@ -301,10 +301,12 @@ class Plan:
 
 @dataclasses.dataclass(frozen=True)
 class Sweep:
-    """`sweep`: how `python run.py -m` treats invalid jobs."""
+    """`sweep`: how `python run.py -m` treats invalid jobs, and long paper-table sweeps."""
 
     skip_invalid: bool = setting(False, boolean(), "false: one invalid job stops the sweep before any starts "
                                  "(exit 2); true: run the valid ones and record the invalid as failed")
+    confirm: bool = setting(False, boolean(), "train a paper table's sweep that its plan prices above an hour on "
+                            "this machine (false: print the plan and stop, exit 2)")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -31,3 +32,34 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
 
 def write_json_atomic(path: str | Path, payload: Any) -> Path:
     return write_text_atomic(path, json.dumps(payload, indent=2, default=str) + "\n")
+
+
+#: errno values that mean the output cannot be written, whatever file the error names: what the one line says
+#: and what the user does about it
+_UNWRITABLE = {
+    errno.ENOSPC: ("the disk is full", "free space"),
+    errno.EDQUOT: ("the disk quota is exceeded", "free space or raise the quota"),
+    errno.EROFS: ("the file system is read-only", "make it writable"),
+}
+
+
+def output_fault(err: BaseException, folder: Path) -> tuple[str, str] | None:
+    """(what is wrong, what to do) when `err` means that `folder` cannot be written: a full disk, a quota,
+    a read-only file system, no permission, the folder removed while a run wrote to it. None for any other
+    failure. Errors that wrap the OSError (torch's writers, W&B) are recognised by trying to write `folder`."""
+    seen: BaseException | None = err
+    for _ in range(32):  # the chain of causes, as far as any traceback shows it
+        if seen is None:
+            break
+        if isinstance(seen, OSError) and seen.errno in _UNWRITABLE:
+            return _UNWRITABLE[seen.errno]
+        seen = seen.__cause__ or seen.__context__
+    if not Path(folder).is_dir():
+        return f"the folder was removed while the run wrote to it ({type(err).__name__})", "check what removed it"
+    try:
+        write_atomic(Path(folder) / ".write-check", lambda handle: handle.write(bytes(4096)))
+        (Path(folder) / ".write-check").unlink()
+    except OSError as probe:
+        known = _UNWRITABLE.get(probe.errno or 0)
+        return known or (f"it cannot be written ({probe.strerror or type(probe).__name__})", "make it writable")
+    return None

@@ -329,9 +329,15 @@ def _swept_names(plans: Sequence[JobPlan]) -> list[str]:
 def plan_sweep(configs: Sequence[tuple[list[str], Any]], settings: Mapping[str, Any],
                hydra_cfg: Mapping[str, Any]) -> str:
     """The plan of a sweep (or of one run) as printed text."""
+    return estimate(configs, settings, hydra_cfg)[0]
+
+
+def estimate(configs: Sequence[tuple[list[str], Any]], settings: Mapping[str, Any],
+             hydra_cfg: Mapping[str, Any]) -> tuple[str, float]:
+    """The plan of a sweep as printed text, and its estimated wall time in seconds."""
     device = settings.get("device", "here")
     if device not in DEVICES:
         raise ConfigError(f"plan.device={device!r}: must be one of {', '.join(DEVICES)}")
     slots, threads, launcher = launcher_slots(hydra_cfg, len(configs), assumed_gpus=device != "here")
     plans = plan_jobs(configs, device, slots, threads)
-    return render(plans, device, slots, launcher)
+    return render(plans, device, slots, launcher), sweep_seconds(plans, slots)

@@ -6,11 +6,17 @@ Kept free of torch and Lightning: Hydra loads these callbacks for every command,
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import hashlib
 import itertools
+import json
+import os
+import platform
 import re
 import sys
 import tempfile
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,14 +24,14 @@ from typing import Any
 from hydra.experimental.callback import Callback as HydraCallback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from resnext_lab.errors import fail
+from resnext_lab.errors import fail, first_line
 
 #: Overrides that do not change what a job computes: left out of job folder names and of the check that a
 #: rerun finds the same job in its folder.
 RUN_INVARIANT = frozenset({
     "name", "out_root", "resume", "experiment", "scale", "trainer.accelerator",
     "trainer.enable_progress_bar", "trainer.progress_bar_interval_s", "logger.wandb.mode", "sweep.skip_invalid",
-    "report.baseline", "report.min_effect", "report.test", "report.exclude", "report.alpha",
+    "report.baseline", "report.min_effect", "report.test", "report.exclude", "report.alpha", "sweep.confirm",
 })
 
 
@@ -262,6 +268,88 @@ def unwritable(folder: Path) -> str | None:
     return None
 
 
+#: The file in a run's or sweep's folder that its process holds while it runs (filelock: flock), saying who it is.
+LOCK = ".lock"
+_held: dict[str, tuple[Any, Path]] = {}  # folder -> (its FileLock, the nearest folder above it that existed before)
+
+
+def _holder(path: Path) -> dict[str, Any]:
+    """What a lock file says of its holder: pid, host, since, command ({} when empty or unreadable)."""
+    try:
+        data = json.loads(path.read_text() or "{}")
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _other_rank() -> bool:
+    """A DDP process other than rank zero (Lightning starts ranks > 0 with the run's own command line)."""
+    rank = next((os.environ[k] for k in ("RANK", "LOCAL_RANK", "SLURM_PROCID") if k in os.environ), "0")
+    return rank.isdigit() and int(rank) > 0
+
+
+def hold_folder(folder: Path) -> None:
+    """Hold `folder` for as long as this run or sweep runs: a second one started on it refuses at once (exit 2),
+    naming the holder's pid. The lock is an flock on `<folder>/.lock`, which the kernel drops however its
+    process ends, so a lock left by a killed run is free and taken over (said in one line). The file names the
+    holder while it runs and is emptied when it ends. Jobs do not take it: a sweep's jobs run under its lock,
+    whichever launcher runs them, and so do the ranks > 0 of a DDP run.
+    """
+    from filelock import FileLock, Timeout
+
+    if _other_rank() or str(folder) in _held:
+        return
+    path = Path(folder) / LOCK
+    me = {"pid": os.getpid(), "host": platform.node(), "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+          "command": " ".join(sys.argv)}
+
+    def claim(fd: int) -> None:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(me) + "\n").encode(), 0)
+
+    existed = next(p for p in (path.parent.absolute(), *path.parent.absolute().parents) if p.exists())
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        left = _holder(path)  # a killed holder's; a holder that ended emptied the file
+        lock = FileLock(path, on_acquired=claim, preserve_lock_file=True)
+        lock.acquire(blocking=False)
+    except Timeout:
+        holder = _holder(path)
+        who = f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}, since {holder.get('since', '?')}"
+        fail(f"{folder} is in use by another run ({who}): wait for it to end, or give this one another "
+             "name=... or out_root=...")
+    except OSError as err:
+        from resnext_lab.files import output_fault
+
+        why, remedy = output_fault(err, path.parent) or (f"cannot lock it ({first_line(err)})", "check the folder")
+        fail(f"{why}: cannot write {folder}: {remedy}, then run the same command again")
+    if left.get("pid") not in (None, os.getpid()):
+        print(f"note: {folder} was held by pid {left['pid']} on {left.get('host', '?')}, which ended without "
+              "letting go (killed?); taken over", file=sys.stderr, flush=True)
+    _held[str(folder)] = (lock, existed)
+    atexit.register(release_folder, folder)
+
+
+def release_folder(folder: Path) -> None:
+    """Let go of a folder held by hold_folder, emptying its lock file (a later run sees that it ended). A folder
+    that hold_folder created and that holds nothing else (the run stopped before it began: a launcher's bad
+    setting, a refused plan) is removed again."""
+    lock, existed = _held.pop(str(folder), (None, None))
+    if lock is None:
+        return
+    path = Path(folder) / LOCK
+    with contextlib.suppress(OSError):
+        os.truncate(path, 0)
+    lock.release()
+    with contextlib.suppress(OSError):
+        if existed != path.parent.absolute() and os.listdir(folder) == [LOCK]:
+            path.unlink()
+            for empty in (path.parent.absolute(), *path.parent.absolute().parents):
+                if empty == existed:
+                    break
+                empty.rmdir()  # only an empty folder: the first that is not ends it
+
+
 def hydra_quote(value: str) -> str:
     """`value` as a quoted override value: Hydra reads backslashes literally except before a quote."""
     escaped = re.sub(r"(\\*)('|$)", lambda m: m.group(1) * 2 + ("\\'" if m.group(2) else ""), value)
@@ -291,6 +379,13 @@ class OutputFolder(HydraCallback):
                 check_job(config)
             except ConfigError as err:
                 fail(str(err))
+            hold_folder(Path(str(config.hydra.run.dir)))
+
+    def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
+        release_folder(Path(str(config.hydra.run.dir)))
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        release_folder(Path(str(config.hydra.sweep.dir)))
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         if config.get("task") == "plan":
@@ -298,7 +393,12 @@ class OutputFolder(HydraCallback):
         sweep_dir = str(config.hydra.sweep.dir)
         self._check(config, sweep_dir)
         if config.get("task") == "train":
-            check_sweep(config, kwargs.get("config_name"))
+            if Path(sweep_dir).is_dir():  # a sweep that runs there refuses this one before the checks
+                hold_folder(Path(sweep_dir))
+            jobs = check_sweep(config, kwargs.get("config_name"))
+            if config.get("experiment_name"):
+                _plan_before_training(config, jobs, Path(sweep_dir))
+            hold_folder(Path(sweep_dir))  # after the checks: a sweep stopped by them creates no folder
         # job folders are named by what varies inside the sweep; what all jobs share names the sweep folder
         _, fixed = split_overrides(list(config.hydra.overrides.task))
         exclude = sorted(RUN_INVARIANT | {o.split("=", 1)[0].lstrip("+~") for o in fixed})
@@ -328,6 +428,33 @@ def _print_plan(config: DictConfig, jobs: list[tuple[list[str], DictConfig]]) ->
     except ConfigError as err:
         fail(str(err))
     raise SystemExit(0)
+
+
+#: A sweep that its plan prices above this on this machine trains only with sweep.confirm=true (make: CONFIRM=1).
+CONFIRM_ABOVE_S = 3600
+
+
+def _plan_before_training(config: DictConfig, jobs: list[tuple[list[str], DictConfig]], sweep_dir: Path) -> None:
+    """A paper table's sweep prints its plan, timed on this machine, before its first job; one priced above an
+    hour stops there (exit 2) unless sweep.confirm=true. A rerun prices the jobs it has left."""
+    from resnext_lab.errors import ConfigError
+    from resnext_lab.plan import estimate
+    from resnext_lab.results import load_sweep
+
+    done = {tuple(comparable(r.get("overrides") or [])) for r in load_sweep(sweep_dir) if r.get("status") == "completed"}
+    left = [(overrides, cfg) for overrides, cfg in jobs if tuple(comparable(overrides)) not in done]
+    if not left:
+        return
+    try:
+        text, seconds = estimate(left, {**(config.get("plan") or {}), "device": "here"}, config.hydra)
+    except ConfigError as err:
+        fail(str(err))
+    if len(left) < len(jobs):
+        text += f"\n({len(jobs) - len(left)} of {len(jobs)} jobs completed before: this plan is for the rest)"
+    print(text, flush=True)
+    if seconds > CONFIRM_ABOVE_S and not config.get("sweep", {}).get("confirm"):
+        fail(f"sweep.confirm=false: the plan above prices this sweep at {seconds / 3600:.1f} h on this machine; "
+             "start it with sweep.confirm=true (make: CONFIRM=1), or pick a smaller SCALE")
 
 
 class SweepSummary(HydraCallback):
@@ -370,6 +497,11 @@ def write_sweep_report(sweep_dir: Path, config: DictConfig) -> None:
         print(f"error: {err}", file=sys.stderr, flush=True)
         return
     except Exception as err:  # the sweep's jobs are done and recorded: a report bug must not hide that
+        from resnext_lab.files import output_fault
+
+        if fault := output_fault(err, sweep_dir):  # a full disk: one line, exit 2, as in a job
+            fail(f"{fault[0]}: cannot write the report in {sweep_dir / 'report'}: {fault[1]}, then run the same "
+                 "command again (the jobs are done and kept)")
         print(f"warning: the ablation report failed: {type(err).__name__}: {first_line(err)}", file=sys.stderr)
         return
     try:

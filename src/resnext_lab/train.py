@@ -22,7 +22,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from resnext_lab import results
+from resnext_lab import interrupts, results
 from resnext_lab.errors import ConfigError, first_line
 
 log = logging.getLogger("resnext_lab")
@@ -104,8 +104,20 @@ def train_task(cfg: DictConfig) -> dict[str, Any]:
 
     Settings are checked before Hydra starts the job (sweep.OutputFolder) and again in build_run,
     inside the bookkeeping, so that a job that runs with a bad setting (sweep.skip_invalid) is recorded.
+    Two things end the whole run or sweep at once, in one line, the job recorded as interrupted (resumable):
+    an output folder that cannot be written (exit 2: the jobs after it could not write either) and
+    SIGINT or SIGTERM (exit 130 or 143).
     """
     run_dir = _run_dir()
+    with interrupts.job_running():
+        try:
+            return _train(cfg, run_dir)
+        except OSError as err:  # before the job's own bookkeeping: its folder, its earlier results.json
+            _stop_if_unwritable(err, run_dir)
+            raise
+
+
+def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     rank = process_rank()  # ranks > 0 train but write nothing: see process_rank
     previous = results.load(run_dir)
@@ -132,6 +144,14 @@ def train_task(cfg: DictConfig) -> dict[str, Any]:
     }
     start = time.perf_counter()
     outcome: dict[str, Any] = {}  # filled by _fit as it goes, so a failure keeps what was known
+
+    def record(status: str, error: str | None) -> dict[str, Any]:
+        result = {**base, **outcome, "status": status, "error": error,
+                  "wall_time_s": round(time.perf_counter() - start, 2)}
+        if rank == 0:
+            results.write(run_dir, result)
+        return result
+
     try:
         job, model_info = build_run(cfg)
         base["model"] = model_info
@@ -139,34 +159,61 @@ def train_task(cfg: DictConfig) -> dict[str, Any]:
             results.write(run_dir, base)
         _fit(cfg, run_dir, job, model_info, outcome)
         status, error = "completed", None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: recorded, resumable, and the run ends (interrupts.py)
         _finish_wandb(exit_code=255)
-        if rank == 0:
-            results.write(run_dir, {**base, **outcome, "status": "interrupted",
-                                    "wall_time_s": round(time.perf_counter() - start, 2)})
-        raise
+        with contextlib.suppress(OSError):  # a full disk must not hide the interrupt
+            record("interrupted", f"interrupted by {interrupts.name()}")
+        from resnext_lab.errors import stop
+
+        stop(f"interrupted ({interrupts.name()}): job {run_dir} is resumable: {_how_to_resume(run_dir)} to resume it "
+             "from its last checkpoint", interrupts.status())
     except Exception as err:  # recorded, never lost: see the module docstring
         from resnext_lab.module import Diverged
 
+        _stop_if_unwritable(err, run_dir, lambda why: record("interrupted", why))
         status = "diverged" if isinstance(err, Diverged) else "failed"
         error = one_line(err)
         _finish_wandb(exit_code=1)
         error_file = run_dir / ("error.txt" if rank == 0 else f"error.rank{rank}.txt")
         error_file.write_text(traceback.format_exc())
-        if rank == 0:
-            results.write(run_dir, {**base, **outcome, "status": status, "error": error,
-                                    "wall_time_s": round(time.perf_counter() - start, 2)})
+        record(status, error)
         if not _in_multirun():  # run.py prints the one line and exits non-zero
             if isinstance(err, ConfigError):
                 raise
             raise RunFailed(f"{status}: {error} (traceback in {error_file})") from err
         log.error("%s: %s", status, error)
-    result = {**base, **outcome, "status": status, "error": error, "wall_time_s": round(time.perf_counter() - start, 2)}
-    if rank == 0:
-        results.write(run_dir, result)
-        if status == "completed":
-            print_summary(result, run_dir)
+    result = record(status, error)
+    if rank == 0 and status == "completed":
+        print_summary(result, run_dir)
     return result
+
+
+def _stop_if_unwritable(err: BaseException, run_dir: Path, record: Any = None) -> None:
+    """End the run in one line (exit 2) when `err` means that the job's folder cannot be written: the disk
+    is full, a quota, read-only, removed. What was written stays; the job is recorded as interrupted where
+    anything can still be written, so that the same command resumes it."""
+    from resnext_lab.errors import fail
+    from resnext_lab.files import output_fault
+
+    fault = output_fault(err, run_dir)
+    if fault is None:
+        return
+    why, remedy = fault
+    with contextlib.suppress(Exception):  # W&B and results.json may not be writable either
+        _finish_wandb(exit_code=1)
+    if record is not None:
+        with contextlib.suppress(OSError):
+            record(f"{why}: {one_line(err)}")
+    fail(f"{why}: cannot write {run_dir}; what was written is kept and the job is resumable: {remedy}, then "
+         f"{_how_to_resume(run_dir)}")
+
+
+def _how_to_resume(run_dir: Path) -> str:
+    """A sweep's folder is named after its overrides, so the same command finds the job; a single run's is
+    named after the time it started, so its folder must be given."""
+    if _in_multirun():
+        return "run the same command again"
+    return f"run the same command again with hydra.run.dir={run_dir}"
 
 
 def one_line(err: BaseException) -> str:
@@ -216,18 +263,26 @@ def _fit(cfg: DictConfig, run_dir: Path, job: Any, model_info: dict[str, Any], o
     log.info("precision %s (%s)", precision, why)
 
     last = run_dir / CHECKPOINT
-    resumed = bool(run.resume and last.exists())
+    resume_from, set_aside = resume_point(run_dir) if run.resume else (None, [])
+    resumed = resume_from is not None
+    if resumed or set_aside:
+        outcome["checkpoint"] = {"resumed_from": str(resume_from.relative_to(run_dir)) if resumed else None,
+                                 "set_aside": set_aside}
     loggers: list[Any] = [_csv_logger(run_dir, keep_rows=resumed)] if logger.csv else []
     wl, wandb_info = _wandb_logger(cfg, run_dir, logger.wandb) if logger.wandb.enabled else (None, None)
     if wl is not None:
         loggers.append(wl)
         outcome["wandb"] = wandb_info
+    _quiet()
     trainer = _trainer(t, run.deterministic, run_dir, precision, benchmark, loggers)
     if resumed:
-        log.info("resuming from %s", last)
+        log.info("resuming from %s", resume_from)
+    elif set_aside:
+        log.info("starting again: no checkpoint of %s loads", run_dir)
     outcome.update(resumed=resumed, metrics_csv="csv/metrics.csv" if logger.csv else None)
     with _ctrl_c_as_interrupt(trainer):
-        trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resumed else None)
+        # our own checkpoint, written by this job: it holds the loops' and optimiser's state, not only weights
+        trainer.fit(module, datamodule=dm, ckpt_path=str(resume_from) if resumed else None, weights_only=False)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
         trainer.test(module, datamodule=dm, verbose=False)
     metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
@@ -244,6 +299,56 @@ def _fit(cfg: DictConfig, run_dir: Path, job: Any, model_info: dict[str, Any], o
         import wandb
 
         wandb.finish()
+
+
+def resume_point(run_dir: Path) -> tuple[Path | None, list[dict[str, str]]]:
+    """The newest checkpoint of the job that loads, and each one that does not, moved aside (kept, never
+    deleted) to `checkpoints/set-aside/` so that no rerun trips on it again: [{path, error}], paths relative
+    to `run_dir`. (None, ...) when none loads: the job starts again."""
+    import torch
+
+    folder = run_dir / Path(CHECKPOINT).parent
+    set_aside: list[dict[str, str]] = []
+    for path in sorted(folder.glob("*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True):
+        try:
+            torch.load(path, map_location="cpu", weights_only=False)  # our own file: see _fit
+            return path, set_aside
+        except Exception as err:  # torn, truncated, or not a checkpoint at all: whatever torch says
+            aside = folder / "set-aside" / f"{path.stem}-{time.strftime('%Y%m%d-%H%M%S')}{path.suffix}"
+            aside.parent.mkdir(exist_ok=True)
+            path.replace(aside)
+            error = one_line(err)
+            log.warning("%s does not load (%s): moved to %s", path, error, aside)
+            set_aside.append({"path": str(aside.relative_to(run_dir)), "error": error})
+    return None, set_aside
+
+
+#: Known-harmless messages that every job would print, by their exact text. Anything else still shows.
+_HARMLESS_WARNINGS = (
+    # Lightning 2.6's own pytree helper, at every step, against torch >= 2.10
+    (FutureWarning, "`isinstance(treespec, LeafSpec)` is deprecated, use `isinstance(treespec, TreeSpec) and "
+                    "treespec.is_leaf()` instead."),
+)
+#: Lightning's lines on Ctrl-C and SIGTERM: the run's own one line (interrupts.py) says what happened and what to do.
+_REPLACED_LOG_LINES = ("Received SIGTERM: ", "Detected KeyboardInterrupt, attempting graceful shutdown")
+
+
+class _Replaced(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(line in str(record.msg) for line in _REPLACED_LOG_LINES)
+
+
+def _quiet() -> None:
+    """Filter the known-harmless messages, each by its exact text (set once per process; filters do not pile up)."""
+    import re
+    import warnings
+
+    for category, message in _HARMLESS_WARNINGS:
+        warnings.filterwarnings("ignore", message=re.escape(message), category=category)
+    for name in ("pytorch_lightning.utilities.rank_zero", "pytorch_lightning.trainer.connectors.signal_connector"):
+        target = logging.getLogger(name)
+        if not any(isinstance(f, _Replaced) for f in target.filters):
+            target.addFilter(_Replaced())
 
 
 def _wandb_logger(cfg: DictConfig, run_dir: Path, w: Any) -> tuple[Any, dict[str, Any]]:
@@ -277,7 +382,7 @@ def _trainer(t: Any, deterministic: bool, run_dir: Path, precision: str, benchma
     """The Lightning Trainer of the `trainer` settings, with our callbacks and no checkpointing of its own."""
     import pytorch_lightning as pl
 
-    from resnext_lab.callbacks import LastCheckpoint, Throughput, TimedProgressBar
+    from resnext_lab.callbacks import AtomicCheckpointIO, EpochLogInterval, LastCheckpoint, Throughput, TimedProgressBar
 
     bar = [TimedProgressBar(t.progress_bar_interval_s)] if t.enable_progress_bar else []
     return pl.Trainer(
@@ -299,7 +404,8 @@ def _trainer(t: Any, deterministic: bool, run_dir: Path, precision: str, benchma
         enable_model_summary=False,
         enable_checkpointing=False,  # LastCheckpoint writes the one checkpoint a rerun needs
         logger=loggers or False,
-        callbacks=[LastCheckpoint(run_dir / CHECKPOINT), Throughput(), *bar],
+        callbacks=[LastCheckpoint(run_dir / CHECKPOINT), Throughput(), EpochLogInterval(), *bar],
+        plugins=[AtomicCheckpointIO()],
         default_root_dir=str(run_dir),
     )
 

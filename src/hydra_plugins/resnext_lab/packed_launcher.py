@@ -40,7 +40,8 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from resnext_lab.errors import fail
+from resnext_lab import interrupts
+from resnext_lab.errors import Stop, fail, stop
 
 log = logging.getLogger("resnext_lab.packed")
 
@@ -154,14 +155,17 @@ class PackedLauncher(Launcher):
         devices = devices[: len(job_overrides)]
         threads = max(1, (os.cpu_count() or 1) // len(devices))
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
-        (sweep_dir / ".packed").mkdir(parents=True, exist_ok=True)
         where = f"on each of GPUs {', '.join(map(str, gpus))}" if gpus else "on the CPU"
         log.info(f"packed sweep: {len(job_overrides)} jobs, {self.jobs_per_device} at a time {where}, "
                  f"{threads} CPU thread{'s' if threads > 1 else ''} each; worker logs in {sweep_dir / '.packed'}")
         payload = sweep_dir / ".packed" / "launcher.pkl"  # read by each worker as it starts: no pipe to fill
-        # Hydra's global state (its config, the job runtime) goes with the launcher, as Hydra's own joblib and
-        # ray launchers send it to their workers: Singleton.get_state/set_state
-        payload.write_bytes(cloudpickle.dumps((self, Singleton.get_state())))
+        try:
+            payload.parent.mkdir(parents=True, exist_ok=True)
+            # Hydra's global state (its config, the job runtime) goes with the launcher, as Hydra's own joblib and
+            # ray launchers send it to their workers: Singleton.get_state/set_state
+            payload.write_bytes(cloudpickle.dumps((self, Singleton.get_state())))
+        except OSError as err:
+            _fail_unwritable(err, payload.parent)
         names = _swept(job_overrides)
         workers = [_Worker(k, device, threads, sweep_dir / ".packed" / f"worker-{k}.log", payload)
                    for k, device in enumerate(devices)]
@@ -170,27 +174,83 @@ class PackedLauncher(Launcher):
         results: list[JobReturn | None] = [None] * len(job_overrides)
         start = time.perf_counter()
         try:
-            while pending or any(w.job is not None for w in workers):
-                for w in workers:
-                    if w.job is None and pending:
-                        i, overrides = pending.popleft()
-                        w.start_job(i, list(overrides), initial_job_idx + i, configs[i])
-                        log.info(f"\t#{initial_job_idx + i} {names[i]}: started on {w.where}")
-                busy = [w for w in workers if w.job is not None]
-                wait([c for w in busy for c in (w.conn, w.process.sentinel)])
-                for w in busy:
-                    if not (w.conn.poll() or not w.process.is_alive()):
-                        continue
-                    i, began = w.job  # type: ignore[misc]
-                    results[i] = w.collect(job_overrides[i], sweep_dir)
-                    done = sum(r is not None for r in results)
-                    log.info(f"\t#{initial_job_idx + i} {names[i]}: {_outcome(results[i])} after "
-                             f"{time.perf_counter() - began:.0f} s [{done}/{len(results)} done, "
-                             f"{time.perf_counter() - start:.0f} s]")
+            with interrupts.job_running():  # Ctrl-C, SIGTERM: every running job is interrupted and recorded
+                while pending or any(w.job is not None for w in workers):
+                    for w in workers:
+                        if w.job is None and pending:
+                            i, overrides = pending.popleft()
+                            w.start_job(i, list(overrides), initial_job_idx + i, configs[i])
+                            log.info(f"\t#{initial_job_idx + i} {names[i]}: started on {w.where}")
+                    busy = [w for w in workers if w.job is not None]
+                    wait([c for w in busy for c in (w.conn, w.process.sentinel)])
+                    for w in busy:
+                        if not (w.conn.poll() or not w.process.is_alive()):
+                            continue
+                        i, began = w.job  # type: ignore[misc]
+                        reply = w.collect(job_overrides[i], sweep_dir)
+                        if isinstance(reply, Stop):  # the job cannot go on, nor can the others (errors.Stop)
+                            _halt(workers, names, signal.SIGINT)
+                            print(reply.line, file=sys.stderr, flush=True)
+                            raise reply
+                        results[i] = reply
+                        done = sum(r is not None for r in results)
+                        log.info(f"\t#{initial_job_idx + i} {names[i]}: {_outcome(reply)} after "
+                                 f"{time.perf_counter() - began:.0f} s [{done}/{len(results)} done, "
+                                 f"{time.perf_counter() - start:.0f} s]")
+                        _record_rss(sweep_dir, w, initial_job_idx + i, done)
+        except KeyboardInterrupt:
+            stopped = _halt(workers, names, interrupts.received())
+            jobs = f"{len(stopped)} running job(s) ({', '.join(stopped)}) recorded as interrupted" if stopped else \
+                "no job was running"
+            stop(f"interrupted ({interrupts.name()}): {jobs}; finished jobs are kept: run the same command again to "
+                 "resume", interrupts.status())
         finally:
             for w in workers:
                 w.stop()
         return [r for r in results if r is not None]
+
+
+def _halt(workers: Sequence[_Worker], names: Sequence[str], signum: int, timeout_s: float = 60) -> list[str]:
+    """Interrupt every running job (as Ctrl-C would: recorded as interrupted, resumable) and wait for each to say
+    so; the names of those jobs. A worker that got the signal itself ignores this second one."""
+    busy = [w for w in workers if w.job is not None]
+    for w in busy:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(w.process.pid, signum)
+    deadline = time.monotonic() + timeout_s
+    for w in busy:
+        wait([w.conn, w.process.sentinel], timeout=max(0.0, deadline - time.monotonic()))
+        if w.conn.poll() or not w.process.is_alive():
+            with contextlib.suppress(EOFError, OSError, pickle.UnpicklingError):
+                w.conn.recv_bytes()
+            w.job = None
+    return [names[w.last] for w in busy]
+
+
+def _fail_unwritable(err: OSError, folder: Path) -> None:
+    """One line and exit 2 when `folder` cannot be written (disk full, read-only, ...); else the error itself."""
+    from resnext_lab.files import output_fault
+
+    fault = output_fault(err, folder)
+    if fault is None:
+        raise err
+    fail(f"{fault[0]}: cannot write {folder}: {fault[1]}, then run the same command again")
+
+
+def _record_rss(sweep_dir: Path, worker: _Worker, job: int, done: int) -> None:
+    """One line of `.packed/rss.jsonl` per finished job: the resident memory of the worker that ran it, as it
+    waits for the next (what `make soak` reads: a worker must not grow from job to job)."""
+    import json
+
+    try:
+        status = Path(f"/proc/{worker.process.pid}/status").read_text()
+    except OSError:  # not Linux, or the worker is gone
+        return
+    rss_kb = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), None)
+    line = json.dumps({"job": job, "worker": worker.number, "pid": worker.process.pid, "rss_kb": rss_kb,
+                       "done": done})
+    with contextlib.suppress(OSError), (sweep_dir / ".packed" / "rss.jsonl").open("a") as out:
+        out.write(line + "\n")
 
 
 class _Worker:
@@ -201,6 +261,7 @@ class _Worker:
         self.env = {"OMP_NUM_THREADS": str(threads), "CUDA_VISIBLE_DEVICES": "" if device == CPU else str(device)}
         self.where = "the CPU" if device == CPU else f"GPU {device}"
         self.job: tuple[int, float] | None = None
+        self.last = -1  # the index of the last job it was given
         self._spawn()
 
     def _spawn(self) -> None:
@@ -215,10 +276,11 @@ class _Worker:
         if not self.process.is_alive():
             self._spawn()
         self.job = (i, time.perf_counter())
+        self.last = i
         self.conn.send_bytes(pickle.dumps((overrides, idx, config)))
 
-    def collect(self, overrides: Sequence[str], sweep_dir: Path) -> JobReturn:
-        """The job's JobReturn. A worker that died in the job (killed, out of memory) fails it: in its
+    def collect(self, overrides: Sequence[str], sweep_dir: Path) -> JobReturn | Stop:
+        """The job's JobReturn, or the Stop that ended it (errors.Stop: the sweep ends). A worker that died in the job (killed, out of memory) fails it: in its
         results.json when it has one (the sweep's table then reports it, as any failed training job), else
         as a failed JobReturn, which Hydra raises at the end of the sweep."""
         import cloudpickle
@@ -261,11 +323,16 @@ def _serve(conn: Connection, env: dict[str, str], log_path: str, payload: str) -
     launcher, state = cloudpickle.loads(Path(payload).read_bytes())
     Singleton.set_state(state)
     setup_globals()
+    interrupts.install()
     threading.Thread(target=_interrupt_when_orphaned, args=(os.getppid(),), daemon=True).start()
     try:
         while message := conn.recv_bytes():
             overrides, idx, config = pickle.loads(message)
-            ret = launcher.run_one(overrides, idx, config)
+            try:
+                ret = launcher.run_one(overrides, idx, config)
+            except Stop as stopped:  # the job ended the sweep (errors.Stop): the sweep's process says why
+                conn.send_bytes(cloudpickle.dumps(stopped))
+                return
             try:
                 data = cloudpickle.dumps(ret)
             except Exception as err:  # an exception that does not pickle: keep its text
@@ -275,7 +342,7 @@ def _serve(conn: Connection, env: dict[str, str], log_path: str, payload: str) -
                     ret.return_value = RuntimeError(f"{type(exc).__name__}: {exc} ({err})")
                 data = cloudpickle.dumps(ret)
             conn.send_bytes(data)
-    except (KeyboardInterrupt, EOFError, BrokenPipeError):  # the sweep was stopped, or its process is gone
+    except (KeyboardInterrupt, Stop, EOFError, BrokenPipeError):  # the sweep was stopped, or its process is gone
         return
 
 

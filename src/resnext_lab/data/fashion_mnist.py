@@ -100,6 +100,21 @@ class FashionMNISTDataModule(InMemoryDataModule):
     def _locate(self) -> Path | None:
         return next((place for place in self._places() if find_idx_files(place) is not None), None)
 
+    def _train_count(self, where: Path) -> int | None:
+        """The training labels file's IDX header: its magic number, then the number of labels."""
+        files = find_idx_files(where)
+        if files is None:
+            return None
+        path = files[1]
+        try:
+            with gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb") as f:
+                header = f.read(8)
+        except (OSError, EOFError, zlib.error):
+            return None  # reading the whole file reports it
+        if len(header) < 8 or struct.unpack(">I", header[:4])[0] != LABELS_MAGIC:
+            return None
+        return int(struct.unpack(">I", header[4:])[0])
+
     def _read(self, where: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         files = find_idx_files(where)
         assert files is not None

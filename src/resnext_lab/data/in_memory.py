@@ -71,10 +71,35 @@ class InMemoryDataModule(pl.LightningDataModule):
         """The one-line DataError message for files found nowhere."""
         raise NotImplementedError
 
+    def _train_count(self, where: Path) -> int | None:
+        """How many training images the files in `where` hold, from a header or the data set's metadata, without
+        reading the images (None: not known before they are read)."""
+        return None
+
     def check_available(self) -> None:
-        """Raise DataError now if the files are nowhere and may not be downloaded (reads no file)."""
-        if not self.settings.download and self._locate() is None:
-            raise DataError(self._missing())
+        """Raise DataError now if the files are nowhere and may not be downloaded, and ConfigError if the
+        settings ask for more images than they hold (reads at most a header)."""
+        where = self._locate()
+        if where is None:
+            if not self.settings.download:
+                raise DataError(self._missing())
+            return
+        count = self._train_count(where)
+        if count is not None:
+            self._check_sizes(count, where, world_size=1)
+
+    def _check_sizes(self, count: int, where: Path, world_size: int) -> None:
+        """`data.val_size` and the training images per device (`limit_train`, `batch_size`) against the `count`
+        training images in `where`."""
+        s = self.settings
+        if s.val_size >= count:
+            raise ConfigError(f"data.val_size={s.val_size}: must be smaller than the {count} training images in {where}")
+        train = count - s.val_size if s.limit_train is None else min(count - s.val_size, s.limit_train)
+        if train // world_size < s.batch_size:
+            raise ConfigError(
+                f"data.batch_size={s.batch_size}: larger than the {train // world_size} training images "
+                f"per device; lower it or raise data.limit_train"
+            )
 
     # -- Lightning hooks --------------------------------------------------------
 
@@ -149,21 +174,12 @@ class InMemoryDataModule(pl.LightningDataModule):
             raise DataError(self._missing())
         train_images, train_labels, test_images, test_labels = self._read(where)
         s = self.settings
-        if s.val_size >= len(train_labels):
-            raise ConfigError(
-                f"data.val_size={s.val_size}: must be smaller than the {len(train_labels)} training images in {where}"
-            )
+        self._check_sizes(len(train_labels), where, self._trainer_world_size())
         train_index, val_index = split_indices(len(train_labels), s.val_size, s.split_seed)
         train_index = train_index[: s.limit_train]
         if s.val_size == 0:
             val_index = None
         test_index = eval_subset(len(test_labels), s.limit_eval, s.split_seed)
-        world_size = self._trainer_world_size()
-        if len(train_index) // world_size < s.batch_size:
-            raise ConfigError(
-                f"data.batch_size={s.batch_size}: larger than the {len(train_index) // world_size} training images "
-                f"per device; lower it or raise data.limit_train"
-            )
         self.train_images, self.train_labels = train_images[train_index], train_labels[train_index]
         self.test_images, self.test_labels = test_images[test_index], test_labels[test_index]
         if val_index is None:
