@@ -78,14 +78,16 @@ def test_publish_writes_readme_and_copies_reports(tmp_path: Path, capsys: pytest
     reports.mkdir()
     (reports / "table.md").write_text("## The table\n\n| a | b |\n")
     (reports / "table.csv").write_text("a,b\n")
+    (reports / "per_seed.csv").write_text("row,cell,seed,metric,value,excluded\n")
+    (sweep / "report" / "per_seed.csv").write_text("group,seed,metric,value,excluded\n")
     plan = tmp_path / "plan.txt"
     plan.write_text("...\nestimate: 3.5 min wall time for the sweep (7.0 min of job time)\n")
 
     written = publish("residual", "cpu", sweep, reports, out, plan, ["the tests ran alongside"])
 
     names = sorted(str(p.relative_to(out)) for p in written)
-    assert names == ["README.md", "ablation/error_vs_params.png", "ablation/report.md", "notes.txt", "plan.txt",
-                     "table.csv", "table.md"]  # fmt: skip
+    assert names == ["README.md", "ablation/error_vs_params.png", "ablation/per_seed.csv", "ablation/report.md",
+                     "notes.txt", "per_seed.csv", "plan.txt", "table.csv", "table.md"]  # fmt: skip
     text = (out / "README.md").read_text()
     assert "`make residual SCALE=cpu`" in text and "torch 9.9.9" in text and "0123456789" in text
     assert "2.0 min from the first job's start to the last job's end (3.5 min of job time)" in text

@@ -30,8 +30,8 @@ from resnext_lab.report.collect import lookup
 from resnext_lab.results import load_sweep
 
 #: files of the table report (reports/<table>/<scale>) and of the ablation report (<sweep>/report) to copy
-TABLE_FILES = ("table.md", "table.csv", "curves.png", "size.png", "bars.png")
-ABLATION_FILES = ("report.md", "report.csv")
+TABLE_FILES = ("table.md", "table.csv", "per_seed.csv", "contrasts.csv", "curves.png", "size.png", "bars.png")
+ABLATION_FILES = ("report.md", "report.csv", "per_seed.csv")
 
 
 def _time(text: Any) -> dt.datetime | None:
@@ -170,7 +170,8 @@ def readme(
     lines += [
         "## Files",
         "",
-        "- `table.md`, `table.csv`: the table beside the paper's numbers; plots beside them.",
+        "- `table.md`, `table.csv`: the table beside the paper's numbers; `per_seed.csv`: every seed's value; "
+        "`contrasts.csv`: the declared contrasts with raw and Holm-adjusted p; plots beside them.",
         "- `ablation/`: the sweep's own ablation report (every group, Δ with 95% CI, verdicts, seeds needed).",
         "",
     ]
