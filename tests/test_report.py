@@ -410,6 +410,9 @@ def test_omitted_cell_says_why_and_a_run_one_still_counts(sweep: Path) -> None:
     assert left_out["state"] == "not run" and left_out["excluded"] == "not run: no integer d within 5% at this width"
     assert "not run: no integer d within 5% at this width" in markdown
     assert _record(frame, "101-layer", "32x4d")["state"] == ""  # it has jobs: reported as run
+    _, outcomes = analyse(load_results(sweep), validate_table({**TABLE, "omitted": omitted}))
+    left = _outcome(outcomes, "50-layer / 32x4d vs 50-layer / 1x64d")
+    assert (left.verdict, left.paper, left.family_size) == ("not run", "not run", 0)
 
 
 def test_render_welch_when_not_paired(sweep: Path) -> None:

@@ -30,6 +30,7 @@ from resnext_lab.report.contrasts import (
     delta_text,
     evaluate,
     markdown,
+    per_seed,
 )
 from resnext_lab.report.stats import summarize
 
@@ -200,19 +201,7 @@ def _contrast_fields(o: Outcome | None, state: str) -> dict[str, Any]:
 
 
 def _per_seed(groups: Sequence[Group]) -> list[dict[str, Any]]:
-    """Long form: one record per (group, seed, metric) of every completed job, excluded ones marked."""
-    out = []
-    for g in groups:
-        reasons = dict(g.excluded)
-        for job in g.jobs:
-            if job.get("status") != "completed":
-                continue
-            for metric in METRICS:
-                value = metric_value(job, metric)
-                if value is not None:
-                    out.append({"group": g.label, "seed": job.get(SEED), "metric": metric, "value": value,
-                                "excluded": reasons.get(job.get(SEED), "")})
-    return out
+    return [r for g in groups for r in per_seed({"group": g.label}, g.jobs, g.excluded, METRICS)]
 
 
 def _fmt(value: Any, digits: int = 2) -> str:

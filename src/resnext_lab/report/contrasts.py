@@ -7,10 +7,11 @@ what they compare into `Side`s and pairs of them, and this module does the rest 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from resnext_lab.report import stats
+from resnext_lab.report.collect import metric_value
 from resnext_lab.report.stats import Difference, SeedsNeeded
 
 #: Δparams or ΔFLOPs beyond this fraction of the declared reference is flagged wherever it is shown.
@@ -26,6 +27,8 @@ class Side:
     keys: list[Any]
     paper: float | None = None
     interpretable: bool = True
+    #: why a scale leaves the cell out on purpose (`report.omitted`), or None
+    not_run: str | None = None
 
 
 @dataclasses.dataclass
@@ -75,10 +78,14 @@ def evaluate(pairs: Sequence[tuple[Side, Side, str]], *, test: str = stats.DIFFE
     """
     outcomes = [Outcome(cell, ref, family, test) for cell, ref, family in pairs]
     for o in outcomes:
+        if o.cell.not_run or o.reference.not_run:
+            o.verdict = o.paper = stats.NOT_RUN
+            continue
         if not (o.cell.interpretable and o.reference.interpretable):
             o.verdict = o.paper = stats.NOT_INTERPRETABLE
             continue
         if not o.cell.values or not o.reference.values:
+            o.paper = stats.MISSING
             continue
         o.diff = stats.difference(o.cell.values, o.reference.values, o.cell.keys if paired else None,
                                   o.reference.keys if paired else None, margin=min_effect)
@@ -94,6 +101,17 @@ def evaluate(pairs: Sequence[tuple[Side, Side, str]], *, test: str = stats.DIFFE
             if min_effect is not None and o.diff is not None:
                 o.seeds = stats.seeds_needed_range(min_effect, o.diff, alpha / max(tested, 1))
     return outcomes
+
+
+def per_seed(names: dict[str, Any], jobs: Sequence[Mapping[str, Any]], excluded: Sequence[tuple[Any, str]],
+             metrics: Sequence[str]) -> list[dict[str, Any]]:
+    """Long form for one cell or group (`names`: its columns): one record per completed job and metric,
+    with the reason where the exclusion rule removed the job."""
+    reasons = dict(excluded)
+    return [{**names, "seed": job.get("seed"), "metric": metric, "value": value,
+             "excluded": reasons.get(job.get("seed"), "")}
+            for job in jobs if job.get("status") == "completed"
+            for metric in metrics if (value := metric_value(job, metric)) is not None]
 
 
 def complexity_delta(value: float | None, reference: float | None, factor: float = 1.0) -> float | None:
@@ -119,6 +137,8 @@ def _p(value: float | None) -> str:
 
 def interval_text(o: Outcome) -> str:
     d = o.diff
+    if o.verdict == stats.NOT_RUN:
+        return "n/a: not run at this scale"
     if o.verdict == stats.NOT_INTERPRETABLE:
         return "n/a"
     if d is None or d.delta is None:

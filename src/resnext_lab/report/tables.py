@@ -26,7 +26,7 @@ from resnext_lab.errors import ConfigError, DataError, first_line
 from resnext_lab.files import write_text_atomic
 from resnext_lab.report import plots, stats
 from resnext_lab.report.checks import ROW_EXCLUDED_FRACTION, exclusion_rule
-from resnext_lab.report.collect import UNREADABLE, CellJobs, group_cells, load_results, lookup, matches
+from resnext_lab.report.collect import UNREADABLE, CellJobs, group_cells, load_results, matches
 from resnext_lab.report.contrasts import (
     COMPLEXITY_TOLERANCE,
     Outcome,
@@ -35,6 +35,7 @@ from resnext_lab.report.contrasts import (
     delta_text,
     evaluate,
     markdown,
+    per_seed,
 )
 from resnext_lab.report.stats import BASELINE, MISSING, NOT_INTERPRETABLE, NOT_RUN, summarize
 
@@ -239,7 +240,7 @@ def analyse(results: Sequence[Mapping[str, Any]], table: dict[str, Any]) -> tupl
     names = _cell_names(table["rows"])
     for cell in cells:
         sides[names[(cell.row, cell.label)]] = Side(names[(cell.row, cell.label)], cell.values, cell.keys, cell.paper,
-                                                    _row_interpretable(cell.row, cells))
+                                                    _row_interpretable(cell.row, cells), _omitted_why(cell, table))
     pairs = [(sides[c["cell"]], sides[c["vs"]], c["family"]) for c in table["contrasts"]]
     outcomes = evaluate(pairs, test=table["test"], min_effect=table["min_effect"], alpha=table["alpha"],
                         paired=table["paired_by"] is not None)
@@ -350,21 +351,10 @@ def _trained(cell: CellJobs) -> str:
     return text + (f", {block}" if block not in (None, "grouped") else "")
 
 
-def per_seed(cells: Sequence[CellJobs], metrics: Sequence[str]) -> pd.DataFrame:
+def seed_frame(cells: Sequence[CellJobs], metrics: Sequence[str]) -> pd.DataFrame:
     """Long form, one line per (cell, seed, metric): every completed job's value, excluded ones marked."""
-    rows = []
-    for cell in cells:
-        reasons = dict(cell.excluded)
-        for job in cell.jobs:
-            if job.get("status") != "completed":
-                continue
-            seed = lookup(job, "seed")
-            for metric in metrics:
-                value = lookup(job, "metrics", {}).get(metric)
-                if value is None:
-                    continue
-                rows.append({"row": cell.row, "cell": cell.label, "seed": seed, "metric": metric, "value": value,
-                             "excluded": reasons.get(seed, "")})
+    rows = [r for cell in cells for r in per_seed({"row": cell.row, "cell": cell.label}, cell.jobs, cell.excluded,
+                                                   metrics)]
     return pd.DataFrame(rows, columns=["row", "cell", "seed", "metric", "value", "excluded"])
 
 
@@ -425,7 +415,7 @@ def write_report(sweep_dir: str | Path, table_def: Mapping[str, Any], out_dir: s
         else:
             written_plots.append(plots.save_figure(fig, out / name))
     text, frame, outcomes, cells = _render(results, table, notes)
-    seeds = per_seed(cells, list(dict.fromkeys([metric, "test/top1_err", "test/top5_err"])))
+    seeds = seed_frame(cells, list(dict.fromkeys([metric, "test/top1_err", "test/top5_err"])))
     text += "\nPer-seed values: `per_seed.csv` (row, cell, seed, metric, value, excluded); contrasts: `contrasts.csv`.\n"
     md_path = write_text_atomic(out / "table.md", text)
     csv_path = write_text_atomic(out / "table.csv", frame.to_csv(index=False))
