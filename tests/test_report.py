@@ -312,6 +312,14 @@ def test_paper_ordering(measured: str, paper_cell: float | None, paper_base: flo
     assert paper_ordering(measured, paper_cell, paper_base) == expected
 
 
+def test_seeds_needed_grows_with_the_spread() -> None:
+    """Monotone in the seed spread, also where scipy's noncentral t cdf returns nan far in its tail."""
+    from resnext_lab.report.stats import seeds_needed
+
+    needed = [seeds_needed(1.0, sd, paired=True, alpha=0.025) for sd in np.linspace(0.02, 1.5, 75)]
+    assert needed == sorted(needed) and needed[0] == 2 and seeds_needed(1.0, 0.2528452767961693, True, 0.025) == 4
+
+
 def test_seeds_needed_range_widens_with_few_seeds() -> None:
     few = difference([9.6, 10.1, 9.7], [10.2, 10.8, 10.5], [1, 2, 3], [1, 2, 3])
     many = difference(list(np.linspace(9, 10, 12)), list(np.linspace(9.2, 10.3, 12)), list(range(12)),

@@ -212,7 +212,8 @@ def power(n: int, effect: float, sd: float, paired: bool, alpha: float = ALPHA) 
     df = n - 1 if paired else 2 * n - 2
     nc = abs(effect) / sd * (math.sqrt(n) if paired else math.sqrt(n / 2))
     crit = sps.t.ppf(1 - alpha / 2, df)
-    return float(sps.nct.sf(crit, df, nc) + sps.nct.cdf(-crit, df, nc))
+    # the lower tail P(T < -crit | nc) as P(T > crit | -nc): scipy's nct.cdf returns nan far in the tail
+    return float(sps.nct.sf(crit, df, nc) + sps.nct.sf(crit, df, -nc))
 
 
 def seeds_needed(effect: float, sd: float, paired: bool, alpha: float = ALPHA, target: float = POWER) -> int | None:
