@@ -64,7 +64,11 @@ def run_cli(wandb_home: Path) -> Callable[..., subprocess.CompletedProcess[str]]
 
     def run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "run.py", *args], cwd=ROOT, env=cli_env(wandb_home), capture_output=True, text=True,
+            [sys.executable, "run.py", *args],
+            cwd=ROOT,
+            env=cli_env(wandb_home),
+            capture_output=True,
+            text=True,
             timeout=timeout,
         )
 
@@ -79,8 +83,12 @@ def start_cli(wandb_home: Path, tmp_path: Path) -> Iterator[Callable[..., subpro
     def start(*args: str) -> subprocess.Popen[bytes]:
         log = (tmp_path / f"started-{len(started)}.log").open("wb")
         proc = subprocess.Popen(
-            [sys.executable, "run.py", *args], cwd=ROOT, env=cli_env(wandb_home), stdout=log,
-            stderr=subprocess.STDOUT, start_new_session=True,
+            [sys.executable, "run.py", *args],
+            cwd=ROOT,
+            env=cli_env(wandb_home),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         started.append(proc)
         return proc

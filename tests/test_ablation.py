@@ -21,8 +21,13 @@ from resnext_lab.report.ablation import ablation, to_markdown, to_terminal, writ
 from resnext_lab.report.collect import load_results
 from resnext_lab.report.stats import seeds_needed
 
-PROXY = {"template": "cifar", "depth": 11, "width": "auto", "width_scale": 0.5, "reference": {"cardinality": 1,
-                                                                                              "width": 64}}
+PROXY = {
+    "template": "cifar",
+    "depth": 11,
+    "width": "auto",
+    "width_scale": 0.5,
+    "reference": {"cardinality": 1, "width": 64},
+}
 #: test top-1 error by C and seed: C=2 clearly better than C=1, C=4 straddles it, C=64 worse.
 ERRORS = {1: [10.0, 10.6, 10.3], 2: [9.0, 9.7, 9.2], 4: [10.4, 10.1, 10.9], 64: [12.0, 12.4, 12.9]}
 
@@ -30,12 +35,19 @@ ERRORS = {1: [10.0, 10.6, 10.3], 2: [9.0, 9.7, 9.2], 4: [10.4, 10.1, 10.9], 64: 
 def _model(c: int) -> dict[str, Any]:
     spec = spec_from_config({**PROXY, "cardinality": c}, num_classes=10, in_channels=1, image_size=28)
     ref = spec_from_config({**PROXY, "cardinality": 1, "width": 64}, num_classes=10, in_channels=1, image_size=28)
-    return {**spec.summary(), **complexity(spec),
-            "reference": {"cardinality": 1, "width": 64, "match": "params", **complexity(ref)}}
+    return {
+        **spec.summary(),
+        **complexity(spec),
+        "reference": {"cardinality": 1, "width": 64, "match": "params", **complexity(ref)},
+    }
 
 
-def write_sweep(root: Path, errors: dict[int, list[float]] = ERRORS, status: dict[tuple[int, int], str] | None = None,
-                skip: tuple[tuple[int, int], ...] = ()) -> Path:
+def write_sweep(
+    root: Path,
+    errors: dict[int, list[float]] = ERRORS,
+    status: dict[tuple[int, int], str] | None = None,
+    skip: tuple[tuple[int, int], ...] = (),
+) -> Path:
     for c, values in errors.items():
         for seed, err in enumerate(values):
             if (c, seed) in skip:
@@ -43,11 +55,18 @@ def write_sweep(root: Path, errors: dict[int, list[float]] = ERRORS, status: dic
             job = root / f"model.cardinality={c},seed={seed}"
             job.mkdir(parents=True)
             state = (status or {}).get((c, seed), "completed")
-            (job / "results.json").write_text(json.dumps({
-                "status": state, "error": None if state == "completed" else "RuntimeError: boom",
-                "overrides": [f"model.cardinality={c}", f"seed={seed}", "trainer.max_epochs=1"], "seed": seed,
-                "model": _model(c),
-                "metrics": {"test/top1_err": err, "test/top5_err": err / 5} if state == "completed" else {}}))
+            (job / "results.json").write_text(
+                json.dumps(
+                    {
+                        "status": state,
+                        "error": None if state == "completed" else "RuntimeError: boom",
+                        "overrides": [f"model.cardinality={c}", f"seed={seed}", "trainer.max_epochs=1"],
+                        "seed": seed,
+                        "model": _model(c),
+                        "metrics": {"test/top1_err": err, "test/top5_err": err / 5} if state == "completed" else {},
+                    }
+                )
+            )
     return root
 
 
@@ -71,8 +90,7 @@ def test_groups_over_seeds_with_deltas_holm_verdicts_and_the_complexity_warning(
     raw = {c: sps.ttest_rel(ERRORS[c], ERRORS[1]).pvalue for c in (2, 4, 64)}
     assert {c: _row(report, c)["p"] for c in raw} == pytest.approx(raw)
     order = sorted(raw, key=raw.get)
-    holm = dict(zip(order, np.maximum.accumulate([min(1, (3 - i) * raw[c]) for i, c in enumerate(order)]),
-                    strict=True))
+    holm = dict(zip(order, np.maximum.accumulate([min(1, (3 - i) * raw[c]) for i, c in enumerate(order)]), strict=True))
     assert {c: _row(report, c)["p (Holm)"] for c in raw} == pytest.approx(holm)
     assert better["verdict"] == "better" and worse["verdict"] == "worse" and unsure["verdict"] == "inconclusive"
     assert unsure["seeds needed"] is None  # no min effect declared: no power analysis from the observed delta
@@ -93,12 +111,19 @@ def test_no_shortcut_groups_show_their_real_complexity(tmp_path: Path) -> None:
     results = []
     for c in (1, 32):
         for residual in (True, False):
-            spec = spec_from_config({**PROXY, "cardinality": c, "residual": residual}, num_classes=10,
-                                    in_channels=1, image_size=28)
+            spec = spec_from_config(
+                {**PROXY, "cardinality": c, "residual": residual}, num_classes=10, in_channels=1, image_size=28
+            )
             for seed in range(3):
-                results.append({"status": "completed", "seed": seed, "model": {**spec.summary(), **complexity(spec)},
-                                "overrides": [f"model.cardinality={c}", f"model.residual={residual}", f"seed={seed}"],
-                                "metrics": {"test/top1_err": 20.0 + (5 + seed * 0.2) * (not residual) + seed * 0.3}})
+                results.append(
+                    {
+                        "status": "completed",
+                        "seed": seed,
+                        "model": {**spec.summary(), **complexity(spec)},
+                        "overrides": [f"model.cardinality={c}", f"model.residual={residual}", f"seed={seed}"],
+                        "metrics": {"test/top1_err": 20.0 + (5 + seed * 0.2) * (not residual) + seed * 0.3},
+                    }
+                )
     report = ablation(results, baseline="model.residual=true", min_effect=1.0)
     rows = {(r["model.cardinality"], r["model.residual"]): r for r in report["rows"]}
     for c in ("1", "32"):
@@ -143,8 +168,10 @@ def test_a_tie_is_claimed_only_by_the_equivalence_test(tmp_path: Path) -> None:
     results = load_results(write_sweep(tmp_path, errors))
     wide = _row(ablation(results, min_effect=1.0, test="equivalence"), 2)
     diffs = np.subtract(errors[2], errors[1])
-    tost = max(sps.ttest_1samp(diffs, -1.0, alternative="greater").pvalue,
-               sps.ttest_1samp(diffs, 1.0, alternative="less").pvalue)
+    tost = max(
+        sps.ttest_1samp(diffs, -1.0, alternative="greater").pvalue,
+        sps.ttest_1samp(diffs, 1.0, alternative="less").pvalue,
+    )
     assert wide["TOST p (Holm)"] == pytest.approx(tost) and wide["verdict"] == "equivalent"
     assert _row(ablation(results, min_effect=0.01, test="equivalence"), 2)["verdict"] == "not shown equal"
     assert _row(ablation(results), 2)["verdict"] == "inconclusive"  # no margin: no tie
@@ -200,8 +227,13 @@ def test_command_line_writes_the_report_folder(tmp_path: Path, capsys: pytest.Ca
     out = capsys.readouterr().out
     assert "ablation over seeds 0, 1, 2" in out
     folder = sweep / "report"
-    assert {p.name for p in folder.iterdir()} == {"report.md", "report.csv", "per_seed.csv",
-                                                  "error_vs_model.cardinality.png", "error_vs_params.png"}
+    assert {p.name for p in folder.iterdir()} == {
+        "report.md",
+        "report.csv",
+        "per_seed.csv",
+        "error_vs_model.cardinality.png",
+        "error_vs_params.png",
+    }
     assert (folder / "per_seed.csv").read_text().count("\n") == 1 + 12 * 2  # 12 jobs x top-1, top-5
     assert (folder / "report.csv").read_text().count("\n") == 1 + 4
     assert main([str(tmp_path / "nowhere")]) == 2
@@ -218,14 +250,24 @@ def test_report_run_holds_the_table_in_the_sweeps_group(tmp_path: Path, monkeypa
 
     from resnext_lab.tracking import log_report_run
 
-    for key, value in {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_CONFIG_DIR": str(tmp_path / "c"),
-                       "WANDB_CACHE_DIR": str(tmp_path / "c"), "WANDB_DATA_DIR": str(tmp_path / "c")}.items():
+    for key, value in {
+        "WANDB_MODE": "offline",
+        "WANDB_SILENT": "true",
+        "WANDB_CONFIG_DIR": str(tmp_path / "c"),
+        "WANDB_CACHE_DIR": str(tmp_path / "c"),
+        "WANDB_DATA_DIR": str(tmp_path / "c"),
+    }.items():
         monkeypatch.setenv(key, value)
     sweep = write_sweep(tmp_path / "sweep", {**ERRORS, 8: [10.5, 10.15, 10.3]})  # C=8: a delta far below its noise
     report, written = write_ablation(sweep, min_effect=0.01)
     assert _row(report, 8)["seeds needed"].startswith(">1000")
-    folder = log_report_run(report, [p for p in written if p.suffix == ".png"], sweep / "report",
-                            {"enabled": True, "project": "resnext-lab", "mode": "auto"}, "sweeps/demo")
+    folder = log_report_run(
+        report,
+        [p for p in written if p.suffix == ".png"],
+        sweep / "report",
+        {"enabled": True, "project": "resnext-lab", "mode": "auto"},
+        "sweeps/demo",
+    )
     assert folder is not None
     run_file = next(folder.glob("run-*.wandb"))
     (record,) = [r.run for r in wandb_records(run_file) if r.WhichOneof("record_type") == "run"]

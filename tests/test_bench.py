@@ -131,9 +131,12 @@ def test_alignment_times_8x16d_against_8x14d() -> None:
 
 def test_fp32_and_bf16_side_by_side_as_fractions_of_the_matmul_peak():
     """`make bench` on CPU: both precisions, and each figure against the matmul peak of its precision."""
-    reports = {name: json.loads(json.dumps(bench.run(dataclasses.replace(TINY, bf16=name == "bf16"), ["resnet50"],
-                                                      log=lambda _: None)))
-               for name in ("fp32", "bf16")}
+    reports = {
+        name: json.loads(
+            json.dumps(bench.run(dataclasses.replace(TINY, bf16=name == "bf16"), ["resnet50"], log=lambda _: None))
+        )
+        for name in ("fp32", "bf16")
+    }
     assert [r["settings"]["bf16"] for r in reports.values()] == [False, True]
     peaks = {name: bench.matmul_peak("cpu", name == "bf16", n=256, seconds=0.05) for name in reports}
     assert all(p > 0 and math.isfinite(p) for p in peaks.values())

@@ -34,8 +34,12 @@ def test_settings_doc_is_current() -> None:
 def _restated(node: Any, base: Any, key: str = "") -> list[str]:
     """The settings of `node` that repeat `base`'s value: a default stated a second time."""
     if isinstance(node, dict) and isinstance(base, dict):
-        return [k for name, value in node.items() if name in base
-                for k in _restated(value, base[name], f"{key}.{name}" if key else name)]
+        return [
+            k
+            for name, value in node.items()
+            if name in base
+            for k in _restated(value, base[name], f"{key}.{name}" if key else name)
+        ]
     return [key] if node == base else []
 
 
@@ -55,7 +59,9 @@ def _group_files() -> list[tuple[Path, dict[str, Any]]]:
 def test_group_yaml_states_only_what_it_changes(path: Path, base: dict[str, Any]) -> None:
     node = OmegaConf.to_container(OmegaConf.load(path))
     node.pop("defaults", None)
-    assert not _restated(node, base), f"{path.relative_to(ROOT)} restates the schema's default of {_restated(node, base)}"
+    assert not _restated(node, base), (
+        f"{path.relative_to(ROOT)} restates the schema's default of {_restated(node, base)}"
+    )
 
 
 def test_composed_groups_equal_their_schemas() -> None:

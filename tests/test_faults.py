@@ -59,8 +59,9 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
     where.mkdir()
     if os.geteuid() != 0:
         pytest.skip("mounting a 500 kB tmpfs needs root")
-    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=500k", "tmpfs", str(where)], capture_output=True,
-                           text=True)
+    mount = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=500k", "tmpfs", str(where)], capture_output=True, text=True
+    )
     if mount.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {mount.stderr.strip()}")
     yield where
@@ -70,8 +71,9 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 # --- one sweep per folder -------------------------------------------------------------------------------------
 
 
-def test_a_second_sweep_on_a_busy_folder_refuses_and_the_first_completes(run_cli: RunCli, start_cli: Any,
-                                                                         tmp_path: Path) -> None:
+def test_a_second_sweep_on_a_busy_folder_refuses_and_the_first_completes(
+    run_cli: RunCli, start_cli: Any, tmp_path: Path
+) -> None:
     args = ["-m", *tiny("seed=0,1", "trainer.max_epochs=40", "logger=csv"), f"out_root={tmp_path}", "name=busy"]
     first = start_cli(*args)
     wait_for(lambda: list((tmp_path / "busy").glob("*/results.json")), first)
@@ -191,12 +193,19 @@ def test_a_table_priced_above_an_hour_prints_its_plan_and_waits_for_confirm(run_
 
 def test_make_picks_the_cpu_scale_where_no_gpu_is_visible() -> None:
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.run(["make", "-n", "table3", f"PY={sys.executable}"], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        ["make", "-n", "table3", f"PY={sys.executable}"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, show(proc)
     assert "scale=cpu" in proc.stdout and "no GPU visible here: SCALE=cpu" in proc.stderr, show(proc)
-    forced = subprocess.run(["make", "-n", "table3", "SCALE=smoke", "CONFIRM=1", f"PY={sys.executable}"], cwd=ROOT,
-                            env=env, capture_output=True, text=True, timeout=120)
+    forced = subprocess.run(
+        ["make", "-n", "table3", "SCALE=smoke", "CONFIRM=1", f"PY={sys.executable}"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert "scale=smoke" in forced.stdout and "sweep.confirm=true" in forced.stdout and not forced.stderr
 
 
@@ -213,7 +222,13 @@ def test_rss_growth_compares_the_workers_after_the_warm_up_with_after_the_last_j
 
 @pytest.mark.slow
 def test_soak_runs_its_jobs_and_prints_one_json_line(wandb_home: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "resnext_lab.soak", "--jobs", "12"], cwd=ROOT,
-                          env=cli_env(wandb_home), capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "resnext_lab.soak", "--jobs", "12"],
+        cwd=ROOT,
+        env=cli_env(wandb_home),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     line = json.loads(proc.stdout.strip().splitlines()[-1])
     assert line["jobs"] == 12 and line["rss_mb_after_last"] > 0 and "rss_growth_pct" in line, proc.stderr[-3000:]

@@ -15,9 +15,14 @@ from resnext_lab.gpu_check import planned_seconds
 
 def run_check(tmp_path: Path, *extra: str) -> tuple[subprocess.CompletedProcess[str], dict]:
     out = tmp_path / "gpu-check"
-    proc = subprocess.run([sys.executable, "-m", "resnext_lab.gpu_check", "--device", "cpu", "--tiny",
-                           "--out", str(out), *extra], cwd=ROOT, env=cli_env(tmp_path), capture_output=True,
-                          text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "-m", "resnext_lab.gpu_check", "--device", "cpu", "--tiny", "--out", str(out), *extra],
+        cwd=ROOT,
+        env=cli_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     return proc, json.loads((out / "gpu-check.json").read_text())
 
 

@@ -27,8 +27,9 @@ def test_environment_is_the_lock_file() -> None:
             pinned[_name(name)] = version.strip()
     installed = {_name(d.metadata["Name"]): d.version for d in metadata.distributions()}
     installed.pop("resnext-lab", None)
-    differ = {n: (installed.get(n), pinned.get(n)) for n in set(pinned) | set(installed)
-              if installed.get(n) != pinned.get(n)}
+    differ = {
+        n: (installed.get(n), pinned.get(n)) for n in set(pinned) | set(installed) if installed.get(n) != pinned.get(n)
+    }
     assert not differ, f"installed vs {LOCK.name} (run `make install`, or `make lock` to take new releases): {differ}"
 
 

@@ -57,7 +57,9 @@ def test_paper_headline_counts():
 
 @pytest.mark.parametrize(("cardinality", "params_m"), [(8, 34.4), (16, 68.1)])
 def test_resnext29_cifar_params_match_paper(cardinality, params_m):
-    spec = ModelSpec(template="cifar", stage_blocks=(3, 3, 3), cardinality=cardinality, width=64, num_classes=10, image_size=32)
+    spec = ModelSpec(
+        template="cifar", stage_blocks=(3, 3, 3), cardinality=cardinality, width=64, num_classes=10, image_size=32
+    )
     assert complexity(spec)["params"] / 1e6 == pytest.approx(params_m, rel=2e-3)
 
 
@@ -76,11 +78,56 @@ DESIGN_POINTS = [
     ModelSpec(template="imagenet", stage_blocks=(2, 1, 2, 1), cardinality=1, width=16, image_size=57, residual=False),
     ModelSpec(template="imagenet", stage_blocks=(1, 2, 1, 1), cardinality=8, width=3, image_size=96, width_scale=0.25),
     ModelSpec(template="cifar", stage_blocks=(1, 1, 1), cardinality=2, width=40, num_classes=10, image_size=32),
-    ModelSpec(template="cifar", stage_blocks=(2, 2, 2), cardinality=16, width=2, num_classes=100, image_size=32, width_scale=0.5),
-    ModelSpec(template="cifar", stage_blocks=(1, 1, 1), cardinality=32, width=6, num_classes=10, in_channels=1, image_size=28, width_scale=0.5),
-    ModelSpec(template="cifar", stage_blocks=(1, 1, 1), cardinality=3, width=5, num_classes=7, in_channels=1, image_size=27, residual=False),
-    ModelSpec(template="cifar", stage_blocks=(2, 1, 1), cardinality=8, width=2, num_classes=10, in_channels=1, image_size=28, width_scale=0.25, stem_stride=2),
-    ModelSpec(template="cifar", stage_blocks=(1, 1, 1), cardinality=1, width=4, num_classes=10, in_channels=1, image_size=27, stem_stride=3),
+    ModelSpec(
+        template="cifar",
+        stage_blocks=(2, 2, 2),
+        cardinality=16,
+        width=2,
+        num_classes=100,
+        image_size=32,
+        width_scale=0.5,
+    ),
+    ModelSpec(
+        template="cifar",
+        stage_blocks=(1, 1, 1),
+        cardinality=32,
+        width=6,
+        num_classes=10,
+        in_channels=1,
+        image_size=28,
+        width_scale=0.5,
+    ),
+    ModelSpec(
+        template="cifar",
+        stage_blocks=(1, 1, 1),
+        cardinality=3,
+        width=5,
+        num_classes=7,
+        in_channels=1,
+        image_size=27,
+        residual=False,
+    ),
+    ModelSpec(
+        template="cifar",
+        stage_blocks=(2, 1, 1),
+        cardinality=8,
+        width=2,
+        num_classes=10,
+        in_channels=1,
+        image_size=28,
+        width_scale=0.25,
+        stem_stride=2,
+    ),
+    ModelSpec(
+        template="cifar",
+        stage_blocks=(1, 1, 1),
+        cardinality=1,
+        width=4,
+        num_classes=10,
+        in_channels=1,
+        image_size=27,
+        stem_stride=3,
+    ),
 ]
 
 
@@ -120,7 +167,9 @@ def test_width_solver_by_flops_is_closest():
 
 
 def test_width_solver_custom_reference_and_infeasible():
-    spec = spec_from_config({"depth": 50, "cardinality": 2, "width": "auto", "reference": {"cardinality": 1, "width": 100}})
+    spec = spec_from_config(
+        {"depth": 50, "cardinality": 2, "width": "auto", "reference": {"cardinality": 1, "width": 100}}
+    )
     assert spec.width > 40
     with pytest.raises(ConfigError, match=r"model.width=auto: .*cardinality=4096"):
         spec_from_config({"depth": 50, "cardinality": 4096, "width": "auto"})
@@ -159,9 +208,35 @@ def test_stage_blocks_give_depth():
 # --- the three equivalent forms (paper Fig. 3) --------------------------------------------
 
 EQUIVALENCE = [
-    ModelSpec(template="cifar", stage_blocks=(1, 1, 1), cardinality=4, width=4, num_classes=10, image_size=16, width_scale=0.25),
-    ModelSpec(template="cifar", stage_blocks=(2, 1, 1), cardinality=2, width=6, num_classes=10, in_channels=1, image_size=12, width_scale=0.25, residual=False),
-    ModelSpec(template="imagenet", stage_blocks=(1, 1, 1, 1), cardinality=8, width=2, num_classes=5, image_size=32, width_scale=0.125),
+    ModelSpec(
+        template="cifar",
+        stage_blocks=(1, 1, 1),
+        cardinality=4,
+        width=4,
+        num_classes=10,
+        image_size=16,
+        width_scale=0.25,
+    ),
+    ModelSpec(
+        template="cifar",
+        stage_blocks=(2, 1, 1),
+        cardinality=2,
+        width=6,
+        num_classes=10,
+        in_channels=1,
+        image_size=12,
+        width_scale=0.25,
+        residual=False,
+    ),
+    ModelSpec(
+        template="imagenet",
+        stage_blocks=(1, 1, 1, 1),
+        cardinality=8,
+        width=2,
+        num_classes=5,
+        image_size=32,
+        width_scale=0.125,
+    ),
 ]
 
 
@@ -192,11 +267,19 @@ def _grouped_grads(model):
         state = block.grouped_state()
         for n, p in block.named_parameters():
             p.data = saved[n]
-        out.append({k: v.clone() for k, v in state.items() if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))})
+        out.append(
+            {
+                k: v.clone()
+                for k, v in state.items()
+                if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))
+            }
+        )
     return out
 
 
-@pytest.mark.parametrize("spec", EQUIVALENCE, ids=lambda s: f"{s.template}-{s.cardinality}x{s.width}d-res{int(s.residual)}")
+@pytest.mark.parametrize(
+    "spec", EQUIVALENCE, ids=lambda s: f"{s.template}-{s.cardinality}x{s.width}d-res{int(s.residual)}"
+)
 @pytest.mark.parametrize("target", ["aggregated", "concat"])
 @pytest.mark.parametrize("train", [True, False])
 def test_converted_forms_give_equal_outputs_and_gradients(spec, target, train):
@@ -227,7 +310,9 @@ def test_converted_forms_give_equal_outputs_and_gradients(spec, target, train):
             assert_close_to_scale(gb[k], ga[k], k)
     # stem and fc gradients too
     for name in ("stem.0.weight", "fc.weight"):
-        assert_close_to_scale(dict(other.named_parameters())[name].grad, dict(grouped.named_parameters())[name].grad, name)
+        assert_close_to_scale(
+            dict(other.named_parameters())[name].grad, dict(grouped.named_parameters())[name].grad, name
+        )
 
 
 def test_convert_rejects_unknown_form():
@@ -280,8 +365,10 @@ def test_forms_train_alike_from_one_seed():
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(8, spec.in_channels, spec.image_size, spec.image_size, generator=gen)
     y = torch.randint(0, spec.num_classes, (8,), generator=gen)
-    losses = {b: _sgd_losses(_build_at(dataclasses.replace(spec, block=b), 0).train(), x, y)
-              for b in ("grouped", "aggregated", "concat")}
+    losses = {
+        b: _sgd_losses(_build_at(dataclasses.replace(spec, block=b), 0).train(), x, y)
+        for b in ("grouped", "aggregated", "concat")
+    }
     assert losses["grouped"][-1] < 0.5 * losses["grouped"][0]  # it did train
     for b in ("aggregated", "concat"):
         torch.testing.assert_close(losses[b], losses["grouped"], rtol=1e-4, atol=0)

@@ -21,9 +21,18 @@ from test_scale_out import cli
 
 def test_packed_launcher_keeps_each_device_to_its_share(tmp_path: Path) -> None:
     """3 jobs, 1 at a time on each of 2 (named) GPUs: each job sees one of them, never two jobs on one at once."""
-    proc = cli(["-m", "hydra/launcher=packed", "hydra.launcher.devices=[3,5]", "hydra.launcher.jobs_per_device=1",
-                f"out_root={tmp_path}", "name=packed",
-                *tiny("model.cardinality=1,2,4", "data.batch_size=32")], home=tmp_path)
+    proc = cli(
+        [
+            "-m",
+            "hydra/launcher=packed",
+            "hydra.launcher.devices=[3,5]",
+            "hydra.launcher.jobs_per_device=1",
+            f"out_root={tmp_path}",
+            "name=packed",
+            *tiny("model.cardinality=1,2,4", "data.batch_size=32"),
+        ],
+        home=tmp_path,
+    )
     results = [json.loads(p.read_text()) for p in sorted((tmp_path / "packed").glob("*/results.json"))]
     assert sorted(r["model"]["cardinality"] for r in results) == [1, 2, 4]
     assert all(r["status"] == "completed" for r in results), [r.get("error") for r in results]
@@ -71,10 +80,22 @@ def _alive(pid: int) -> bool:
 def _start_packed(tmp_path: Path, name: str, jobs_per_device: int, *overrides: str) -> subprocess.Popen[str]:
     """A packed sweep on the CPU in its own process group (as a terminal starts it), output captured."""
     return subprocess.Popen(
-        [sys.executable, "run.py", "-m", "hydra/launcher=packed", "hydra.launcher.devices=cpu",
-         f"hydra.launcher.jobs_per_device={jobs_per_device}", f"out_root={tmp_path}", f"name={name}",
-         *tiny(*overrides)],
-        cwd=ROOT, env=cli_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "run.py",
+            "-m",
+            "hydra/launcher=packed",
+            "hydra.launcher.devices=cpu",
+            f"hydra.launcher.jobs_per_device={jobs_per_device}",
+            f"out_root={tmp_path}",
+            f"name={name}",
+            *tiny(*overrides),
+        ],
+        cwd=ROOT,
+        env=cli_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         start_new_session=True,
     )
 
@@ -143,8 +164,9 @@ def test_a_packed_sweep_runs_the_configs_it_started_with(tmp_path: Path) -> None
     extra = tmp_path / "extra" / "optim"
     extra.mkdir(parents=True)
     (extra / "mine.yaml").write_text("defaults:\n  - schema\n  - _self_\nlr: 0.05\n")
-    proc = _start_packed(tmp_path, "frozen", 1, f"hydra.searchpath=[file://{tmp_path / 'extra'}]", "optim=mine",
-                         "seed=0,1")
+    proc = _start_packed(
+        tmp_path, "frozen", 1, f"hydra.searchpath=[file://{tmp_path / 'extra'}]", "optim=mine", "seed=0,1"
+    )
     try:
         _wait_running(proc, tmp_path / "frozen", 1)
         (extra / "mine.yaml").write_text("defaults:\n  - schema\n  - _self_\nlr: broken\n")

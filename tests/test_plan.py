@@ -19,13 +19,20 @@ from resnext_lab.models import ModelSpec
 
 def run_plan(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**cli_env(tmp_path), "XDG_CACHE_HOME": str(tmp_path / "cache")}
-    return subprocess.run([sys.executable, "run.py", "-m", "task=plan", *args, f"out_root={tmp_path / 'out'}"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "run.py", "-m", "task=plan", *args, f"out_root={tmp_path / 'out'}"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_plan_of_a_sweep_lists_every_job_and_writes_nothing_but_its_cache(tmp_path: Path) -> None:
-    proc = run_plan(tmp_path, *tiny("model.cardinality=1,4,2", "seed=0,1", "model.width=auto",
-                                    "model.reference.width=8"))
+    proc = run_plan(
+        tmp_path, *tiny("model.cardinality=1,4,2", "seed=0,1", "model.width=auto", "model.reference.width=8")
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("job "))
@@ -64,8 +71,15 @@ def test_wall_time_spreads_jobs_over_slots_longest_first() -> None:
 
 
 def test_calibration_is_cached() -> None:
-    spec = ModelSpec(template="cifar", stage_blocks=(1, 1, 1), width=2, width_scale=0.125, num_classes=10,
-                     in_channels=1, image_size=28)
+    spec = ModelSpec(
+        template="cifar",
+        stage_blocks=(1, 1, 1),
+        width=2,
+        width_scale=0.125,
+        num_classes=10,
+        in_channels=1,
+        image_size=28,
+    )
     cache: dict = {}
     first = plan.calibrate(spec, 64, "32-true", True, 1, cache)
     assert len(cache) == 1 and all(t > 0 for t in first)

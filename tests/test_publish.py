@@ -39,23 +39,36 @@ def _job(root: Path, name: str, started: str, wall: float, losses: list[float], 
 def test_regime_settled_and_falling(tmp_path: Path) -> None:
     good = _job(tmp_path, "True", "2026-01-01T00:00:00", 60.0, [2.6, 1.2, 0.8], [70.0, 40.0, 30.0])
     stuck = _job(tmp_path, "False", "2026-01-01T00:00:00", 60.0, [2.5, 2.4, 2.35], [80.0, 78.0, 79.0])
-    assert regime(good, 10) == {"epochs": 3, "first_loss": 2.6, "last_loss": 0.8, "last_err": 30.0,
-                                "settled": True, "falling": True, "rough_start": True,
-                                "plateau": None}  # fmt: skip  (no validation curve: no plateau to judge)
+    assert regime(good, 10) == {
+        "epochs": 3,
+        "first_loss": 2.6,
+        "last_loss": 0.8,
+        "last_err": 30.0,
+        "settled": True,
+        "falling": True,
+        "rough_start": True,
+        "plateau": None,
+    }  # fmt: skip  (no validation curve: no plateau to judge)
     check = regime(stuck, 10)  # below its first epoch but above ln 10 = 2.303, and rising at the end
     assert check["settled"] is False and check["falling"] is False and check["rough_start"] is True
 
 
-@pytest.mark.parametrize(("val", "expected"), [([30.0, 20.0, 15.0, 14.9], False),  # 14.9 is 5.1 below the best before (20)
-                                                ([30.0, 20.0, 14.0, 14.1, 14.0], True),  # last two: no gain on 14.0
-                                                ([30.0, 20.0, 16.0, 15.0, 14.6], False),  # still 1.4 below 16.0
-                                                ([30.0, 20.0], None)])  # too short to judge
+@pytest.mark.parametrize(
+    ("val", "expected"),
+    [
+        ([30.0, 20.0, 15.0, 14.9], False),  # 14.9 is 5.1 below the best before (20)
+        ([30.0, 20.0, 14.0, 14.1, 14.0], True),  # last two: no gain on 14.0
+        ([30.0, 20.0, 16.0, 15.0, 14.6], False),  # still 1.4 below 16.0
+        ([30.0, 20.0], None),
+    ],
+)  # too short to judge
 def test_plateau_criterion(tmp_path: Path, val: list[float], expected: bool | None) -> None:
     """Plateau: the best validation error of the last 2 epochs is less than 0.25 points below the best before."""
     job = tmp_path / "job"
     (job / "csv").mkdir(parents=True)
     pd.DataFrame([{"epoch": e, "step": e, "val/top1_err": v} for e, v in enumerate(val)]).to_csv(
-        job / "csv" / "metrics.csv", index=False)
+        job / "csv" / "metrics.csv", index=False
+    )
     assert plateau({"_dir": job, "metrics_csv": "csv/metrics.csv"}) is expected
 
 

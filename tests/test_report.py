@@ -259,14 +259,18 @@ def test_p_values_and_tost_are_scipys() -> None:
     paired = difference(cell, base, [1, 2, 3, 4], [1, 2, 3, 4], margin=1.0)
     d = np.subtract(cell, base)
     assert paired.p == pytest.approx(sps.ttest_rel(cell, base).pvalue)
-    assert paired.p_equiv == pytest.approx(max(sps.ttest_1samp(d, -1.0, alternative="greater").pvalue,
-                                               sps.ttest_1samp(d, 1.0, alternative="less").pvalue))
+    assert paired.p_equiv == pytest.approx(
+        max(sps.ttest_1samp(d, -1.0, alternative="greater").pvalue, sps.ttest_1samp(d, 1.0, alternative="less").pvalue)
+    )
     unpaired = welch(cell, base, margin=1.0)
     assert unpaired.p == pytest.approx(sps.ttest_ind(cell, base, equal_var=False).pvalue)
     x, y = np.asarray(cell), np.asarray(base)
-    assert unpaired.p_equiv == pytest.approx(max(
-        sps.ttest_ind(x + 1.0, y, equal_var=False, alternative="greater").pvalue,
-        sps.ttest_ind(x - 1.0, y, equal_var=False, alternative="less").pvalue))
+    assert unpaired.p_equiv == pytest.approx(
+        max(
+            sps.ttest_ind(x + 1.0, y, equal_var=False, alternative="greater").pvalue,
+            sps.ttest_ind(x - 1.0, y, equal_var=False, alternative="less").pvalue,
+        )
+    )
 
 
 def test_holm_by_hand() -> None:
@@ -322,8 +326,7 @@ def test_seeds_needed_grows_with_the_spread() -> None:
 
 def test_seeds_needed_range_widens_with_few_seeds() -> None:
     few = difference([9.6, 10.1, 9.7], [10.2, 10.8, 10.5], [1, 2, 3], [1, 2, 3])
-    many = difference(list(np.linspace(9, 10, 12)), list(np.linspace(9.2, 10.3, 12)), list(range(12)),
-                      list(range(12)))
+    many = difference(list(np.linspace(9, 10, 12)), list(np.linspace(9.2, 10.3, 12)), list(range(12)), list(range(12)))
     r_few, r_many = seeds_needed_range(0.5, few), seeds_needed_range(0.5, many)
     assert r_few.low <= r_few.n and (r_few.high is None or r_few.high >= r_few.n)
     assert (r_few.high or 10**4) - r_few.low > (r_many.high or 10**4) - r_many.low
@@ -351,8 +354,10 @@ def test_render_statistics_and_verdicts(sweep: Path) -> None:
     c2 = _outcome(outcomes, "2x40d vs 50-layer / 1x64d")
     ref = sps.ttest_rel(_values(50, 2), _values(50, 1))
     assert c2.diff.method == "paired" and c2.diff.p == pytest.approx(ref.pvalue)
-    assert (c2.diff.low, c2.diff.high) == (pytest.approx(ref.confidence_interval().low),
-                                           pytest.approx(ref.confidence_interval().high))
+    assert (c2.diff.low, c2.diff.high) == (
+        pytest.approx(ref.confidence_interval().low),
+        pytest.approx(ref.confidence_interval().high),
+    )
     tested = [o for o in outcomes if o.diff is not None and o.diff.p is not None]
     assert {o.family_size for o in tested} == {len(tested)}
     assert holm([o.diff.p for o in tested]) == pytest.approx([o.p_adj for o in tested])
@@ -384,24 +389,32 @@ def test_render_statistics_and_verdicts(sweep: Path) -> None:
 def test_declared_contrasts_complexity_multiple_and_exclusion(sweep: Path) -> None:
     """Table 4's shape: contrasts between cells in named families, a cell declared at 2x its row baseline's
     complexity, and an exclusion rule that removes a row's jobs and leaves it not interpretable."""
-    table = {**TABLE, "min_effect": 0.5, "exclude": "first_epoch_above_chance",
-             "contrasts": [{"cell": "8x14d", "vs": "101-layer / 32x4d", "family": "primary"},
-                           {"cell": "8x14d", "vs": "101-layer / 1x64d", "family": "secondary"},
-                           {"cell": "2x40d", "vs": "50-layer / 1x64d", "family": "secondary"}]}
+    table = {
+        **TABLE,
+        "min_effect": 0.5,
+        "exclude": "first_epoch_above_chance",
+        "contrasts": [
+            {"cell": "8x14d", "vs": "101-layer / 32x4d", "family": "primary"},
+            {"cell": "8x14d", "vs": "101-layer / 1x64d", "family": "secondary"},
+            {"cell": "2x40d", "vs": "50-layer / 1x64d", "family": "secondary"},
+        ],
+    }
     rows = [dict(r) for r in table["rows"]]
     rows[1] = {**rows[1], "cells": [*rows[1]["cells"][:2], {**rows[1]["cells"][2], "complexity": 2}]}
     table["rows"] = rows
     results = load_results(sweep)
     for job in results:  # every 101-layer job's loss began above chance
         if lookup(job, "model.depth") == 101 and job.get("status") == "completed":
-            pd.DataFrame([{"epoch": 0, "step": 1, "train/loss": 3.0}]).to_csv(job["_dir"] / "csv" / "metrics.csv",
-                                                                               index=False)
+            pd.DataFrame([{"epoch": 0, "step": 1, "train/loss": 3.0}]).to_csv(
+                job["_dir"] / "csv" / "metrics.csv", index=False
+            )
     markdown, frame = render(results, table)
     _, outcomes = analyse(results, validate_table(table))
-    assert [(o.family, o.verdict) for o in outcomes] == [("primary", "not interpretable"),
-                                                          ("secondary", "not interpretable"),
-                                                          ("secondary", verdict(outcomes[2].diff, outcomes[2].p_adj,
-                                                                                outcomes[2].p_equiv_adj))]
+    assert [(o.family, o.verdict) for o in outcomes] == [
+        ("primary", "not interpretable"),
+        ("secondary", "not interpretable"),
+        ("secondary", verdict(outcomes[2].diff, outcomes[2].p_adj, outcomes[2].p_equiv_adj)),
+    ]
     assert outcomes[2].family_size == 1 and outcomes[2].p_adj == pytest.approx(outcomes[2].diff.p)
     assert outcomes[2].seeds is not None  # min effect declared
     c8 = _record(frame, "101-layer", "8x14d")
@@ -486,8 +499,14 @@ def test_write_report_skips_plots_without_data(tmp_path: Path) -> None:
     out.mkdir()
     (out / "curves.png").write_bytes(b"stale")
     written = write_report(sweep, TABLE, out)
-    assert [p.name for p in written] == ["table.md", "table.csv", "per_seed.csv", "contrasts.csv", "size.png",
-                                         "bars.png"]
+    assert [p.name for p in written] == [
+        "table.md",
+        "table.csv",
+        "per_seed.csv",
+        "contrasts.csv",
+        "size.png",
+        "bars.png",
+    ]
     assert not (out / "curves.png").exists()
     assert "curves.png skipped: no metrics.csv" in (out / "table.md").read_text()
 
@@ -568,8 +587,10 @@ def test_curves_of_one_epoch_are_drawn(tmp_path: Path) -> None:
     for seed in (1, 2):
         job = tmp_path / f"job{seed}"
         _write_job(job, 50, 1, seed, 10.0 + seed, with_csv=True)
-        rows = [{"epoch": 0, "step": 9, "train/top1_err": 30.0, "train/loss": 0.9},
-                {"epoch": 0, "step": 9, "val/top1_err": 20.0, "val/top5_err": 5.0}]
+        rows = [
+            {"epoch": 0, "step": 9, "train/top1_err": 30.0, "train/loss": 0.9},
+            {"epoch": 0, "step": 9, "val/top1_err": 20.0, "val/top5_err": 5.0},
+        ]
         pd.DataFrame(rows).to_csv(job / "csv" / "metrics.csv", index=False)
     table = validate_table({**TABLE, "rows": [{**TABLE["rows"][0], "cells": TABLE["rows"][0]["cells"][:1]}]})
     fig = curves_figure(group_cells(load_results(tmp_path), table), "test/top1_err")

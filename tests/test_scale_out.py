@@ -25,8 +25,9 @@ from omegaconf import OmegaConf
 
 def cli(args: list[str], home: Path, timeout: int = 240) -> subprocess.CompletedProcess[str]:
     """`python run.py ARGS` with offline, quiet W&B whose caches stay in `home`; one torch thread per process."""
-    proc = subprocess.run([sys.executable, "run.py", *args], cwd=ROOT, env=cli_env(home), capture_output=True, text=True,
-                          timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "run.py", *args], cwd=ROOT, env=cli_env(home), capture_output=True, text=True, timeout=timeout
+    )
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc
 
@@ -39,8 +40,17 @@ def offline_runs(run_dir: Path) -> list[Path]:
 
 
 def test_local_launcher_runs_a_sweep_in_parallel_jobs(tmp_path: Path) -> None:
-    cli(["-m", "hydra/launcher=local", "hydra.launcher.gpus_per_node=0", f"out_root={tmp_path}", "name=sweep",
-         *tiny("model.cardinality=1,2", "data.batch_size=32")], home=tmp_path)
+    cli(
+        [
+            "-m",
+            "hydra/launcher=local",
+            "hydra.launcher.gpus_per_node=0",
+            f"out_root={tmp_path}",
+            "name=sweep",
+            *tiny("model.cardinality=1,2", "data.batch_size=32"),
+        ],
+        home=tmp_path,
+    )
     sweep = tmp_path / "sweep"
     results = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/results.json"))]
     assert sorted(r["model"]["cardinality"] for r in results) == [1, 2]
@@ -65,8 +75,17 @@ def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """One run with trainer=ddp on two gloo processes; Lightning re-runs run.py for rank 1 in the same folder."""
     out = tmp_path_factory.mktemp("ddp")
     run_dir = out / "run"
-    proc = cli(["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
-                f"out_root={out}", f"hydra.run.dir={run_dir}", *tiny("data.batch_size=32")], home=out)
+    proc = cli(
+        [
+            "trainer=ddp",
+            "trainer.accelerator=cpu",
+            "trainer.devices=2",
+            f"out_root={out}",
+            f"hydra.run.dir={run_dir}",
+            *tiny("data.batch_size=32"),
+        ],
+        home=out,
+    )
     return run_dir, proc.stdout
 
 
@@ -150,9 +169,16 @@ def test_paper_preset_is_8_gpus_of_32_images_at_lr_0_1() -> None:
 
 # --- SLURM ---------------------------------------------------------------------------------------
 
-SLURM = ["hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.account=mylab",
-         "hydra.launcher.timeout_min=240", "hydra.launcher.mem_gb=48", "hydra.launcher.array_parallelism=1",
-         "trainer=ddp", "trainer.devices=4"]
+SLURM = [
+    "hydra/launcher=slurm",
+    "hydra.launcher.partition=gpu",
+    "hydra.launcher.account=mylab",
+    "hydra.launcher.timeout_min=240",
+    "hydra.launcher.mem_gb=48",
+    "hydra.launcher.array_parallelism=1",
+    "trainer=ddp",
+    "trainer.devices=4",
+]
 
 
 @pytest.fixture()
@@ -181,9 +207,19 @@ def test_slurm_preset_builds_the_requested_job_array(fake_slurm: Path, monkeypat
     launcher.launch([["model.cardinality=1"], ["model.cardinality=2"]], initial_job_idx=0)
 
     script = (sweep / ".submitit" / "4242" / "4242_submission.sh").read_text()
-    for line in ("--partition=gpu", "--account=mylab", "--gpus-per-node=4", "--ntasks-per-node=4", "--nodes=1",
-                 "--time=240", "--mem=48GB", "--cpus-per-task=8", "--array=0-1%1", "--signal=USR2@120",
-                 "--requeue"):
+    for line in (
+        "--partition=gpu",
+        "--account=mylab",
+        "--gpus-per-node=4",
+        "--ntasks-per-node=4",
+        "--nodes=1",
+        "--time=240",
+        "--mem=48GB",
+        "--cpus-per-task=8",
+        "--array=0-1%1",
+        "--signal=USR2@120",
+        "--requeue",
+    ):
         assert f"#SBATCH {line}\n" in script, line
     assert re.search(r"^srun .* -m submitit\.core\._submit ", script, re.M)
 
@@ -198,11 +234,13 @@ def test_slurm_preset_builds_the_requested_job_array(fake_slurm: Path, monkeypat
 
 def test_slurm_tasks_follow_the_devices_of_each_run() -> None:
     """Lightning's SLURM environment needs one task per device: both follow trainer.devices and num_nodes."""
-    launcher = compose(["hydra/launcher=slurm", "trainer=ddp", "trainer.devices=8", "trainer.num_nodes=2"]).hydra.launcher
+    launcher = compose(
+        ["hydra/launcher=slurm", "trainer=ddp", "trainer.devices=8", "trainer.num_nodes=2"]
+    ).hydra.launcher
     assert (launcher.tasks_per_node, launcher.gpus_per_node, launcher.nodes) == (8, 8, 2)
 
 
-DIVERGE_ON_ONE_RANK = '''
+DIVERGE_ON_ONE_RANK = """
 import sys
 
 import pytorch_lightning as pl
@@ -228,7 +266,7 @@ except Diverged as err:
     print(f"rank {trainer.global_rank}: diverged: {err}", flush=True)
     sys.exit(3)
 print(f"rank {trainer.global_rank}: finished", flush=True)
-'''
+"""
 
 
 def test_a_nan_on_one_rank_stops_every_rank_at_once(tmp_path: Path) -> None:
@@ -236,8 +274,9 @@ def test_a_nan_on_one_rank_stops_every_rank_at_once(tmp_path: Path) -> None:
     script = tmp_path / "diverge.py"
     script.write_text(DIVERGE_ON_ONE_RANK)
     env = {**cli_env(tmp_path), "MASTER_PORT": "29533"}
-    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=180)
+    proc = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180
+    )
     out = proc.stdout + proc.stderr
     assert "rank 0: diverged: training loss is not finite on another rank at step 2 (epoch 0)" in out, out[-3000:]
     assert "finished" not in out, out[-3000:]
@@ -246,8 +285,18 @@ def test_a_nan_on_one_rank_stops_every_rank_at_once(tmp_path: Path) -> None:
 
 def test_ddp_spawn_inside_a_sweep_records_its_epochs(tmp_path: Path) -> None:
     """ddp_spawn trains in child processes, so the parent's Trainer never counts epochs: results.json still does."""
-    cli(["-m", "trainer=ddp", "trainer.strategy=ddp_spawn", "trainer.accelerator=cpu", "trainer.devices=2",
-         f"out_root={tmp_path}", "name=spawn", *tiny("data.batch_size=32", "trainer.max_epochs=2")],
-        home=tmp_path)
+    cli(
+        [
+            "-m",
+            "trainer=ddp",
+            "trainer.strategy=ddp_spawn",
+            "trainer.accelerator=cpu",
+            "trainer.devices=2",
+            f"out_root={tmp_path}",
+            "name=spawn",
+            *tiny("data.batch_size=32", "trainer.max_epochs=2"),
+        ],
+        home=tmp_path,
+    )
     results = [json.loads(p.read_text()) for p in sorted((tmp_path / "spawn").glob("*/results.json"))]
     assert [(r["status"], r["epochs"]) for r in results] == [("completed", 2)]

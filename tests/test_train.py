@@ -71,16 +71,21 @@ def compose_config() -> Iterator[Callable[..., DictConfig]]:
 
 
 @pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
-def test_every_config_composes_and_validates(compose_config: Callable[..., DictConfig], group: str,
-                                             option: str) -> None:
+def test_every_config_composes_and_validates(
+    compose_config: Callable[..., DictConfig], group: str, option: str
+) -> None:
     cfg = compose_config(f"{group}={option}")
     OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
     assert cfg.task in ("train", "complexity", "plan")
     validate(cfg)
     dm = build_datamodule(OmegaConf.to_container(cfg.data, resolve=True))  # validates; reads no file
     assert isinstance(cfg.logger.wandb.enabled, bool) and isinstance(cfg.logger.csv, bool)
-    spec = spec_from_config(OmegaConf.to_container(cfg.model, resolve=True), num_classes=dm.num_classes,
-                            in_channels=dm.in_channels, image_size=dm.image_size)
+    spec = spec_from_config(
+        OmegaConf.to_container(cfg.model, resolve=True),
+        num_classes=dm.num_classes,
+        in_channels=dm.in_channels,
+        image_size=dm.image_size,
+    )
     assert complexity(spec)["params"] > 0
 
 
@@ -126,8 +131,9 @@ def test_named_models_describe_their_networks(compose_config: Callable[..., Dict
 def smoke(run_cli: RunCli, tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], Path]:
     """Two jobs, two epochs each, with W&B (offline) and CSV logging: the default `python run.py -m` path."""
     out = tmp_path_factory.mktemp("smoke")
-    proc = run_cli("-m", *tiny("model.cardinality=1,2", "trainer.max_epochs=2", "deterministic=true"),
-                   f"out_root={out}")
+    proc = run_cli(
+        "-m", *tiny("model.cardinality=1,2", "trainer.max_epochs=2", "deterministic=true"), f"out_root={out}"
+    )
     return proc, out
 
 
@@ -139,8 +145,11 @@ def test_smoke_sweep_writes_results_wandb_and_csv(smoke: tuple[subprocess.Comple
     jobs = job_dirs(sweep)
     assert len(jobs) == 2, list(jobs)
     # each job's folder is named by what it sweeps alone
-    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["model.cardinality=1", "model.cardinality=2",
-                                                                     "report"]
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == [
+        "model.cardinality=1",
+        "model.cardinality=2",
+        "report",
+    ]
     for c in (1, 2):
         job = find_job(sweep, f"model.cardinality={c}")
         r = results(job)
@@ -166,7 +175,7 @@ def test_smoke_sweep_writes_results_wandb_and_csv(smoke: tuple[subprocess.Comple
         last_val = [float(row["val/top1_err"]) for row in rows if row["val/top1_err"]][-1]
         assert last_val == pytest.approx(r["metrics"]["val/top1_err"])
 
-    table = proc.stdout[proc.stdout.index(f"sweep {sweep} (2 jobs)"):].splitlines()
+    table = proc.stdout[proc.stdout.index(f"sweep {sweep} (2 jobs)") :].splitlines()
     assert "test top-1 err %" in table[1]
     assert sorted(line.split()[-1] for line in table[2:4]) == ["completed", "completed"]
     assert "did not complete" not in proc.stdout
@@ -175,17 +184,23 @@ def test_smoke_sweep_writes_results_wandb_and_csv(smoke: tuple[subprocess.Comple
     for known in ("`weights_only` was not set", "LeafSpec", "log_every_n_steps"):
         assert known not in proc.stderr, known
     # then the ablation report: one group per C (one seed: no CI yet), in <sweep>/report/
-    report = proc.stdout[proc.stdout.index("ablation over seeds 0"):].splitlines()
+    report = proc.stdout[proc.stdout.index("ablation over seeds 0") :].splitlines()
     assert report[1].split()[0] == "model.cardinality=1" and report[1].endswith("baseline")
     assert report[2].split()[0] == "model.cardinality=2" and "(no CI: too few seeds)" in report[2]
     assert report[2].endswith(": inconclusive")
     assert {"report.md", "report.csv"} <= {p.name for p in (sweep / "report").iterdir()}
     # and the same answer in W&B: one report run in the sweep's group, read back with W&B's own reader
     (run_dir,) = (sweep / "report").glob("wandb/offline-run-*")
-    (record,) = [r.run for r in wandb_records(next(run_dir.glob("run-*.wandb"))) if r.WhichOneof("record_type") == "run"]
+    (record,) = [
+        r.run for r in wandb_records(next(run_dir.glob("run-*.wandb"))) if r.WhichOneof("record_type") == "run"
+    ]
     assert record.job_type == "report" and record.run_group == sweep.relative_to(out).as_posix()
-    leet = subprocess.run([str(Path(sys.executable).parent / "wandb"), "leet", "inspect", "--summary", "--json",
-                           str(run_dir)], capture_output=True, text=True, timeout=120)
+    leet = subprocess.run(
+        [str(Path(sys.executable).parent / "wandb"), "leet", "inspect", "--summary", "--json", str(run_dir)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     summary = json.loads(leet.stdout)["summary"]
     assert summary["ablation"]["_type"] == "table-file" and summary["ablation"]["nrows"] == 2, leet.stdout[-2000:]
     table = json.loads((run_dir / "files" / summary["ablation"]["path"]).read_text())
@@ -201,23 +216,36 @@ def test_closing_table_orders_jobs_by_their_swept_values(tmp_path: Path, capsys:
         for seed in (1, 0):
             job = tmp_path / f"model.cardinality={c},seed={seed}"
             job.mkdir()
-            (job / "results.json").write_text(json.dumps({
-                "status": "completed", "overrides": [f"model.cardinality={c}", f"seed={seed}", "data.limit_train=9"],
-                "model": {"cardinality": c, "width": 64 // c, "depth": 11, "params": 1000, "flops": 10**6},
-                "metrics": {"test/top1_err": 10.0 + seed}, "epochs": 1}))
+            (job / "results.json").write_text(
+                json.dumps(
+                    {
+                        "status": "completed",
+                        "overrides": [f"model.cardinality={c}", f"seed={seed}", "data.limit_train=9"],
+                        "model": {"cardinality": c, "width": 64 // c, "depth": 11, "params": 1000, "flops": 10**6},
+                        "metrics": {"test/top1_err": 10.0 + seed},
+                        "epochs": 1,
+                    }
+                )
+            )
     assert summarize_sweep(tmp_path) == []
     rows = capsys.readouterr().out.splitlines()[2:]
-    assert [row.split()[0] for row in rows] == [f"model.cardinality={c},seed={s}" for c in (1, 2, 4, 32, 64)
-                                                for s in (0, 1)]
+    assert [row.split()[0] for row in rows] == [
+        f"model.cardinality={c},seed={s}" for c in (1, 2, 4, 32, 64) for s in (0, 1)
+    ]
 
 
-def test_same_seed_same_metrics_other_seed_differs(run_cli: RunCli, tmp_path: Path,
-                                                   smoke: tuple[subprocess.CompletedProcess[str], Path]) -> None:
+def test_same_seed_same_metrics_other_seed_differs(
+    run_cli: RunCli, tmp_path: Path, smoke: tuple[subprocess.CompletedProcess[str], Path]
+) -> None:
     """deterministic=true: seed 0 repeats the smoke sweep's C=1 job exactly (another process, folder and logger)."""
     (sweep,) = (smoke[1] / "sweeps").glob("model.cardinality=1,2__*")
     first = results(find_job(sweep, "model.cardinality=1"))
-    proc = run_cli("-m", *tiny("model.cardinality=1", "trainer.max_epochs=2", "deterministic=true", "seed=0,1",
-                               "logger=csv"), f"out_root={tmp_path}", "name=seeds")
+    proc = run_cli(
+        "-m",
+        *tiny("model.cardinality=1", "trainer.max_epochs=2", "deterministic=true", "seed=0,1", "logger=csv"),
+        f"out_root={tmp_path}",
+        "name=seeds",
+    )
     assert proc.returncode == 0, show(proc)
     same, other = (results(find_job(tmp_path / "seeds", f"seed={s}")) for s in (0, 1))
     keys = [*ERROR_KEYS, "train/loss", "val/loss", "test/loss"]
@@ -226,8 +254,13 @@ def test_same_seed_same_metrics_other_seed_differs(run_cli: RunCli, tmp_path: Pa
 
 
 def test_failed_job_is_recorded_and_the_sweep_goes_on(run_cli: RunCli, tmp_path: Path) -> None:
-    proc = run_cli("-m", *tiny("data.root=/nonexistent,null", "data.download=false"), f"out_root={tmp_path}",
-                   "name=faults", "sweep.skip_invalid=true")
+    proc = run_cli(
+        "-m",
+        *tiny("data.root=/nonexistent,null", "data.download=false"),
+        f"out_root={tmp_path}",
+        "name=faults",
+        "sweep.skip_invalid=true",
+    )
     assert proc.returncode == 1, show(proc)
     assert "Traceback" not in proc.stderr
     assert "warning: job data.root=/nonexistent: data.root: " in proc.stderr  # found before any job ran
@@ -243,13 +276,17 @@ def test_failed_job_is_recorded_and_the_sweep_goes_on(run_cli: RunCli, tmp_path:
     # the failed job's W&B run was closed, so the next job logged to its own
     runs = list(good.glob(f"wandb/offline-run-*/run-{ok['wandb']['id']}.wandb"))
     assert len(runs) == 1 and "test/top1_err" in wandb_summary(runs[0])
-    summary = proc.stdout[proc.stdout.index("1 job(s) did not complete:"):].splitlines()
+    summary = proc.stdout[proc.stdout.index("1 job(s) did not complete:") :].splitlines()
     assert summary[1].strip().startswith(f"{bad.name}: failed: data.root: ")
 
 
 def test_diverged_job_is_detected_and_the_sweep_goes_on(run_cli: RunCli, tmp_path: Path) -> None:
-    proc = run_cli("-m", *tiny("optim.lr=1e30,0.1", "trainer.check_finite_every_n_steps=1", "logger=csv"),
-                   f"out_root={tmp_path}", "name=nan")
+    proc = run_cli(
+        "-m",
+        *tiny("optim.lr=1e30,0.1", "trainer.check_finite_every_n_steps=1", "logger=csv"),
+        f"out_root={tmp_path}",
+        "name=nan",
+    )
     assert proc.returncode == 1, show(proc)
     assert "Traceback" not in proc.stderr
     sweep = tmp_path / "nan"
@@ -276,8 +313,9 @@ def test_rerun_with_other_settings_in_a_finished_folder_is_refused(run_cli: RunC
 
 
 @pytest.mark.slow  # races on a fast CPU: the 4-epoch job can finish before the kill lands (seen in a clean CI run)
-def test_killed_sweep_resumes_and_skips_completed_jobs(run_cli: RunCli, start_cli: Callable[..., Any],
-                                                       tmp_path: Path) -> None:
+def test_killed_sweep_resumes_and_skips_completed_jobs(
+    run_cli: RunCli, start_cli: Callable[..., Any], tmp_path: Path
+) -> None:
     args = ["-m", *tiny("trainer.max_epochs=1,4", "logger=csv"), f"out_root={tmp_path}", "name=resume"]
     sweep = tmp_path / "resume"
     first = start_cli(*args)
@@ -341,15 +379,24 @@ BAD_INPUT = {
     "out_root under a file": (["out_root={file}/out"], "out_root="),
     "out_root under /proc": (["out_root=/proc/forbidden/out"], "out_root='/proc/forbidden/out'"),
     "negative bar interval": (["trainer.progress_bar_interval_s=-1"], "trainer.progress_bar_interval_s=-1"),
-    "packed: no slots": (["-m", "hydra/launcher=packed", "hydra.launcher.jobs_per_device=0"],
-                         "hydra.launcher.jobs_per_device=0"),
+    "packed: no slots": (
+        ["-m", "hydra/launcher=packed", "hydra.launcher.jobs_per_device=0"],
+        "hydra.launcher.jobs_per_device=0",
+    ),
     "packed: bad devices": (["-m", "hydra/launcher=packed", "hydra.launcher.devices=gpu"], "hydra.launcher.devices="),
     "diverging run": (["optim.lr=1e30", "trainer.check_finite_every_n_steps=1", "logger=csv"], "error: diverged: "),
 }
 #: Cases that are not bad settings (a run that fails), or already a sweep: run once, as given. The data and
 #: model cases under -m take the path of "zero cardinality" and "missing data" (check_job), tested under -m.
-SINGLE = {"diverging run", "packed: no slots", "packed: bad devices", "unknown key", "zero batch", "augment not a bool",
-          "out_root under a file"}
+SINGLE = {
+    "diverging run",
+    "packed: no slots",
+    "packed: bad devices",
+    "unknown key",
+    "zero batch",
+    "augment not a bool",
+    "out_root under a file",
+}
 CASES = [(name, False) for name in BAD_INPUT] + [(name, True) for name in BAD_INPUT if name not in SINGLE]
 
 
@@ -370,8 +417,14 @@ def bad_runs(wandb_home: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
             args.append(f"out_root={out_root}")
         flags = [a for a in args if a.startswith("-")] + (["-m"] if sweep else [])  # -m goes first
         args = [a for a in args if not a.startswith("-")]
-        proc = subprocess.run([sys.executable, "run.py", *flags, *tiny(*args)], cwd=ROOT, env=cli_env(wandb_home),
-                              capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(
+            [sys.executable, "run.py", *flags, *tiny(*args)],
+            cwd=ROOT,
+            env=cli_env(wandb_home),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         return case, (proc, Path(out_root))
 
     with ThreadPoolExecutor(max_workers=2) as pool:
@@ -401,8 +454,10 @@ def test_a_sweep_with_an_invalid_job_runs_nothing(run_cli: RunCli, tmp_path: Pat
     assert proc.returncode == 2, show(proc)
     assert "Traceback" not in proc.stderr, show(proc)
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
-    assert errors == ["error: job model.cardinality=0: model.cardinality=0: must be an integer >= 1",
-                      "error: job model.cardinality=-2: model.cardinality=-2: must be an integer >= 1"], show(proc)
+    assert errors == [
+        "error: job model.cardinality=0: model.cardinality=0: must be an integer >= 1",
+        "error: job model.cardinality=-2: model.cardinality=-2: must be an integer >= 1",
+    ], show(proc)
     assert "2 of 3 job(s) invalid, nothing was run" in proc.stderr
     assert not (tmp_path / "invalid").exists()
 
@@ -431,8 +486,9 @@ def test_cosine_schedule_and_warmup() -> None:
 
 
 def test_no_decay_for_bn_and_biases() -> None:
-    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(),
-                              torch.nn.Linear(4, 2))
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(), torch.nn.Linear(4, 2)
+    )
     groups = param_groups(net, Optim(weight_decay=5e-4, no_decay_bn_bias=True))
     assert [g["weight_decay"] for g in groups] == [5e-4, 0.0]
     assert [tuple(p.shape) for p in groups[0]["params"]] == [(4, 1, 3, 3), (2, 4)]
@@ -446,8 +502,16 @@ def test_lr_scales_with_the_global_batch() -> None:
     assert scaled_lr(Optim(lr=0.1, scale_lr=True, base_batch_size=256), 512) == pytest.approx(0.2)
     dm = build_datamodule({"name": "fashion_mnist", "batch_size": 32})
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
-    optim = {"lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4, "scale_lr": True, "base_batch_size": 256,
-             "schedule": "step", "milestones": [1], "warmup_epochs": 0}
+    optim = {
+        "lr": 0.1,
+        "momentum": 0.9,
+        "weight_decay": 1e-4,
+        "scale_lr": True,
+        "base_batch_size": 256,
+        "schedule": "step",
+        "milestones": [1],
+        "warmup_epochs": 0,
+    }
     module = ClassificationModule(net, optim, num_classes=10)
     module.trainer = SimpleNamespace(world_size=4, datamodule=dm, max_epochs=2, estimated_stepping_batches=20)
     configured = module.configure_optimizers()
@@ -461,11 +525,19 @@ def test_lr_scales_with_the_global_batch() -> None:
 
 @pytest.mark.parametrize(
     ("change", "setting"),
-    [({"lr": 0}, "optim.lr"), ({"lr": True}, "optim.lr"), ({"momentum": -1}, "optim.momentum"),
-     ({"schedule": "linear"}, "optim.schedule"), ({"milestones": [60, 30]}, "optim.milestones"),
-     ({"gamma": 0}, "optim.gamma"), ({"warmup_start": 2}, "optim.warmup_start"),
-     ({"base_batch_size": 0}, "optim.base_batch_size"), ({"momentum": 0, "nesterov": True}, "optim.nesterov"),
-     ({"momentum": 1.0}, "optim.momentum"), ({"weight_decay": "none"}, "optim.weight_decay")],
+    [
+        ({"lr": 0}, "optim.lr"),
+        ({"lr": True}, "optim.lr"),
+        ({"momentum": -1}, "optim.momentum"),
+        ({"schedule": "linear"}, "optim.schedule"),
+        ({"milestones": [60, 30]}, "optim.milestones"),
+        ({"gamma": 0}, "optim.gamma"),
+        ({"warmup_start": 2}, "optim.warmup_start"),
+        ({"base_batch_size": 0}, "optim.base_batch_size"),
+        ({"momentum": 0, "nesterov": True}, "optim.nesterov"),
+        ({"momentum": 1.0}, "optim.momentum"),
+        ({"weight_decay": "none"}, "optim.weight_decay"),
+    ],
 )
 def test_bad_optim_settings_are_named(change: dict[str, Any], setting: str) -> None:
     with pytest.raises(ConfigError, match=f"^{setting}="):
@@ -475,8 +547,9 @@ def test_bad_optim_settings_are_named(change: dict[str, Any], setting: str) -> N
 def test_loss_checks_raise_diverged() -> None:
     from resnext_lab.module import Diverged
 
-    module = ClassificationModule(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3)), {"lr": 0.1}, 3,
-                                  check_finite_every_n_steps=1)
+    module = ClassificationModule(
+        torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3)), {"lr": 0.1}, 3, check_finite_every_n_steps=1
+    )
     module.log = lambda *a, **k: None  # no trainer to log to
     with torch.no_grad():
         module.net[1].weight.fill_(math.inf)
@@ -545,9 +618,16 @@ def test_throughput_leaves_out_the_validation_inside_the_epoch() -> None:
             time.sleep(0.5)
 
     data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(8, 2), torch.zeros(8)), batch_size=4)
-    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                         callbacks=[Throughput()])
+    trainer = pl.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=[Throughput()],
+    )
     trainer.fit(SlowValidation(), data, data)
     seconds = trainer.callback_metrics["perf/epoch_time_s"].item()
     assert 0 < seconds < 0.5  # the two validation batches alone sleep 1 s
@@ -568,8 +648,14 @@ def test_progress_bar_redraws_at_most_every_interval(interval_s: float, shown_mi
 
     bar = TimedProgressBar(interval_s)
     data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(20, 2)), batch_size=1)
-    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
-                         enable_model_summary=False, callbacks=[bar, Look()])
+    trainer = pl.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        callbacks=[bar, Look()],
+    )
     trainer.fit(_Linear(), data)
     assert shown[9] == shown_mid_epoch
     assert shown[19] == 20  # the last step is always drawn
@@ -582,8 +668,11 @@ def test_precision_auto_is_bf16_where_the_cpu_computes_it_natively(monkeypatch: 
     assert isinstance(torch.cpu._is_amx_tile_supported(), bool)
     assert isinstance(torch.cpu._is_avx512_bf16_supported(), bool)
     assert native_bf16_cpu() in (None, "AMX", "AVX512-BF16")
-    for amx, avx512_bf16, expected in ((False, False, "32-true"), (False, True, "bf16-mixed"),
-                                       (True, False, "bf16-mixed")):
+    for amx, avx512_bf16, expected in (
+        (False, False, "32-true"),
+        (False, True, "bf16-mixed"),
+        (True, False, "bf16-mixed"),
+    ):
         monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda amx=amx: amx)
         monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v)
         precision, why = resolve_precision("auto", cuda=False)
@@ -610,8 +699,15 @@ def test_best_validation_error_is_the_lowest_epoch_and_survives_a_resume(tmp_pat
             if not trainer.sanity_checking:
                 seen.append(float(trainer.callback_metrics["val/top1_err"]))
 
-    trainer = pl.Trainer(max_epochs=4, accelerator="cpu", logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, callbacks=[Look()])
+    trainer = pl.Trainer(
+        max_epochs=4,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[Look()],
+    )
     first = module()
     trainer.fit(first, data, data)
     assert len(seen) == 4

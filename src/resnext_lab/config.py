@@ -61,12 +61,16 @@ def _or_none(convert: Callable[[Any], Any]) -> Callable[[Any], Any]:
 
 
 def integer(minimum: int, *, null: bool = False) -> Rule:
-    return Rule(lambda v: (null and v is None) or (_is_int(v) and v >= minimum),
-                f"an integer >= {minimum}" + (" or null" if null else ""), _or_none(int))
+    return Rule(
+        lambda v: (null and v is None) or (_is_int(v) and v >= minimum),
+        f"an integer >= {minimum}" + (" or null" if null else ""),
+        _or_none(int),
+    )
 
 
-def number(low: float, high: float | None = None, *, open_low: bool = False, open_high: bool = False,
-           null: bool = False) -> Rule:
+def number(
+    low: float, high: float | None = None, *, open_low: bool = False, open_high: bool = False, null: bool = False
+) -> Rule:
     def ok(v: Any) -> bool:
         if null and v is None:
             return True
@@ -93,8 +97,11 @@ def choice(*values: str) -> Rule:
 
 def text(accepted: str, *, null: bool = False) -> Rule:
     """A name or path; Hydra reads `name=2024` or `name=nan` as a number, which names it as well."""
-    return Rule(lambda v: (null and v is None) or (isinstance(v, str) and v != "") or _is_number(v),
-                accepted + (" or null" if null else ""), _or_none(str))
+    return Rule(
+        lambda v: (null and v is None) or (isinstance(v, str) and v != "") or _is_number(v),
+        accepted + (" or null" if null else ""),
+        _or_none(str),
+    )
 
 
 def _devices(v: Any) -> bool:
@@ -109,13 +116,15 @@ def _batches(v: Any) -> bool:
 
 
 def _milestones(v: Any) -> bool:
-    return (isinstance(v, list | tuple) and all(_is_number(m) and m > 0 for m in v)
-            and list(v) == sorted(v))
+    return isinstance(v, list | tuple) and all(_is_number(m) and m > 0 for m in v) and list(v) == sorted(v)
 
 
 BATCHES = Rule(_batches, "a fraction in [0, 1], a number of batches >= 0, or null")
-DEVICES = Rule(_devices, "an integer >= 1, auto, or a list of device indices",
-               lambda v: tuple(v) if isinstance(v, list | tuple) else v)
+DEVICES = Rule(
+    _devices,
+    "an integer >= 1, auto, or a list of device indices",
+    lambda v: tuple(v) if isinstance(v, list | tuple) else v,
+)
 
 
 def setting(default: Any, rule: Rule, doc: str) -> Any:
@@ -152,8 +161,9 @@ def parse(schema: type[S], node: Mapping[str, Any] | None, prefix: str) -> S:
     unknown = sorted(set(node) - set(fields))
     if unknown and not getattr(schema, "open_keys", False):
         name = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
-        raise ConfigError(f"{name}={node[unknown[0]]!r}: no such setting here; {prefix or 'the top level'} has "
-                          f"{', '.join(fields)}")
+        raise ConfigError(
+            f"{name}={node[unknown[0]]!r}: no such setting here; {prefix or 'the top level'} has {', '.join(fields)}"
+        )
     values = {}
     for name, f in fields.items():
         if name not in node:
@@ -206,10 +216,16 @@ class Optim:
     nesterov: bool = setting(True, boolean(), "Nesterov momentum (needs momentum > 0)")
     weight_decay: float = setting(5e-4, number(0), "L2 weight decay")
     no_decay_bn_bias: bool = setting(False, boolean(), "no weight decay on BN parameters and biases")
-    schedule: str = setting("cosine", choice(*SCHEDULES),
-                            "step: divide by 1/gamma at each epoch in milestones (the paper's); cosine; constant")
-    milestones: tuple[float, ...] = setting([], Rule(_milestones, "a list of increasing epochs > 0", tuple),
-                                            "epochs at which the step schedule multiplies the lr by gamma")
+    schedule: str = setting(
+        "cosine",
+        choice(*SCHEDULES),
+        "step: divide by 1/gamma at each epoch in milestones (the paper's); cosine; constant",
+    )
+    milestones: tuple[float, ...] = setting(
+        [],
+        Rule(_milestones, "a list of increasing epochs > 0", tuple),
+        "epochs at which the step schedule multiplies the lr by gamma",
+    )
     gamma: float = setting(0.1, number(0, open_low=True), "the step schedule's factor")
     warmup_epochs: float = setting(0.0, number(0), "linear warm-up from lr * warmup_start over this many epochs")
     warmup_start: float = setting(0.1, number(0, 1), "the warm-up's first lr, as a fraction of lr")
@@ -228,14 +244,19 @@ class Trainer:
     accelerator: str = setting("auto", choice(*ACCELERATORS), "auto: the GPU when present, else the CPU")
     devices: Any = setting(1, DEVICES, "devices per node")
     num_nodes: int = setting(1, integer(1), "nodes (SLURM)")
-    strategy: str = setting("auto", text("a Lightning strategy name (auto, ddp, ddp_spawn, ...)"),
-                            "Lightning's strategy")
+    strategy: str = setting(
+        "auto", text("a Lightning strategy name (auto, ddp, ddp_spawn, ...)"), "Lightning's strategy"
+    )
     sync_batchnorm: bool = setting(False, boolean(), "synchronise BN statistics across devices")
     max_epochs: int = setting(10, integer(1), "epochs")
-    precision: str = setting("auto", choice(*PRECISIONS),
-                             "auto: bf16-mixed on GPUs and on CPUs with native bf16 (AMX, AVX512-BF16), else 32-true")
-    channels_last: Any = setting("auto", boolean(auto=True),
-                                 "channels_last memory layout (auto: on; faster on GPUs and, measured, on CPUs)")
+    precision: str = setting(
+        "auto",
+        choice(*PRECISIONS),
+        "auto: bf16-mixed on GPUs and on CPUs with native bf16 (AMX, AVX512-BF16), else 32-true",
+    )
+    channels_last: Any = setting(
+        "auto", boolean(auto=True), "channels_last memory layout (auto: on; faster on GPUs and, measured, on CPUs)"
+    )
     compile: bool = setting(False, boolean(), "torch.compile the network (off: docs/PERFORMANCE.md)")
     benchmark: Any = setting("auto", boolean(auto=True), "cuDNN autotuning (auto: on unless deterministic)")
     log_every_n_steps: int = setting(50, integer(1), "Lightning's logging cadence; metrics are logged per epoch")
@@ -256,8 +277,9 @@ class Wandb:
     project: str = setting("resnext-lab", text("a W&B project name"), "W&B project")
     entity: str | None = setting(None, text("a W&B entity", null=True), "W&B entity (null: your default)")
     mode: str = setting("auto", choice(*WANDB_MODES), "auto: online with credentials, else offline; WANDB_MODE wins")
-    group: str | None = setting(None, text("a W&B group name", null=True),
-                                "null: the sweep's folder under out_root, or runs")
+    group: str | None = setting(
+        None, text("a W&B group name", null=True), "null: the sweep's folder under out_root, or runs"
+    )
     tags: tuple[str, ...] = setting([], Rule(lambda v: isinstance(v, list | tuple), "a list of tags", tuple), "tags")
     job_type: str = setting("train", text("a W&B job type"), "the runs' job type")
 
@@ -276,37 +298,61 @@ class Report:
 
     open_keys: ClassVar[bool] = True  # table, omitted, contrasts, ...: report/tables.py checks them
 
-    baseline: str | None = setting(None, Rule(lambda v: v is None or (isinstance(v, str) and "=" in v),
-                                              "null or a swept setting as key=value"),
-                                   "the group every other is compared with (null: the first value swept first)")
-    min_effect: float | None = setting(None, number(0, open_low=True, null=True),
-                                       "the declared minimum effect (error points): the equivalence margin, and the "
-                                       "effect seeds needed is computed for (null: none, no power analysis)")
-    test: str = setting("difference", choice("difference", "equivalence"),
-                        "difference: better/worse/inconclusive; equivalence: a tie claimed by TOST at min_effect")
-    exclude: str | None = setting(None, Rule(lambda v: v is None or v in EXCLUSION_RULES,
-                                             "null or one of " + ", ".join(EXCLUSION_RULES)),
-                                  "the exclusion rule applied to every job alike (null: exclude nothing)")
-    alpha: float = setting(0.05, number(0, 1, open_low=True, open_high=True),
-                           "the significance level of every test, Holm-adjusted within a table's family")
+    baseline: str | None = setting(
+        None,
+        Rule(lambda v: v is None or (isinstance(v, str) and "=" in v), "null or a swept setting as key=value"),
+        "the group every other is compared with (null: the first value swept first)",
+    )
+    min_effect: float | None = setting(
+        None,
+        number(0, open_low=True, null=True),
+        "the declared minimum effect (error points): the equivalence margin, and the "
+        "effect seeds needed is computed for (null: none, no power analysis)",
+    )
+    test: str = setting(
+        "difference",
+        choice("difference", "equivalence"),
+        "difference: better/worse/inconclusive; equivalence: a tie claimed by TOST at min_effect",
+    )
+    exclude: str | None = setting(
+        None,
+        Rule(lambda v: v is None or v in EXCLUSION_RULES, "null or one of " + ", ".join(EXCLUSION_RULES)),
+        "the exclusion rule applied to every job alike (null: exclude nothing)",
+    )
+    alpha: float = setting(
+        0.05,
+        number(0, 1, open_low=True, open_high=True),
+        "the significance level of every test, Holm-adjusted within a table's family",
+    )
 
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
     """`plan`: task=plan's estimate of each job's wall time."""
 
-    device: str = setting("here", text("here or a GPU name (h100, a100, v100)"),
-                          "here: measured on this machine; a GPU name: from FLOPs at its stated throughput")
+    device: str = setting(
+        "here",
+        text("here or a GPU name (h100, a100, v100)"),
+        "here: measured on this machine; a GPU name: from FLOPs at its stated throughput",
+    )
 
 
 @dataclasses.dataclass(frozen=True)
 class Sweep:
     """`sweep`: how `python run.py -m` treats invalid jobs, and long paper-table sweeps."""
 
-    skip_invalid: bool = setting(False, boolean(), "false: one invalid job stops the sweep before any starts "
-                                 "(exit 2); true: run the valid ones and record the invalid as failed")
-    confirm: bool = setting(False, boolean(), "train a paper table's sweep that its plan prices above an hour on "
-                            "this machine (false: print the plan and stop, exit 2)")
+    skip_invalid: bool = setting(
+        False,
+        boolean(),
+        "false: one invalid job stops the sweep before any starts "
+        "(exit 2); true: run the valid ones and record the invalid as failed",
+    )
+    confirm: bool = setting(
+        False,
+        boolean(),
+        "train a paper table's sweep that its plan prices above an hour on "
+        "this machine (false: print the plan and stop, exit 2)",
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -331,8 +377,11 @@ class Run:
 # --- the data sets: one schema each, the `data` node ------------------------------------------------
 
 
-DATA_ROOT = Rule(lambda v: v is None or isinstance(v, str | os.PathLike), "a directory path or null",
-            lambda v: None if v is None or v == "" else Path(v).expanduser())
+DATA_ROOT = Rule(
+    lambda v: v is None or isinstance(v, str | os.PathLike),
+    "a directory path or null",
+    lambda v: None if v is None or v == "" else Path(v).expanduser(),
+)
 
 
 def redefault(schema: type, name: str, default: Any, doc: str | None = None) -> Any:
@@ -405,15 +454,27 @@ class ImageNetSettings(DataSettings):
     fixed: ClassVar[tuple[str, ...]] = ("name", "in_channels")
 
     name: str = redefault(DataSettings, "name", "imagenet")
-    val_size: int = redefault(DataSettings, "val_size", 0, "0: validate on the val folder, the test set (as the "
-                              "paper); N > 0: hold N training images out instead")
-    augment: bool = redefault(DataSettings, "augment", True, "RandomResizedCrop(image_size) (8-100% of the area, "
-                              "aspect 3/4-4/3) and horizontal flip; false: the eval centre crop")
+    val_size: int = redefault(
+        DataSettings,
+        "val_size",
+        0,
+        "0: validate on the val folder, the test set (as the paper); N > 0: hold N training images out instead",
+    )
+    augment: bool = redefault(
+        DataSettings,
+        "augment",
+        True,
+        "RandomResizedCrop(image_size) (8-100% of the area, "
+        "aspect 3/4-4/3) and horizontal flip; false: the eval centre crop",
+    )
     num_classes: int = redefault(DataSettings, "num_classes", 1000, "classes: the number of class folders")
     in_channels: int = redefault(DataSettings, "in_channels", 3)
     image_size: int = redefault(DataSettings, "image_size", 224, "the crop's side (eval resizes to 256/224 of it)")
-    color_augment: bool = setting(False, boolean(), "fb.resnet.torch's colour jitter (0.4, random order) and PCA "
-                                  "lighting (alphastd 0.1), independent of augment")
+    color_augment: bool = setting(
+        False,
+        boolean(),
+        "fb.resnet.torch's colour jitter (0.4, random order) and PCA lighting (alphastd 0.1), independent of augment",
+    )
     num_workers: int = setting(8, integer(0), "DataLoader worker processes")
     pin_memory: bool = setting(True, boolean(), "pinned host memory for the batches")
     persistent_workers: bool = setting(True, boolean(), "keep the workers between epochs")
@@ -478,8 +539,12 @@ class Job:
 
 def validate(cfg: Mapping[str, Any]) -> Settings:
     """The top-level, `optim`, `trainer` and `logger` settings of a composed config."""
-    return Settings(parse(Run, cfg, ""), parse(Optim, cfg.get("optim"), "optim"),
-                    parse(Trainer, cfg.get("trainer"), "trainer"), parse(Logger, cfg.get("logger"), "logger"))
+    return Settings(
+        parse(Run, cfg, ""),
+        parse(Optim, cfg.get("optim"), "optim"),
+        parse(Trainer, cfg.get("trainer"), "trainer"),
+        parse(Logger, cfg.get("logger"), "logger"),
+    )
 
 
 def check_job(cfg: Mapping[str, Any], check_data: bool = True) -> Job:
@@ -496,8 +561,9 @@ def check_job(cfg: Mapping[str, Any], check_data: bool = True) -> Job:
     available = getattr(dm, "check_available", None)
     if check_data and available is not None:
         available()
-    spec = spec_from_config(plain(cfg.get("model")), num_classes=dm.num_classes, in_channels=dm.in_channels,
-                            image_size=dm.image_size)
+    spec = spec_from_config(
+        plain(cfg.get("model")), num_classes=dm.num_classes, in_channels=dm.in_channels, image_size=dm.image_size
+    )
     return Job(settings, dm, spec)
 
 
@@ -512,24 +578,46 @@ def _rows(schema: type, prefix: str) -> list[str]:
             rows += _rows(f.metadata["schema"], key)
             continue
         value = _default(f)
-        shown = "null" if value is None else str(value).lower() if isinstance(value, bool) else \
-            str(list(value)) if isinstance(value, tuple) else str(value)
+        shown = (
+            "null"
+            if value is None
+            else str(value).lower()
+            if isinstance(value, bool)
+            else str(list(value))
+            if isinstance(value, tuple)
+            else str(value)
+        )
         rows.append(f"| `{key}` | `{shown}` | {f.metadata['rule'].accepted} | {f.metadata['doc']} |")
     return rows
 
 
 def settings_markdown() -> str:
     """Every setting of every schema: its default, what it accepts and what it means (docs/SETTINGS.md)."""
-    sections = [("Top level", Run, ""), *((f"`{group}`", schema, group) for group, schema in GROUPS.items()),
-                *((f"`data={name}`", schema, "data") for name, schema in DATA_SCHEMAS.items())]
-    out = ["# Settings", "",
-           "Every setting of `python run.py`, with its default and what it accepts, as the schemas in",
-           "`src/resnext_lab/config.py` state them (made by `make settings`; a test keeps it current).",
-           "A group's YAML under `conf/` extends its schema and states only what it changes; the model node",
-           "(`conf/model/*.yaml`) is checked by `models/spec.py`, the launchers' by their plugins.", ""]
+    sections = [
+        ("Top level", Run, ""),
+        *((f"`{group}`", schema, group) for group, schema in GROUPS.items()),
+        *((f"`data={name}`", schema, "data") for name, schema in DATA_SCHEMAS.items()),
+    ]
+    out = [
+        "# Settings",
+        "",
+        "Every setting of `python run.py`, with its default and what it accepts, as the schemas in",
+        "`src/resnext_lab/config.py` state them (made by `make settings`; a test keeps it current).",
+        "A group's YAML under `conf/` extends its schema and states only what it changes; the model node",
+        "(`conf/model/*.yaml`) is checked by `models/spec.py`, the launchers' by their plugins.",
+        "",
+    ]
     for title, schema, prefix in sections:
-        out += [f"## {title}", "", (schema.__doc__ or "").strip(), "",
-                "| setting | default | accepts | meaning |", "|---|---|---|---|", *_rows(schema, prefix), ""]
+        out += [
+            f"## {title}",
+            "",
+            (schema.__doc__ or "").strip(),
+            "",
+            "| setting | default | accepts | meaning |",
+            "|---|---|---|---|",
+            *_rows(schema, prefix),
+            "",
+        ]
     return "\n".join(out)
 
 

@@ -36,17 +36,34 @@ def _settings(device: str, tiny: bool, compile: bool) -> Any:
 
 def sweep_args(device: str, tiny: bool) -> list[str]:
     """The packed sweep: table3's 50-layer row at proxy scale, one seed, one epoch (smoke scale when tiny)."""
-    scale = (["scale=smoke", "trainer.accelerator=cpu", "model.cardinality=1,32"] if tiny
-             else ["scale=proxy", "trainer.max_epochs=1"])
+    scale = (
+        ["scale=smoke", "trainer.accelerator=cpu", "model.cardinality=1,32"]
+        if tiny
+        else ["scale=proxy", "trainer.max_epochs=1"]
+    )
     devices = "cpu" if device == "cpu" else "auto"
-    return ["-m", "hydra/launcher=packed", f"hydra.launcher.devices={devices}", "experiment=table3", *scale,
-            "model.depth=${depths.d50}", "seed=0", "logger=csv"]
+    return [
+        "-m",
+        "hydra/launcher=packed",
+        f"hydra.launcher.devices={devices}",
+        "experiment=table3",
+        *scale,
+        "model.depth=${depths.d50}",
+        "seed=0",
+        "logger=csv",
+    ]
 
 
 def _run(args: Sequence[str], out_root: Path, env: dict[str, str]) -> tuple[subprocess.CompletedProcess[str], float]:
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, str(ROOT / "run.py"), *args, f"out_root={out_root}"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), *args, f"out_root={out_root}"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     return proc, time.perf_counter() - start
 
 
@@ -65,19 +82,29 @@ def sweep_check(device: str, tiny: bool) -> dict[str, Any]:
         proc, wall = _run(sweep_args(device, tiny), Path(tmp) / "out", env)
         jobs = load_sweep(Path(tmp) / "out")
     estimate = planned_seconds(plan.stdout)
-    return {"command": "python run.py " + " ".join(sweep_args(device, tiny)), "exit_status": proc.returncode,
-            "jobs": len(jobs), "completed": sum(j.get("status") == "completed" for j in jobs),
-            "wall_s": round(wall, 1), "plan_estimate_s": estimate,
-            "measured_over_plan": round(wall / estimate, 3) if estimate else None,
-            "errors": [j.get("error") for j in jobs if j.get("status") != "completed"],
-            "stderr_tail": proc.stderr[-1500:] if proc.returncode else ""}
+    return {
+        "command": "python run.py " + " ".join(sweep_args(device, tiny)),
+        "exit_status": proc.returncode,
+        "jobs": len(jobs),
+        "completed": sum(j.get("status") == "completed" for j in jobs),
+        "wall_s": round(wall, 1),
+        "plan_estimate_s": estimate,
+        "measured_over_plan": round(wall / estimate, 3) if estimate else None,
+        "errors": [j.get("error") for j in jobs if j.get("status") != "completed"],
+        "stderr_tail": proc.stderr[-1500:] if proc.returncode else "",
+    }
 
 
 def summary_markdown(report: dict[str, Any]) -> str:
-    lines = [f"# GPU check: {report['device'].get('name')}", "",
-             f"torch {report['versions'].get('torch')}, CUDA {report['versions'].get('cuda')}; "
-             f"{report['elapsed_s']:.0f} s in all; command `{report['command']}`", "",
-             "| step | case | ours img/s | baseline img/s | ratio |", "|---|---|---|---|---|"]
+    lines = [
+        f"# GPU check: {report['device'].get('name')}",
+        "",
+        f"torch {report['versions'].get('torch')}, CUDA {report['versions'].get('cuda')}; "
+        f"{report['elapsed_s']:.0f} s in all; command `{report['command']}`",
+        "",
+        "| step | case | ours img/s | baseline img/s | ratio |",
+        "|---|---|---|---|---|",
+    ]
     for step in ("bench_eager", "bench_compiled"):
         for row in (report.get(step) or {}).get("results", []):
             base = "-" if not row["baseline"] else f"{row['baseline']['images_per_s']:.1f}"
@@ -88,8 +115,11 @@ def summary_markdown(report: dict[str, Any]) -> str:
             lines += ["", f"{name} failed: {report[name]['error']}"]
     sweep = report.get("sweep") or {}
     if "completed" in sweep:
-        lines += ["", f"Packed sweep: {sweep['completed']}/{sweep['jobs']} jobs completed in {sweep['wall_s']} s; "
-                      f"task=plan estimated {sweep['plan_estimate_s']} s (measured/plan {sweep['measured_over_plan']})."]
+        lines += [
+            "",
+            f"Packed sweep: {sweep['completed']}/{sweep['jobs']} jobs completed in {sweep['wall_s']} s; "
+            f"task=plan estimated {sweep['plan_estimate_s']} s (measured/plan {sweep['measured_over_plan']}).",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -108,13 +138,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is visible here; use --device cpu --tiny")
     start = time.perf_counter()
-    report: dict[str, Any] = {"command": " ".join(["python -m resnext_lab.gpu_check", *(argv or sys.argv[1:])]),
-                              "device": bench.device_info(args.device), "versions": bench.versions()}
+    report: dict[str, Any] = {
+        "command": " ".join(["python -m resnext_lab.gpu_check", *(argv or sys.argv[1:])]),
+        "device": bench.device_info(args.device),
+        "versions": bench.versions(),
+    }
     cases = ["resnet50", "resnext50_32x4d", *([] if args.tiny else ["family"]), "proxy", "loop_overhead"]
     steps = [("bench_eager", lambda: bench.run(_settings(args.device, args.tiny, False), cases, log=_log))]
     if not args.skip_compile:
-        steps.append(("bench_compiled", lambda: bench.run(_settings(args.device, args.tiny, True),
-                                                          ["resnet50", "resnext50_32x4d", "family"], log=_log)))
+        steps.append(
+            (
+                "bench_compiled",
+                lambda: bench.run(
+                    _settings(args.device, args.tiny, True), ["resnet50", "resnext50_32x4d", "family"], log=_log
+                ),
+            )
+        )
     steps.append(("sweep", lambda: sweep_check(args.device, args.tiny)))
     for name, step in steps:
         _log(f"gpu-check: {name} ...")

@@ -40,8 +40,11 @@ def _handle(signum: int, frame: FrameType | None) -> None:
     _state["received"] = signum
     if _state["jobs"]:
         raise Interrupted(signum)
-    stop(f"interrupted ({name(signum)}): no job was running; finished jobs are kept: run the same command again "
-         "to go on", status(signum))
+    stop(
+        f"interrupted ({name(signum)}): no job was running; finished jobs are kept: run the same command again "
+        "to go on",
+        status(signum),
+    )
 
 
 @contextlib.contextmanager

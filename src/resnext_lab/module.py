@@ -42,8 +42,9 @@ def param_groups(net: nn.Module, optim: Optim) -> list[dict[str, Any]]:
 
 def sgd(net: nn.Module, optim: Optim, global_batch: int = 0) -> torch.optim.SGD:
     """The run's optimiser: SGD over `param_groups` at `scaled_lr`, with `optim`'s momentum and Nesterov."""
-    return torch.optim.SGD(param_groups(net, optim), lr=scaled_lr(optim, global_batch), momentum=optim.momentum,
-                           nesterov=optim.nesterov)
+    return torch.optim.SGD(
+        param_groups(net, optim), lr=scaled_lr(optim, global_batch), momentum=optim.momentum, nesterov=optim.nesterov
+    )
 
 
 def lr_factor(epoch: float, optim: Optim, max_epochs: int) -> float:

@@ -32,8 +32,12 @@ from typing import Any
 from resnext_lab.errors import ConfigError
 
 #: (training images, test images) of each data set; the validation split comes out of the training images.
-SIZES = {"fashion_mnist": (60_000, 10_000), "cifar10": (50_000, 10_000), "cifar100": (50_000, 10_000),
-         "imagenet": (1_281_167, 50_000)}
+SIZES = {
+    "fashion_mnist": (60_000, 10_000),
+    "cifar10": (50_000, 10_000),
+    "cifar100": (50_000, 10_000),
+    "imagenet": (1_281_167, 50_000),
+}
 #: Named devices: achieved training throughput in TFLOP/s (6 FLOPs per multiply-add per image: forward and the
 #: backward's two products), and the shortest step the host allows. ResNet-50 trains at about 3,000 img/s on one
 #: H100 in bf16 (MLPerf-class pipelines), 1,400 on an A100, 900 on a V100 (mixed precision): 4.1 GMACs x 6.
@@ -116,13 +120,27 @@ def _key(spec: Any, batch: int, precision: str, channels_last: bool, threads: in
     import torch
 
     gpu = torch.cuda.get_device_name(0) if device == "cuda" else None
-    text = json.dumps([dataclasses.asdict(spec), batch, precision, channels_last, threads, torch.__version__,
-                       platform.node(), platform.processor(), gpu], sort_keys=True, default=str)
+    text = json.dumps(
+        [
+            dataclasses.asdict(spec),
+            batch,
+            precision,
+            channels_last,
+            threads,
+            torch.__version__,
+            platform.node(),
+            platform.processor(),
+            gpu,
+        ],
+        sort_keys=True,
+        default=str,
+    )
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
-def calibrate(spec: Any, batch: int, precision: str, channels_last: bool, threads: int,
-              cache: dict[str, Any], device: str = "cpu") -> tuple[float, float]:
+def calibrate(
+    spec: Any, batch: int, precision: str, channels_last: bool, threads: int, cache: dict[str, Any], device: str = "cpu"
+) -> tuple[float, float]:
     """(seconds per training step, per evaluation batch) at `batch`, timed here on a smaller batch and scaled
     (on a GPU at the full batch: small batches leave it idle)."""
     key = _key(spec, batch, precision, channels_last, threads, device)
@@ -209,8 +227,9 @@ def plan_jobs(configs: Sequence[tuple[list[str], Any]], device: str, slots: int,
         if model.get("width") == "auto":
             ref = model.get("reference") or {}
             match = model.get("match", "params")
-            ref_spec = dataclasses.replace(spec, cardinality=int(ref.get("cardinality", 1)),
-                                           width=int(ref.get("width", 64)))
+            ref_spec = dataclasses.replace(
+                spec, cardinality=int(ref.get("cardinality", 1)), width=int(ref.get("width", 64))
+            )
             deviation = c[match] / complexity(ref_spec)[match] - 1
         if device == "here":
             where = _here(resolved["trainer"])
@@ -222,8 +241,21 @@ def plan_jobs(configs: Sequence[tuple[list[str], Any]], device: str, slots: int,
             t_train, t_eval = _flop_step(c["flops"], batch, device)
         epochs = int(resolved["trainer"]["max_epochs"])
         seconds = epochs * (train_steps * t_train + val_batches * t_eval) + test_batches * t_eval + JOB_OVERHEAD_S
-        plans.append(JobPlan(overrides, spec.name, c["params"], c["flops"], deviation, epochs, train_steps,
-                             val_batches, test_batches, seconds, world_size(resolved["trainer"])))
+        plans.append(
+            JobPlan(
+                overrides,
+                spec.name,
+                c["params"],
+                c["flops"],
+                deviation,
+                epochs,
+                train_steps,
+                val_batches,
+                test_batches,
+                seconds,
+                world_size(resolved["trainer"]),
+            )
+        )
     if device == "here":
         CACHE.parent.mkdir(parents=True, exist_ok=True)
         CACHE.write_text(json.dumps(cache))
@@ -281,13 +313,16 @@ def render(plans: Sequence[JobPlan], device: str, slots: int, launcher: str, mat
     order = job_order([p.overrides for p in plans])
     swept = _swept_names(plans)
     w, n = max(len(s) for s in [*swept, "job"]) + 2, max(len(p.name) for p in plans) + 2
-    lines = [f"{'job':<{w}}{'network':<{n}}{'params':>11}{'GFLOPs':>9}{'vs ref':>8}{'epochs':>7}{'steps':>7}"
-             f"{'estimate':>10}"]
+    lines = [
+        f"{'job':<{w}}{'network':<{n}}{'params':>11}{'GFLOPs':>9}{'vs ref':>8}{'epochs':>7}{'steps':>7}{'estimate':>10}"
+    ]
     for i in order:
         p = plans[i]
         dev = "-" if p.deviation is None else f"{100 * p.deviation:+.1f}%"
-        lines.append(f"{swept[i]:<{w}}{p.name:<{n}}{p.params:>11,}{p.flops / 1e9:>9.3f}{dev:>8}{p.epochs:>7}"
-                     f"{p.train_steps:>7}{_duration(p.seconds):>10}")
+        lines.append(
+            f"{swept[i]:<{w}}{p.name:<{n}}{p.params:>11,}{p.flops / 1e9:>9.3f}{dev:>8}{p.epochs:>7}"
+            f"{p.train_steps:>7}{_duration(p.seconds):>10}"
+        )
     total = sweep_seconds(plans, slots)
     job_sum = sum(p.seconds for p in plans)
     device_hours = sum(p.seconds * p.devices for p in plans) / 3600
@@ -303,14 +338,17 @@ def render(plans: Sequence[JobPlan], device: str, slots: int, launcher: str, mat
     else:
         tflops, floor = THROUGHPUT[device]
         where = f"{per_job} {device.upper()}{'s' if per_job > 1 else ''} per job"
-        assumption = (f"assumed {tflops:g} TFLOP/s achieved in training (6 FLOPs per multiply-add per image), "
-                      f"at least {floor * 1e3:g} ms per step, packed jobs not slowing each other; small grouped "
-                      "networks run far below it (a lower bound for them until measured: make gpu-check)")
+        assumption = (
+            f"assumed {tflops:g} TFLOP/s achieved in training (6 FLOPs per multiply-add per image), "
+            f"at least {floor * 1e3:g} ms per step, packed jobs not slowing each other; small grouped "
+            "networks run far below it (a lower bound for them until measured: make gpu-check)"
+        )
     lines += [
         f"{len(plans)} jobs on {where}; {launcher}; {assumption}; {JOB_OVERHEAD_S:g} s per job and "
         f"{STARTUP_S:g} s per worker besides the steps",
         f"estimate: {_duration(total)} wall time for the sweep ({_duration(job_sum)} of job time"
-        + (f", {device_hours:.1f} {device.upper()}-hours" if device != "here" else "") + ")",
+        + (f", {device_hours:.1f} {device.upper()}-hours" if device != "here" else "")
+        + ")",
     ]
     far = [swept[i] for i in order if plans[i].deviation is not None and abs(plans[i].deviation) > 0.05]
     if far:
@@ -326,14 +364,16 @@ def _swept_names(plans: Sequence[JobPlan]) -> list[str]:
     return [",".join(f"{k}={job.get(k)}" for k in keys) or "the job" for job in parsed]
 
 
-def plan_sweep(configs: Sequence[tuple[list[str], Any]], settings: Mapping[str, Any],
-               hydra_cfg: Mapping[str, Any]) -> str:
+def plan_sweep(
+    configs: Sequence[tuple[list[str], Any]], settings: Mapping[str, Any], hydra_cfg: Mapping[str, Any]
+) -> str:
     """The plan of a sweep (or of one run) as printed text."""
     return estimate(configs, settings, hydra_cfg)[0]
 
 
-def estimate(configs: Sequence[tuple[list[str], Any]], settings: Mapping[str, Any],
-             hydra_cfg: Mapping[str, Any]) -> tuple[str, float]:
+def estimate(
+    configs: Sequence[tuple[list[str], Any]], settings: Mapping[str, Any], hydra_cfg: Mapping[str, Any]
+) -> tuple[str, float]:
     """The plan of a sweep as printed text, and its estimated wall time in seconds."""
     device = settings.get("device", "here")
     if device not in DEVICES:

@@ -26,15 +26,29 @@ from collections.abc import Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-SWEEP = ("model.template=cifar", "model.depth=null", "model.stage_blocks=[3,4,9]", "model.width_scale=0.125",
-         "model.reference.width=8", "model.width=auto", "model.cardinality=1,8", "seed=0,1",
-         "data.limit_train=6000", "data.limit_eval=2000", "data.batch_size=128", "trainer.max_epochs=2",
-         "trainer.enable_progress_bar=false", "logger=csv")
+SWEEP = (
+    "model.template=cifar",
+    "model.depth=null",
+    "model.stage_blocks=[3,4,9]",
+    "model.width_scale=0.125",
+    "model.reference.width=8",
+    "model.width=auto",
+    "model.cardinality=1,8",
+    "seed=0,1",
+    "data.limit_train=6000",
+    "data.limit_eval=2000",
+    "data.batch_size=128",
+    "trainer.max_epochs=2",
+    "trainer.enable_progress_bar=false",
+    "logger=csv",
+)
 #: --policy name -> (its label in the report, its launcher overrides)
 POLICIES = {
     "one": ("1 job x all cores", []),
-    "packed": ("packed: 2 jobs x 1 thread", ["hydra/launcher=packed", "hydra.launcher.devices=cpu",
-                                             "hydra.launcher.jobs_per_device=2"]),
+    "packed": (
+        "packed: 2 jobs x 1 thread",
+        ["hydra/launcher=packed", "hydra.launcher.devices=cpu", "hydra.launcher.jobs_per_device=2"],
+    ),
 }
 
 
@@ -43,18 +57,35 @@ def time_sweep(overrides: Sequence[str], launcher: Sequence[str], precision: str
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
     env.pop("OMP_NUM_THREADS", None)  # the launcher decides the threads
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, str(ROOT / "run.py"), "-m", *launcher, *overrides,
-                           f"trainer.precision={precision}", f"out_root={out}", "name=policy"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "run.py"),
+            "-m",
+            *launcher,
+            *overrides,
+            f"trainer.precision={precision}",
+            f"out_root={out}",
+            "name=policy",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     wall = time.perf_counter() - start
     from resnext_lab.results import load_sweep
 
     results = load_sweep(out)  # the sweep is out/policy, or out/<experiment>/<scale> with experiment=
     if proc.returncode != 0 or len(results) == 0:
         raise RuntimeError(f"the sweep failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
-    return {"wall_s": round(wall, 1), "jobs": len(results),
-            "job_s": [r.get("wall_time_s") for r in results],
-            "test_top1_err": [r.get("metrics", {}).get("test/top1_err") for r in results]}
+    return {
+        "wall_s": round(wall, 1),
+        "jobs": len(results),
+        "job_s": [r.get("wall_time_s") for r in results],
+        "test_top1_err": [r.get("metrics", {}).get("test/top1_err") for r in results],
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -68,8 +99,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from resnext_lab.files import write_json_atomic
 
     rows: list[dict[str, object]] = []
-    report = {"host": platform.node(), "cores": os.cpu_count(), "command": " ".join(sys.argv),
-              "sweep": list(args.overrides), "rows": rows}
+    report = {
+        "host": platform.node(),
+        "cores": os.cpu_count(),
+        "command": " ".join(sys.argv),
+        "sweep": list(args.overrides),
+        "rows": rows,
+    }
     chosen = [policy for key, policy in POLICIES.items() if args.policy in ("all", key)]
     compiles = (False, True) if args.compile else (False,)
     for precision in args.precisions.split(","):
@@ -78,13 +114,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             extra = ["trainer.compile=true"] if compiled else []
             with tempfile.TemporaryDirectory() as tmp:
                 print(f"{precision}, {label} ...", file=sys.stderr, flush=True)
-                rows.append({"precision": precision, "policy": label,
-                             **time_sweep([*args.overrides, *extra], launcher, precision, Path(tmp))})
+                rows.append(
+                    {
+                        "precision": precision,
+                        "policy": label,
+                        **time_sweep([*args.overrides, *extra], launcher, precision, Path(tmp)),
+                    }
+                )
             write_json_atomic(args.out, report)  # after each sweep: a stopped run keeps what it measured
     fastest = min(rows, key=lambda r: r["wall_s"])
     for r in rows:
-        print(f"{r['precision']:<11} {r['policy']:<38} {r['wall_s']:>7.1f} s  "
-              f"({fastest['wall_s'] / r['wall_s']:.2f}x the fastest's speed)")
+        print(
+            f"{r['precision']:<11} {r['policy']:<38} {r['wall_s']:>7.1f} s  "
+            f"({fastest['wall_s'] / r['wall_s']:.2f}x the fastest's speed)"
+        )
     print(f"fastest: {fastest['precision']}, {fastest['policy']}; written {args.out}")
     return 0
 

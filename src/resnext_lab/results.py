@@ -79,8 +79,9 @@ def load_sweep(sweep_dir: Path) -> list[dict[str, Any]]:
             out.append({"status": UNREADABLE, "error": f"{type(exc).__name__}: {first_line(exc)}", "_dir": path.parent})
             continue
         if not isinstance(data, dict):
-            out.append({"status": UNREADABLE, "error": f"not a JSON object ({type(data).__name__})",
-                        "_dir": path.parent})
+            out.append(
+                {"status": UNREADABLE, "error": f"not a JSON object ({type(data).__name__})", "_dir": path.parent}
+            )
         elif not isinstance(data.get("status"), str):
             out.append({**data, "status": UNREADABLE, "error": "no status field", "_dir": path.parent})
         else:
@@ -121,8 +122,14 @@ def placement() -> dict[str, Any]:
 
 def git_commit() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
-                             text=True, timeout=5, check=False)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else None

@@ -24,9 +24,17 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = ("model.width_scale=0.125", "model.cardinality=2", "model.width=4", "data.limit_train=256",
-        "data.limit_eval=128", "data.batch_size=64", "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
-        "logger.wandb.mode=offline")
+TINY = (
+    "model.width_scale=0.125",
+    "model.cardinality=2",
+    "model.width=4",
+    "data.limit_train=256",
+    "data.limit_eval=128",
+    "data.batch_size=64",
+    "trainer.max_epochs=1",
+    "trainer.enable_progress_bar=false",
+    "logger.wandb.mode=offline",
+)
 #: The first jobs warm the workers up (imports, allocator pools, W&B's service): growth is measured after them.
 WARM_JOBS = 5
 
@@ -34,6 +42,7 @@ WARM_JOBS = 5
 def rss_growth(records: Sequence[dict[str, Any]], warm_jobs: int = WARM_JOBS) -> dict[str, Any]:
     """The workers' summed RSS once `warm_jobs` jobs were done (each worker's latest record by then) and after
     the last job (each worker's last record), and the growth between them in percent."""
+
     def total(upto: float) -> int:
         latest: dict[int, int] = {}
         for r in sorted(records, key=lambda r: r["done"]):
@@ -42,8 +51,11 @@ def rss_growth(records: Sequence[dict[str, Any]], warm_jobs: int = WARM_JOBS) ->
         return sum(latest.values())
 
     first, last = total(warm_jobs), total(float("inf"))
-    return {"rss_mb_after_first": round(first / 1024, 1), "rss_mb_after_last": round(last / 1024, 1),
-            "rss_growth_pct": round(100 * (last - first) / first, 2) if first else None}
+    return {
+        "rss_mb_after_first": round(first / 1024, 1),
+        "rss_mb_after_last": round(last / 1024, 1),
+        "rss_growth_pct": round(100 * (last - first) / first, 2) if first else None,
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -59,9 +71,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="resnext-soak-") as scratch:
         out = args.out or Path(scratch)
         seeds = ",".join(str(s) for s in range(args.jobs))
-        command = [sys.executable, str(ROOT / "run.py"), "-m", "hydra/launcher=packed", "hydra.launcher.devices=cpu",
-                   f"hydra.launcher.jobs_per_device={args.workers}", *TINY, f"seed={seeds}", f"out_root={out}",
-                   "name=soak"]
+        command = [
+            sys.executable,
+            str(ROOT / "run.py"),
+            "-m",
+            "hydra/launcher=packed",
+            "hydra.launcher.devices=cpu",
+            f"hydra.launcher.jobs_per_device={args.workers}",
+            *TINY,
+            f"seed={seeds}",
+            f"out_root={out}",
+            "name=soak",
+        ]
         env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
         start = time.perf_counter()
         proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
@@ -71,11 +92,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         rss_file = sweep / ".packed" / "rss.jsonl"
         records = [json.loads(line) for line in rss_file.read_text().splitlines()] if rss_file.exists() else []
     completed = sum(r.get("status") == "completed" for r in results)
-    line = {"jobs": completed, "of": args.jobs, "workers": args.workers, **rss_growth(records),
-            "max_growth_pct": args.max_growth_pct, "wall_s": round(wall, 1), "exit": proc.returncode}
+    line = {
+        "jobs": completed,
+        "of": args.jobs,
+        "workers": args.workers,
+        **rss_growth(records),
+        "max_growth_pct": args.max_growth_pct,
+        "wall_s": round(wall, 1),
+        "exit": proc.returncode,
+    }
     growth = line["rss_growth_pct"]
-    line["ok"] = bool(proc.returncode == 0 and completed == args.jobs and growth is not None
-                      and growth <= args.max_growth_pct)
+    line["ok"] = bool(
+        proc.returncode == 0 and completed == args.jobs and growth is not None and growth <= args.max_growth_pct
+    )
     if proc.returncode != 0:
         print(proc.stderr[-3000:], file=sys.stderr)
     print(json.dumps(line), flush=True)

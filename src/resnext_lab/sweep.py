@@ -28,11 +28,26 @@ from resnext_lab.errors import fail, first_line
 
 #: Overrides that do not change what a job computes: left out of job folder names and of the check that a
 #: rerun finds the same job in its folder.
-RUN_INVARIANT = frozenset({
-    "name", "out_root", "resume", "experiment", "scale", "trainer.accelerator",
-    "trainer.enable_progress_bar", "trainer.progress_bar_interval_s", "logger.wandb.mode", "sweep.skip_invalid",
-    "report.baseline", "report.min_effect", "report.test", "report.exclude", "report.alpha", "sweep.confirm",
-})
+RUN_INVARIANT = frozenset(
+    {
+        "name",
+        "out_root",
+        "resume",
+        "experiment",
+        "scale",
+        "trainer.accelerator",
+        "trainer.enable_progress_bar",
+        "trainer.progress_bar_interval_s",
+        "logger.wandb.mode",
+        "sweep.skip_invalid",
+        "report.baseline",
+        "report.min_effect",
+        "report.test",
+        "report.exclude",
+        "report.alpha",
+        "sweep.confirm",
+    }
+)
 
 
 def split_overrides(overrides: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -64,8 +79,10 @@ def check_same_job(previous: Mapping[str, Any], overrides: Sequence[str], run_di
     before, now = comparable(previous.get("overrides") or []), comparable(overrides)
     if before != now:
         changed = sorted(set(before) ^ set(now))
-        fail(f"{run_dir} holds a run with other settings ({', '.join(changed)}); "
-             "give the sweep another name=..., or out_root=..., or resume=false to train it again there")
+        fail(
+            f"{run_dir} holds a run with other settings ({', '.join(changed)}); "
+            "give the sweep another name=..., or out_root=..., or resume=false to train it again there"
+        )
 
 
 # --- folder names: the resolvers of conf/config.yaml's hydra.sweep.dir and subdir -----------------------------
@@ -166,7 +183,10 @@ def summarize_sweep(sweep_dir: Path) -> list[str]:
         if result.get("status") != "completed":
             bad.append(f"{run_dir.relative_to(sweep_dir)}: {result.get('status')}: {result.get('error') or ''}")
     widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(COLUMNS)]
-    lines = [f"sweep {sweep_dir} ({len(rows)} jobs)", "  ".join(c.ljust(w) for c, w in zip(COLUMNS, widths, strict=True))]
+    lines = [
+        f"sweep {sweep_dir} ({len(rows)} jobs)",
+        "  ".join(c.ljust(w) for c, w in zip(COLUMNS, widths, strict=True)),
+    ]
     lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in rows]
     if bad:
         lines.append(f"{len(bad)} job(s) did not complete:")
@@ -244,8 +264,12 @@ def check_sweep(config: DictConfig, config_name: str | None) -> list[tuple[list[
         return [(o, c) for o, c in composed if o not in bad]
     for line in lines:
         print(f"error: {line}", file=sys.stderr)
-    print(f"{len(invalid)} of {len(jobs)} job(s) invalid, nothing was run: fix them, or set sweep.skip_invalid=true "
-          "to run the valid ones and record the others as failed", file=sys.stderr, flush=True)
+    print(
+        f"{len(invalid)} of {len(jobs)} job(s) invalid, nothing was run: fix them, or set sweep.skip_invalid=true "
+        "to run the valid ones and record the others as failed",
+        file=sys.stderr,
+        flush=True,
+    )
     raise SystemExit(2)
 
 
@@ -300,8 +324,12 @@ def hold_folder(folder: Path) -> None:
     if _other_rank() or str(folder) in _held:
         return
     path = Path(folder) / LOCK
-    me = {"pid": os.getpid(), "host": platform.node(), "since": time.strftime("%Y-%m-%d %H:%M:%S"),
-          "command": " ".join(sys.argv)}
+    me = {
+        "pid": os.getpid(),
+        "host": platform.node(),
+        "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "command": " ".join(sys.argv),
+    }
 
     def claim(fd: int) -> None:
         os.ftruncate(fd, 0)
@@ -316,16 +344,22 @@ def hold_folder(folder: Path) -> None:
     except Timeout:
         holder = _holder(path)
         who = f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}, since {holder.get('since', '?')}"
-        fail(f"{folder} is in use by another run ({who}): wait for it to end, or give this one another "
-             "name=... or out_root=...")
+        fail(
+            f"{folder} is in use by another run ({who}): wait for it to end, or give this one another "
+            "name=... or out_root=..."
+        )
     except OSError as err:
         from resnext_lab.files import output_fault
 
         why, remedy = output_fault(err, path.parent) or (f"cannot lock it ({first_line(err)})", "check the folder")
         fail(f"{why}: cannot write {folder}: {remedy}, then run the same command again")
     if left.get("pid") not in (None, os.getpid()):
-        print(f"note: {folder} was held by pid {left['pid']} on {left.get('host', '?')}, which ended without "
-              "letting go (killed?); taken over", file=sys.stderr, flush=True)
+        print(
+            f"note: {folder} was held by pid {left['pid']} on {left.get('host', '?')}, which ended without "
+            "letting go (killed?); taken over",
+            file=sys.stderr,
+            flush=True,
+        )
     _held[str(folder)] = (lock, existed)
     atexit.register(release_folder, folder)
 
@@ -411,8 +445,10 @@ class OutputFolder(HydraCallback):
     @staticmethod
     def _check(config: DictConfig, folder: str) -> None:
         if config.get("experiment_name") and not config.get("scale_name"):
-            fail(f"scale={config.hydra.runtime.choices.get('scale')!r}: experiment={config.experiment_name} "
-                 "needs scale=smoke, proxy or paper")
+            fail(
+                f"scale={config.hydra.runtime.choices.get('scale')!r}: experiment={config.experiment_name} "
+                "needs scale=smoke, proxy or paper"
+            )
         reason = unwritable(Path(folder))
         if reason:
             fail(f"out_root={config.get('out_root')!r}: cannot write the output folder {folder}: {reason}")
@@ -441,7 +477,9 @@ def _plan_before_training(config: DictConfig, jobs: list[tuple[list[str], DictCo
     from resnext_lab.plan import estimate
     from resnext_lab.results import load_sweep
 
-    done = {tuple(comparable(r.get("overrides") or [])) for r in load_sweep(sweep_dir) if r.get("status") == "completed"}
+    done = {
+        tuple(comparable(r.get("overrides") or [])) for r in load_sweep(sweep_dir) if r.get("status") == "completed"
+    }
     left = [(overrides, cfg) for overrides, cfg in jobs if tuple(comparable(overrides)) not in done]
     if not left:
         return
@@ -453,8 +491,10 @@ def _plan_before_training(config: DictConfig, jobs: list[tuple[list[str], DictCo
         text += f"\n({len(jobs) - len(left)} of {len(jobs)} jobs completed before: this plan is for the rest)"
     print(text, flush=True)
     if seconds > CONFIRM_ABOVE_S and not config.get("sweep", {}).get("confirm"):
-        fail(f"sweep.confirm=false: the plan above prices this sweep at {seconds / 3600:.1f} h on this machine; "
-             "start it with sweep.confirm=true (make: CONFIRM=1), or pick a smaller SCALE")
+        fail(
+            f"sweep.confirm=false: the plan above prices this sweep at {seconds / 3600:.1f} h on this machine; "
+            "start it with sweep.confirm=true (make: CONFIRM=1), or pick a smaller SCALE"
+        )
 
 
 class SweepSummary(HydraCallback):
@@ -490,9 +530,15 @@ def write_sweep_report(sweep_dir: Path, config: DictConfig) -> None:
 
     settings = config.get("report") or {}
     try:
-        report, written = write_ablation(sweep_dir, None, settings.get("baseline"), settings.get("min_effect"),
-                                         test=settings.get("test") or "difference", exclude=settings.get("exclude"),
-                                         alpha=settings.get("alpha") or 0.05)
+        report, written = write_ablation(
+            sweep_dir,
+            None,
+            settings.get("baseline"),
+            settings.get("min_effect"),
+            test=settings.get("test") or "difference",
+            exclude=settings.get("exclude"),
+            alpha=settings.get("alpha") or 0.05,
+        )
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         return
@@ -500,13 +546,20 @@ def write_sweep_report(sweep_dir: Path, config: DictConfig) -> None:
         from resnext_lab.files import output_fault
 
         if fault := output_fault(err, sweep_dir):  # a full disk: one line, exit 2, as in a job
-            fail(f"{fault[0]}: cannot write the report in {sweep_dir / 'report'}: {fault[1]}, then run the same "
-                 "command again (the jobs are done and kept)")
+            fail(
+                f"{fault[0]}: cannot write the report in {sweep_dir / 'report'}: {fault[1]}, then run the same "
+                "command again (the jobs are done and kept)"
+            )
         print(f"warning: the ablation report failed: {type(err).__name__}: {first_line(err)}", file=sys.stderr)
         return
     try:
-        run = log_report_run(report, [p for p in written if p.suffix == ".png"], written[0].parent,
-                             config.logger.wandb, wandb_group(config, sweep_dir))
+        run = log_report_run(
+            report,
+            [p for p in written if p.suffix == ".png"],
+            written[0].parent,
+            config.logger.wandb,
+            wandb_group(config, sweep_dir),
+        )
     except Exception as err:  # W&B unreachable or misconfigured: the files are the report
         run = None
         print(f"warning: the W&B report run failed: {type(err).__name__}: {first_line(err)}", file=sys.stderr)

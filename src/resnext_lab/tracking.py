@@ -35,8 +35,9 @@ def wandb_mode(setting: str = "auto") -> str:
     return "online" if has_credentials() else "offline"
 
 
-def log_report_run(report: Mapping[str, Any], images: Sequence[Path], out_dir: Path, wandb_cfg: Mapping[str, Any],
-                   group: str) -> Path | None:
+def log_report_run(
+    report: Mapping[str, Any], images: Sequence[Path], out_dir: Path, wandb_cfg: Mapping[str, Any], group: str
+) -> Path | None:
     """One `job_type=report` run in `group` with the report's table and plots; its run folder (None: disabled)."""
     import pandas as pd
     import wandb
@@ -44,23 +45,47 @@ def log_report_run(report: Mapping[str, Any], images: Sequence[Path], out_dir: P
     mode = wandb_mode(str(wandb_cfg.get("mode", "auto")))
     if mode == "disabled" or not wandb_cfg.get("enabled", True):
         return None
-    run = wandb.init(project=wandb_cfg.get("project"), entity=wandb_cfg.get("entity"), group=group,
-                     job_type="report", name=f"report: {group}", dir=str(out_dir), mode=mode,
-                     config={"swept": list(report["keys"]), "seeds": list(report["seeds"]),
-                             "baseline": report.get("baseline"), "min_effect": report.get("min_effect"),
-                             "test": report.get("test"), "exclude": report.get("exclude"),
-                             "alpha": report.get("alpha")},
-                     reinit="finish_previous", settings=wandb.Settings(silent=True))
+    run = wandb.init(
+        project=wandb_cfg.get("project"),
+        entity=wandb_cfg.get("entity"),
+        group=group,
+        job_type="report",
+        name=f"report: {group}",
+        dir=str(out_dir),
+        mode=mode,
+        config={
+            "swept": list(report["keys"]),
+            "seeds": list(report["seeds"]),
+            "baseline": report.get("baseline"),
+            "min_effect": report.get("min_effect"),
+            "test": report.get("test"),
+            "exclude": report.get("exclude"),
+            "alpha": report.get("alpha"),
+        },
+        reinit="finish_previous",
+        settings=wandb.Settings(silent=True),
+    )
     frame = pd.DataFrame(report["rows"]).drop(columns="_outcome", errors="ignore")
     frame = frame.astype(object).where(lambda f: f.notna(), None)
-    table = wandb.Table(columns=[str(c) for c in frame.columns],
-                        data=[[_cell(v) for v in row] for row in frame.itertuples(index=False)],
-                        allow_mixed_types=True)  # "seeds needed" is "12 [5, 140]", ">1000" or empty
+    table = wandb.Table(
+        columns=[str(c) for c in frame.columns],
+        data=[[_cell(v) for v in row] for row in frame.itertuples(index=False)],
+        allow_mixed_types=True,
+    )  # "seeds needed" is "12 [5, 140]", ">1000" or empty
     per_seed = pd.DataFrame(report.get("per_seed") or [], columns=["group", "seed", "metric", "value", "excluded"])
-    run.log({"ablation": table, "per_seed": wandb.Table(dataframe=per_seed.astype({"seed": str})),
-             **{f"plots/{p.stem}": wandb.Image(str(p)) for p in images}})
-    run.summary.update({"warnings": list(report["warnings"]),
-                        "verdicts": {_label(r, report["keys"]): r["verdict"] for r in report["rows"]}})
+    run.log(
+        {
+            "ablation": table,
+            "per_seed": wandb.Table(dataframe=per_seed.astype({"seed": str})),
+            **{f"plots/{p.stem}": wandb.Image(str(p)) for p in images},
+        }
+    )
+    run.summary.update(
+        {
+            "warnings": list(report["warnings"]),
+            "verdicts": {_label(r, report["keys"]): r["verdict"] for r in report["rows"]},
+        }
+    )
     folder = Path(run.dir).parent
     run.finish()
     return folder

@@ -54,7 +54,9 @@ def _sweep_group(cfg: DictConfig) -> str:
 def _in_multirun() -> bool:
     from hydra.core.hydra_config import HydraConfig
 
-    return HydraConfig.initialized() and HydraConfig.get().mode is not None and HydraConfig.get().mode.name == "MULTIRUN"
+    return (
+        HydraConfig.initialized() and HydraConfig.get().mode is not None and HydraConfig.get().mode.name == "MULTIRUN"
+    )
 
 
 def _overrides() -> list[str]:
@@ -93,9 +95,15 @@ def build_run(cfg: DictConfig) -> tuple[Any, dict[str, Any]]:
     model_info = {**spec.summary(), **complexity(spec)}
     if cfg.model.get("width") == "auto":  # what the width was solved against: the report's complexity check
         ref = dict(cfg.model.get("reference") or {})
-        ref_spec = dataclasses.replace(spec, cardinality=int(ref.get("cardinality", 1)), width=int(ref.get("width", 64)))
-        model_info["reference"] = {"cardinality": ref_spec.cardinality, "width": ref_spec.width,
-                                   "match": str(cfg.model.get("match", "params")), **complexity(ref_spec)}
+        ref_spec = dataclasses.replace(
+            spec, cardinality=int(ref.get("cardinality", 1)), width=int(ref.get("width", 64))
+        )
+        model_info["reference"] = {
+            "cardinality": ref_spec.cardinality,
+            "width": ref_spec.width,
+            "match": str(cfg.model.get("match", "params")),
+            **complexity(ref_spec),
+        }
     return job, model_info
 
 
@@ -146,8 +154,13 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     outcome: dict[str, Any] = {}  # filled by _fit as it goes, so a failure keeps what was known
 
     def record(status: str, error: str | None) -> dict[str, Any]:
-        result = {**base, **outcome, "status": status, "error": error,
-                  "wall_time_s": round(time.perf_counter() - start, 2)}
+        result = {
+            **base,
+            **outcome,
+            "status": status,
+            "error": error,
+            "wall_time_s": round(time.perf_counter() - start, 2),
+        }
         if rank == 0:
             results.write(run_dir, result)
         return result
@@ -165,8 +178,11 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             record("interrupted", f"interrupted by {interrupts.name()}")
         from resnext_lab.errors import stop
 
-        stop(f"interrupted ({interrupts.name()}): job {run_dir} is resumable: {_how_to_resume(run_dir)} to resume it "
-             "from its last checkpoint", interrupts.status())
+        stop(
+            f"interrupted ({interrupts.name()}): job {run_dir} is resumable: {_how_to_resume(run_dir)} to resume it "
+            "from its last checkpoint",
+            interrupts.status(),
+        )
     except Exception as err:  # recorded, never lost: see the module docstring
         from resnext_lab.module import Diverged
 
@@ -204,8 +220,10 @@ def _stop_if_unwritable(err: BaseException, run_dir: Path, record: Any = None) -
     if record is not None:
         with contextlib.suppress(OSError):
             record(f"{why}: {one_line(err)}")
-    fail(f"{why}: cannot write {run_dir}; what was written is kept and the job is resumable: {remedy}, then "
-         f"{_how_to_resume(run_dir)}")
+    fail(
+        f"{why}: cannot write {run_dir}; what was written is kept and the job is resumable: {remedy}, then "
+        f"{_how_to_resume(run_dir)}"
+    )
 
 
 def _how_to_resume(run_dir: Path) -> str:
@@ -256,18 +274,26 @@ def _fit(cfg: DictConfig, run_dir: Path, job: Any, model_info: dict[str, Any], o
     net = build(spec)
     if t.compile:
         net = torch.compile(net)
-    module = ClassificationModule(net, job.settings.optim, spec.num_classes, channels_last,
-                                  t.check_finite_every_n_steps)
-    log.info("%s | %s params | %s GFLOPs | %s", spec.name, f"{model_info['params']:,}",
-             f"{model_info['flops'] / 1e9:.3f}", dm.describe())
+    module = ClassificationModule(
+        net, job.settings.optim, spec.num_classes, channels_last, t.check_finite_every_n_steps
+    )
+    log.info(
+        "%s | %s params | %s GFLOPs | %s",
+        spec.name,
+        f"{model_info['params']:,}",
+        f"{model_info['flops'] / 1e9:.3f}",
+        dm.describe(),
+    )
     log.info("precision %s (%s)", precision, why)
 
     last = run_dir / CHECKPOINT
     resume_from, set_aside = resume_point(run_dir) if run.resume else (None, [])
     resumed = resume_from is not None
     if resumed or set_aside:
-        outcome["checkpoint"] = {"resumed_from": str(resume_from.relative_to(run_dir)) if resumed else None,
-                                 "set_aside": set_aside}
+        outcome["checkpoint"] = {
+            "resumed_from": str(resume_from.relative_to(run_dir)) if resumed else None,
+            "set_aside": set_aside,
+        }
     loggers: list[Any] = [_csv_logger(run_dir, keep_rows=resumed)] if logger.csv else []
     wl, wandb_info = _wandb_logger(cfg, run_dir, logger.wandb) if logger.wandb.enabled else (None, None)
     if wl is not None:
@@ -292,9 +318,15 @@ def _fit(cfg: DictConfig, run_dir: Path, job: Any, model_info: dict[str, Any], o
     outcome.update(metrics=metrics, epochs=epochs)
     if wandb_info is not None and trainer.is_global_zero:
         wandb_run = wl.experiment
-        wandb_run.summary.update({**metrics, **{f"model/{k}": model_info[k] for k in
-                                                ("params", "flops", "cardinality", "width", "depth", "residual",
-                                                 "block")}})
+        wandb_run.summary.update(
+            {
+                **metrics,
+                **{
+                    f"model/{k}": model_info[k]
+                    for k in ("params", "flops", "cardinality", "width", "depth", "residual", "block")
+                },
+            }
+        )
         wandb_info["dir"] = str(Path(wandb_run.dir).parent)
         import wandb
 
@@ -326,8 +358,11 @@ def resume_point(run_dir: Path) -> tuple[Path | None, list[dict[str, str]]]:
 #: Known-harmless messages that every job would print, by their exact text. Anything else still shows.
 _HARMLESS_WARNINGS = (
     # Lightning 2.6's own pytree helper, at every step, against torch >= 2.10
-    (FutureWarning, "`isinstance(treespec, LeafSpec)` is deprecated, use `isinstance(treespec, TreeSpec) and "
-                    "treespec.is_leaf()` instead."),
+    (
+        FutureWarning,
+        "`isinstance(treespec, LeafSpec)` is deprecated, use `isinstance(treespec, TreeSpec) and "
+        "treespec.is_leaf()` instead.",
+    ),
 )
 #: Lightning's lines on Ctrl-C and SIGTERM: the run's own one line (interrupts.py) says what happened and what to do.
 _REPLACED_LOG_LINES = ("Received SIGTERM: ", "Detected KeyboardInterrupt, attempting graceful shutdown")
@@ -453,6 +488,8 @@ def print_summary(result: dict[str, Any], run_dir: Path) -> None:
         f"  output {run_dir}",
     ]
     if w:
-        lines.append(f"  W&B run {w.get('id')} ({w.get('mode')}): {w.get('dir')}"
-                     + ("  (upload: wandb sync DIR)" if w.get("mode") == "offline" else ""))
+        lines.append(
+            f"  W&B run {w.get('id')} ({w.get('mode')}): {w.get('dir')}"
+            + ("  (upload: wandb sync DIR)" if w.get("mode") == "offline" else "")
+        )
     print("\n".join(lines), flush=True)

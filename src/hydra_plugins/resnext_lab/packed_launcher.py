@@ -54,8 +54,10 @@ def visible_gpus() -> list[int]:
     if env is not None:
         names = [n.strip() for n in env.split(",") if n.strip()]
         if not all(n.isdigit() for n in names):
-            fail(f"hydra.launcher.devices=auto: CUDA_VISIBLE_DEVICES={env!r} names GPUs by UUID; "
-                  "give hydra.launcher.devices=[0,1,...] as indices")
+            fail(
+                f"hydra.launcher.devices=auto: CUDA_VISIBLE_DEVICES={env!r} names GPUs by UUID; "
+                "give hydra.launcher.devices=[0,1,...] as indices"
+            )
         return [int(n) for n in names]
     import torch  # only here: Hydra imports every launcher plugin for every command
 
@@ -72,9 +74,12 @@ def resolve_devices(devices: Any) -> list[int]:
         devices = OmegaConf.to_container(devices)
     if isinstance(devices, int) and not isinstance(devices, bool):
         devices = [devices]
-    if (not isinstance(devices, list) or not devices
-            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in devices)
-            or len(set(devices)) != len(devices)):
+    if (
+        not isinstance(devices, list)
+        or not devices
+        or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in devices)
+        or len(set(devices)) != len(devices)
+    ):
         fail(f"hydra.launcher.devices={devices!r}: must be auto, cpu, or a list of distinct GPU indices like [0,1]")
     visible = visible_gpus()
     if visible and not set(devices) <= set(visible):
@@ -115,8 +120,13 @@ class PackedLauncher(Launcher):
         with open_dict(sweep_config):
             sweep_config.hydra.job.id = idx
             sweep_config.hydra.job.num = idx
-        ret = run_job(hydra_context=self.hydra_context, task_function=self.task_function, config=sweep_config,
-                      job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+        ret = run_job(
+            hydra_context=self.hydra_context,
+            task_function=self.task_function,
+            config=sweep_config,
+            job_dir_key="hydra.sweep.dir",
+            job_subdir_key="hydra.sweep.subdir",
+        )
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         return ret
 
@@ -151,13 +161,15 @@ class PackedLauncher(Launcher):
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         gpus = self.gpus
         # interleaved, so that the first jobs spread over the GPUs; never more workers than jobs
-        devices = ([g for _ in range(self.jobs_per_device) for g in gpus] or [CPU] * self.jobs_per_device)
+        devices = [g for _ in range(self.jobs_per_device) for g in gpus] or [CPU] * self.jobs_per_device
         devices = devices[: len(job_overrides)]
         threads = max(1, (os.cpu_count() or 1) // len(devices))
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         where = f"on each of GPUs {', '.join(map(str, gpus))}" if gpus else "on the CPU"
-        log.info(f"packed sweep: {len(job_overrides)} jobs, {self.jobs_per_device} at a time {where}, "
-                 f"{threads} CPU thread{'s' if threads > 1 else ''} each; worker logs in {sweep_dir / '.packed'}")
+        log.info(
+            f"packed sweep: {len(job_overrides)} jobs, {self.jobs_per_device} at a time {where}, "
+            f"{threads} CPU thread{'s' if threads > 1 else ''} each; worker logs in {sweep_dir / '.packed'}"
+        )
         payload = sweep_dir / ".packed" / "launcher.pkl"  # read by each worker as it starts: no pipe to fill
         try:
             payload.parent.mkdir(parents=True, exist_ok=True)
@@ -167,8 +179,10 @@ class PackedLauncher(Launcher):
         except OSError as err:
             _fail_unwritable(err, payload.parent)
         names = _swept(job_overrides)
-        workers = [_Worker(k, device, threads, sweep_dir / ".packed" / f"worker-{k}.log", payload)
-                   for k, device in enumerate(devices)]
+        workers = [
+            _Worker(k, device, threads, sweep_dir / ".packed" / f"worker-{k}.log", payload)
+            for k, device in enumerate(devices)
+        ]
         configs = self._composed(job_overrides)
         pending = deque((i, job_overrides[i]) for i in self._longest_first(configs))
         results: list[JobReturn | None] = [None] * len(job_overrides)
@@ -194,16 +208,24 @@ class PackedLauncher(Launcher):
                             raise reply
                         results[i] = reply
                         done = sum(r is not None for r in results)
-                        log.info(f"\t#{initial_job_idx + i} {names[i]}: {_outcome(reply)} after "
-                                 f"{time.perf_counter() - began:.0f} s [{done}/{len(results)} done, "
-                                 f"{time.perf_counter() - start:.0f} s]")
+                        log.info(
+                            f"\t#{initial_job_idx + i} {names[i]}: {_outcome(reply)} after "
+                            f"{time.perf_counter() - began:.0f} s [{done}/{len(results)} done, "
+                            f"{time.perf_counter() - start:.0f} s]"
+                        )
                         _record_rss(sweep_dir, w, initial_job_idx + i, done)
         except KeyboardInterrupt:
             stopped = _halt(workers, names, interrupts.received())
-            jobs = f"{len(stopped)} running job(s) ({', '.join(stopped)}) recorded as interrupted" if stopped else \
-                "no job was running"
-            stop(f"interrupted ({interrupts.name()}): {jobs}; finished jobs are kept: run the same command again to "
-                 "resume", interrupts.status())
+            jobs = (
+                f"{len(stopped)} running job(s) ({', '.join(stopped)}) recorded as interrupted"
+                if stopped
+                else "no job was running"
+            )
+            stop(
+                f"interrupted ({interrupts.name()}): {jobs}; finished jobs are kept: run the same command again to "
+                "resume",
+                interrupts.status(),
+            )
         finally:
             for w in workers:
                 w.stop()
@@ -247,8 +269,7 @@ def _record_rss(sweep_dir: Path, worker: _Worker, job: int, done: int) -> None:
     except OSError:  # not Linux, or the worker is gone
         return
     rss_kb = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), None)
-    line = json.dumps({"job": job, "worker": worker.number, "pid": worker.process.pid, "rss_kb": rss_kb,
-                       "done": done})
+    line = json.dumps({"job": job, "worker": worker.number, "pid": worker.process.pid, "rss_kb": rss_kb, "done": done})
     with contextlib.suppress(OSError), (sweep_dir / ".packed" / "rss.jsonl").open("a") as out:
         out.write(line + "\n")
 
@@ -267,8 +288,12 @@ class _Worker:
     def _spawn(self) -> None:
         ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no CUDA state inherited
         self.conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=_serve, args=(child, self.env, str(self.log_path), str(self.payload)),
-                                   name=f"packed-worker-{self.number}", daemon=False)
+        self.process = ctx.Process(
+            target=_serve,
+            args=(child, self.env, str(self.log_path), str(self.payload)),
+            name=f"packed-worker-{self.number}",
+            daemon=False,
+        )
         self.process.start()
         child.close()
 

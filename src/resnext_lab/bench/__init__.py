@@ -175,7 +175,9 @@ def default_out(device: str, size: str, compiled: bool) -> Path:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m resnext_lab.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--size", choices=tuple(SIZES), help="tiny (a check that it runs), small (CPU default) or full (GPU default)")
+    parser.add_argument(
+        "--size", choices=tuple(SIZES), help="tiny (a check that it runs), small (CPU default) or full (GPU default)"
+    )
     parser.add_argument("--compile", action="store_true", help="torch.compile every network compared")
     parser.add_argument(
         "--layout",

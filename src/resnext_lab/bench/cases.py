@@ -105,7 +105,6 @@ def proxy_config(**data: Any) -> tuple[dict[str, Any], dict[str, Any], Optim]:
     """The default run's `model` and `data` nodes and its `optim` settings, composed from conf/ as run.py does."""
     from omegaconf import OmegaConf
 
-
     cfg = compose(["model=proxy", "data=fashion_mnist"])
     model, data_cfg = (OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "data"))
     return model, {**data_cfg, **data}, parse(Optim, cfg.optim, "optim")  # type: ignore[dict-item]

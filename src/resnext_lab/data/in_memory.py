@@ -93,7 +93,9 @@ class InMemoryDataModule(pl.LightningDataModule):
         training images in `where`."""
         s = self.settings
         if s.val_size >= count:
-            raise ConfigError(f"data.val_size={s.val_size}: must be smaller than the {count} training images in {where}")
+            raise ConfigError(
+                f"data.val_size={s.val_size}: must be smaller than the {count} training images in {where}"
+            )
         train = count - s.val_size if s.limit_train is None else min(count - s.val_size, s.limit_train)
         if train // world_size < s.batch_size:
             raise ConfigError(

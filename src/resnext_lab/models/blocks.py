@@ -142,7 +142,9 @@ class _PathsBlock(Bottleneck):
                 for conv, w in zip(convs, state[f"conv{i}.0.weight"].chunk(len(convs)), strict=True):
                     conv[0].weight.copy_(w)
                 prefix = f"conv{i}.1."
-                _split_bn({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}, [c[1] for c in convs])
+                _split_bn(
+                    {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}, [c[1] for c in convs]
+                )
 
 
 class ConcatBlock(_PathsBlock):

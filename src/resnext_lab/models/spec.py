@@ -57,8 +57,10 @@ class ModelSpec:
 
     def __post_init__(self) -> None:
         if self.stem_stride != 1 and self.template != "cifar":
-            raise ConfigError(f"model.stem_stride={self.stem_stride}: only the cifar template's stem takes a "
-                              "stride (the imagenet stem is the paper's 7x7/2 and max pool)")
+            raise ConfigError(
+                f"model.stem_stride={self.stem_stride}: only the cifar template's stem takes a "
+                "stride (the imagenet stem is the paper's 7x7/2 and max pool)"
+            )
         if self.zero_init_last_bn and not self.residual:
             raise ConfigError(
                 "model.zero_init_last_bn=true needs model.residual=true: without shortcuts a zero gamma "
@@ -154,8 +156,7 @@ def spec_from_config(cfg: Mapping[str, Any], **data: int) -> ModelSpec:
             isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in blocks
         ):
             raise ConfigError(
-                f"model.stage_blocks={list(blocks)}: the {template} template takes "
-                f"{NUM_STAGES[template]} integers >= 1"
+                f"model.stage_blocks={list(blocks)}: the {template} template takes {NUM_STAGES[template]} integers >= 1"
             )
         depth = cfg.get("depth")
         if depth is not None and depth != 3 * sum(blocks) + 2:
@@ -201,5 +202,7 @@ def spec_from_config(cfg: Mapping[str, Any], **data: int) -> ModelSpec:
         )
         match = cfg.get("match", "params")
         _choice("match", match, MATCH)
-        return dataclasses.replace(ref, cardinality=fields["cardinality"], width=solve_width(ref, fields["cardinality"], match))
+        return dataclasses.replace(
+            ref, cardinality=fields["cardinality"], width=solve_width(ref, fields["cardinality"], match)
+        )
     return ModelSpec(**fields, width=_int_field("width", width))

@@ -37,11 +37,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: SWEEP_DIR/report)")
     parser.add_argument("--baseline", help="ablation report: the group compared against, as key=value")
-    parser.add_argument("--min-effect", type=float,
-                        help="ablation report: the declared minimum effect (error points): equivalence margin and "
-                        "the effect seeds needed is computed for")
-    parser.add_argument("--test", choices=("difference", "equivalence"), default="difference",
-                        help="ablation report: difference (better/worse) or equivalence (TOST at --min-effect)")
+    parser.add_argument(
+        "--min-effect",
+        type=float,
+        help="ablation report: the declared minimum effect (error points): equivalence margin and "
+        "the effect seeds needed is computed for",
+    )
+    parser.add_argument(
+        "--test",
+        choices=("difference", "equivalence"),
+        default="difference",
+        help="ablation report: difference (better/worse) or equivalence (TOST at --min-effect)",
+    )
     parser.add_argument("--exclude", help="ablation report: the declared exclusion rule (first_epoch_above_chance)")
     parser.add_argument("--alpha", type=float, default=0.05, help="ablation report: significance level (Holm)")
     args = parser.parse_args(argv)
@@ -52,8 +59,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         from resnext_lab.report.ablation import to_terminal, write_ablation
 
         try:
-            report, written = write_ablation(args.sweep_dir, out, args.baseline, args.min_effect, test=args.test,
-                                             exclude=args.exclude, alpha=args.alpha)
+            report, written = write_ablation(
+                args.sweep_dir,
+                out,
+                args.baseline,
+                args.min_effect,
+                test=args.test,
+                exclude=args.exclude,
+                alpha=args.alpha,
+            )
         except ConfigError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2

@@ -67,8 +67,11 @@ class Group:
     @property
     def usable(self) -> list[dict[str, Any]]:
         """Completed jobs with a finite metric that the exclusion rule kept."""
-        return [j for j in self.jobs if j.get("status") == "completed" and metric_value(j, METRICS[0]) is not None
-                and not j.get("_excluded")]
+        return [
+            j
+            for j in self.jobs
+            if j.get("status") == "completed" and metric_value(j, METRICS[0]) is not None and not j.get("_excluded")
+        ]
 
     def values_of(self, metric: str) -> tuple[list[float], list[Any]]:
         pairs = [(metric_value(j, metric), j.get(SEED)) for j in self.usable]
@@ -90,8 +93,9 @@ class Group:
         return out
 
 
-def group_jobs(results: Sequence[Mapping[str, Any]],
-               exclude: Callable[[Mapping[str, Any]], str | None] | None = None) -> tuple[list[str], list[Group]]:
+def group_jobs(
+    results: Sequence[Mapping[str, Any]], exclude: Callable[[Mapping[str, Any]], str | None] | None = None
+) -> tuple[list[str], list[Group]]:
     """(swept keys, groups in the order of their swept values, numbers numerically); completed jobs that
     the exclusion rule `exclude` removes are marked `_excluded` with its reason."""
     from resnext_lab.sweep import job_order
@@ -125,7 +129,9 @@ def baseline_of(group: Group, groups: Sequence[Group], keys: Sequence[str], base
         value = value.capitalize() if value.lower() in ("true", "false") else value  # as Hydra writes booleans
         if key not in keys or not any(g.values[key] == value for g in groups):
             accepted = "; ".join(f"{k}=" + "|".join(dict.fromkeys(g.values[k] for g in groups)) for k in keys)
-            raise ConfigError(f"report.baseline={baseline!r}: must be a swept setting and one of its values ({accepted})")
+            raise ConfigError(
+                f"report.baseline={baseline!r}: must be a swept setting and one of its values ({accepted})"
+            )
     else:
         key, value = keys[0], groups[0].values[keys[0]]
     want = {**group.values, key: value}
@@ -143,8 +149,15 @@ def _interpretable(g: Group) -> bool:
     return not done or len(g.excluded) < ROW_EXCLUDED_FRACTION * done
 
 
-def ablation(results: Sequence[Mapping[str, Any]], baseline: str | None = None, min_effect: float | None = None,
-             *, test: str = stats.DIFFERENCE, exclude: str | None = None, alpha: float = stats.ALPHA) -> dict[str, Any]:
+def ablation(
+    results: Sequence[Mapping[str, Any]],
+    baseline: str | None = None,
+    min_effect: float | None = None,
+    *,
+    test: str = stats.DIFFERENCE,
+    exclude: str | None = None,
+    alpha: float = stats.ALPHA,
+) -> dict[str, Any]:
     """The report as data: swept keys, one record per group, warnings, per-seed values and the method.
 
     Every group is compared with its baseline group; the comparisons are one family (Holm); the
@@ -158,15 +171,24 @@ def ablation(results: Sequence[Mapping[str, Any]], baseline: str | None = None, 
     metric = METRICS[0]
     bases = [baseline_of(g, groups, keys, baseline) for g in groups]
     sides = {id(g): _side(g, metric, _interpretable(g)) for g in groups}
-    pairs = [(sides[id(g)], sides[id(b)], "ablation") for g, b in zip(groups, bases, strict=True)
-             if b is not None and b is not g]
+    pairs = [
+        (sides[id(g)], sides[id(b)], "ablation")
+        for g, b in zip(groups, bases, strict=True)
+        if b is not None and b is not g
+    ]
     outcomes = iter(evaluate(pairs, test=test, min_effect=min_effect, alpha=alpha))
     rows, warnings = [], []
     for g, base in zip(groups, bases, strict=True):
-        record: dict[str, Any] = {**g.values, "n": len(g.usable), "jobs": len(g.jobs),
-                                  "C": g.model.get("cardinality"), "d": g.model.get("width"),
-                                  "depth": g.model.get("depth"), "params": g.model.get("params"),
-                                  "flops": g.model.get("flops")}
+        record: dict[str, Any] = {
+            **g.values,
+            "n": len(g.usable),
+            "jobs": len(g.jobs),
+            "C": g.model.get("cardinality"),
+            "d": g.model.get("width"),
+            "depth": g.model.get("depth"),
+            "params": g.model.get("params"),
+            "flops": g.model.get("flops"),
+        }
         for m in METRICS:
             s = summarize(g.values_of(m)[0])
             record[f"{m} mean"], record[f"{m} std"] = s.mean, s.std
@@ -187,17 +209,35 @@ def ablation(results: Sequence[Mapping[str, Any]], baseline: str | None = None, 
         record["excluded"] = "; ".join(f"seed {seed}: {why}" for seed, why in g.excluded)
         record["not completed"] = ", ".join(f"{n} {s}" for s, n in g.statuses().items())
         rows.append(record)
-    return {"keys": keys, "match": "params", "rows": rows, "warnings": warnings, "baseline": baseline,
-            "min_effect": min_effect, "test": test, "exclude": exclude, "alpha": alpha,
-            "seeds": sorted({str(r.get(SEED)) for r in results}), "per_seed": _per_seed(groups)}
+    return {
+        "keys": keys,
+        "match": "params",
+        "rows": rows,
+        "warnings": warnings,
+        "baseline": baseline,
+        "min_effect": min_effect,
+        "test": test,
+        "exclude": exclude,
+        "alpha": alpha,
+        "seeds": sorted({str(r.get(SEED)) for r in results}),
+        "per_seed": _per_seed(groups),
+    }
 
 
 def _contrast_fields(o: Outcome | None, state: str) -> dict[str, Any]:
     rec = o.record() if o is not None else {}
-    return {"delta": rec.get("delta"), "ci low": rec.get("ci_low"), "ci high": rec.get("ci_high"),
-            "method": rec.get("method"), "p": rec.get("p"), "p (Holm)": rec.get("p_holm"),
-            "TOST p (Holm)": rec.get("p_tost_holm"), "verdict": state,
-            "seeds needed": rec.get("seeds_needed_range"), "_outcome": o}
+    return {
+        "delta": rec.get("delta"),
+        "ci low": rec.get("ci_low"),
+        "ci high": rec.get("ci_high"),
+        "method": rec.get("method"),
+        "p": rec.get("p"),
+        "p (Holm)": rec.get("p_holm"),
+        "TOST p (Holm)": rec.get("p_tost_holm"),
+        "verdict": state,
+        "seeds needed": rec.get("seeds_needed_range"),
+        "_outcome": o,
+    }
 
 
 def _per_seed(groups: Sequence[Group]) -> list[dict[str, Any]]:
@@ -239,21 +279,55 @@ def to_markdown(report: Mapping[str, Any], title: str = "Ablation report") -> st
         "",
         *(markdown(outcomes, report["min_effect"], report["alpha"])[:1]),
         "",
-        "| " + " | ".join([*report["keys"], "C", "d", "params", "Δparams", "GFLOPs", "ΔFLOPs", "top-1 err",
-                          "top-5 err", "Δ top-1 [95% CI]", "p", "p (Holm)", "TOST p (Holm)", "verdict",
-                          "seeds needed", "not completed"]) + " |",
+        "| "
+        + " | ".join(
+            [
+                *report["keys"],
+                "C",
+                "d",
+                "params",
+                "Δparams",
+                "GFLOPs",
+                "ΔFLOPs",
+                "top-1 err",
+                "top-5 err",
+                "Δ top-1 [95% CI]",
+                "p",
+                "p (Holm)",
+                "TOST p (Holm)",
+                "verdict",
+                "seeds needed",
+                "not completed",
+            ]
+        )
+        + " |",
         "|" + "---|" * (len(report["keys"]) + 15),
     ]
     for r in report["rows"]:
         top1 = f"{_fmt(r[m + ' mean'])} ± {_fmt(r[m + ' std'])} (n={r['n']})"
         top5 = f"{_fmt(r['test/top5_err mean'])} ± {_fmt(r['test/top5_err std'])}"
-        cells = [*(str(r[k]) for k in report["keys"]), _fmt(r["C"]), _fmt(r["d"]), _fmt(r["params"]),
-                 _pct(r["params vs baseline %"]), _fmt(None if r["flops"] is None else r["flops"] / 1e9, 3),
-                 _pct(r["flops vs baseline %"]), top1, top5, _delta(r), _fmt(r["p"], 3), _fmt(r["p (Holm)"], 3),
-                 _fmt(r["TOST p (Holm)"], 3), r["verdict"], _fmt(r["seeds needed"]), r["not completed"] or "-"]
+        cells = [
+            *(str(r[k]) for k in report["keys"]),
+            _fmt(r["C"]),
+            _fmt(r["d"]),
+            _fmt(r["params"]),
+            _pct(r["params vs baseline %"]),
+            _fmt(None if r["flops"] is None else r["flops"] / 1e9, 3),
+            _pct(r["flops vs baseline %"]),
+            top1,
+            top5,
+            _delta(r),
+            _fmt(r["p"], 3),
+            _fmt(r["p (Holm)"], 3),
+            _fmt(r["TOST p (Holm)"], 3),
+            r["verdict"],
+            _fmt(r["seeds needed"]),
+            r["not completed"] or "-",
+        ]
         lines.append("| " + " | ".join(cells) + " |")
-    excluded = [f"{', '.join(f'{k}={r[k]}' for k in report['keys'])}: {r['excluded']}"
-                for r in report["rows"] if r["excluded"]]
+    excluded = [
+        f"{', '.join(f'{k}={r[k]}' for k in report['keys'])}: {r['excluded']}" for r in report["rows"] if r["excluded"]
+    ]
     if excluded:
         lines += ["", "Excluded jobs:"] + [f"- {e}" for e in excluded]
     if report["warnings"]:
@@ -266,12 +340,16 @@ def to_terminal(report: Mapping[str, Any]) -> str:
     """The report in short, for the end of a sweep."""
     m = METRICS[0]
     effect = "none declared" if report["min_effect"] is None else f"{report['min_effect']:g}"
-    lines = [f"ablation over seeds {', '.join(report['seeds'])} (test top-1 error %, Δ vs baseline, 95% CI, "
-             f"Holm-adjusted p; min effect {effect}; exclusion {report['exclude'] or 'none'}):"]
+    lines = [
+        f"ablation over seeds {', '.join(report['seeds'])} (test top-1 error %, Δ vs baseline, 95% CI, "
+        f"Holm-adjusted p; min effect {effect}; exclusion {report['exclude'] or 'none'}):"
+    ]
     for r in report["rows"]:
         name = ", ".join(f"{k}={r[k]}" for k in report["keys"]) or "all jobs"
-        text = (f"  {name:<28} {_fmt(r[m + ' mean']):>6} ± {_fmt(r[m + ' std']):<5} n={r['n']}  "
-                f"params {_pct(r['params vs baseline %']):>7} FLOPs {_pct(r['flops vs baseline %']):>7}  ")
+        text = (
+            f"  {name:<28} {_fmt(r[m + ' mean']):>6} ± {_fmt(r[m + ' std']):<5} n={r['n']}  "
+            f"params {_pct(r['params vs baseline %']):>7} FLOPs {_pct(r['flops vs baseline %']):>7}  "
+        )
         if r["verdict"] == stats.BASELINE:
             text += "baseline"
         elif r["delta"] is not None:
@@ -287,8 +365,13 @@ def to_terminal(report: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_ablation(sweep_dir: str | Path, out_dir: str | Path | None = None, baseline: str | None = None,
-                   min_effect: float | None = None, **analysis: Any) -> tuple[dict[str, Any], list[Path]]:
+def write_ablation(
+    sweep_dir: str | Path,
+    out_dir: str | Path | None = None,
+    baseline: str | None = None,
+    min_effect: float | None = None,
+    **analysis: Any,
+) -> tuple[dict[str, Any], list[Path]]:
     """report.md, report.csv, per_seed.csv and the plots in `out_dir` (default <sweep>/report); the report
     and the files. `analysis`: the declared `test`, `exclude` and `alpha` (`ablation`)."""
     from resnext_lab.report import plots
@@ -300,8 +383,14 @@ def write_ablation(sweep_dir: str | Path, out_dir: str | Path | None = None, bas
     written = [write_text_atomic(out / "report.md", to_markdown(report, f"Ablation report: {sweep_dir.name}"))]
     frame = pd.DataFrame(report["rows"]).drop(columns="_outcome")
     written.append(write_text_atomic(out / "report.csv", frame.to_csv(index=False)))
-    written.append(write_text_atomic(out / "per_seed.csv", pd.DataFrame(
-        report["per_seed"], columns=["group", "seed", "metric", "value", "excluded"]).to_csv(index=False)))
+    written.append(
+        write_text_atomic(
+            out / "per_seed.csv",
+            pd.DataFrame(report["per_seed"], columns=["group", "seed", "metric", "value", "excluded"]).to_csv(
+                index=False
+            ),
+        )
+    )
     for name, fig in plots.ablation_figures(report).items():
         written.append(plots.save_figure(fig, out / f"{name}.png"))
     return report, written

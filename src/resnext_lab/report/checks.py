@@ -47,8 +47,13 @@ def regime(result: Mapping[str, Any], num_classes: int | None = None) -> dict[st
     return out
 
 
-def plateau(result: Mapping[str, Any], metric: str = PLATEAU_METRIC, window: int = PLATEAU_WINDOW,
-            tol: float = PLATEAU_TOL, curves: Any = None) -> bool | None:
+def plateau(
+    result: Mapping[str, Any],
+    metric: str = PLATEAU_METRIC,
+    window: int = PLATEAU_WINDOW,
+    tol: float = PLATEAU_TOL,
+    curves: Any = None,
+) -> bool | None:
     """Whether the job trained to a plateau: the best `metric` of its last `window` epochs is less than
     `tol` points below the best of all epochs before them. None with fewer than `window` + 1 epochs."""
     curves = load_curves(result) if curves is None else curves

@@ -158,8 +158,11 @@ def _equal(have: Any, want: Any) -> bool:
     return have == want
 
 
-def group_cells(results: Sequence[Mapping[str, Any]], table_def: Mapping[str, Any],
-                exclude: Callable[[Mapping[str, Any]], str | None] | None = None) -> list[CellJobs]:
+def group_cells(
+    results: Sequence[Mapping[str, Any]],
+    table_def: Mapping[str, Any],
+    exclude: Callable[[Mapping[str, Any]], str | None] | None = None,
+) -> list[CellJobs]:
     """Assign jobs to the cells of a (validated) table definition, in table order.
 
     A job counts towards a cell's statistics only when it completed with a finite

@@ -27,7 +27,9 @@ def _stage_rows(spec: ModelSpec) -> list[str]:
     """The conv2..conv5 block shapes in the paper's notation, read off the layer list."""
     rows = []
     for i, n in enumerate(spec.stage_blocks):
-        first = {layer.name.rsplit(".", 1)[1]: layer for layer in layers(spec) if layer.name.startswith(f"stage{i + 1}.0.")}
+        first = {
+            layer.name.rsplit(".", 1)[1]: layer for layer in layers(spec) if layer.name.startswith(f"stage{i + 1}.0.")
+        }
         c1, c2, c3 = first["conv1"], first["conv2"], first["conv3"]
         groups = f", C={c2.groups}" if c2.groups > 1 else ""
         rows.append(f"conv{i + 2}: [1x1, {c1.cout}; 3x3, {c2.cout}{groups}; 1x1, {c3.cout}] x{n}")

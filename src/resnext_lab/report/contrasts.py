@@ -55,21 +55,41 @@ class Outcome:
         """The outcome as flat, JSON-ready fields (for csv, W&B and tests)."""
         d = self.diff
         return {
-            "family": self.family, "contrast": self.name, "cell": self.cell.label, "reference": self.reference.label,
-            "test": self.test, "paper_cell": self.cell.paper, "paper_reference": self.reference.paper,
-            "n_cell": len(self.cell.values), "n_reference": len(self.reference.values),
-            "delta": d.delta if d else None, "ci_low": d.low if d else None, "ci_high": d.high if d else None,
-            "method": d.method if d and d.delta is not None else None, "n": d.n if d else None,
-            "p": d.p if d else None, "p_holm": self.p_adj, "margin": d.margin if d else None,
-            "p_tost": d.p_equiv if d else None, "p_tost_holm": self.p_equiv_adj,
-            "verdict": self.verdict, "paper_ordering": self.paper, "family_size": self.family_size,
+            "family": self.family,
+            "contrast": self.name,
+            "cell": self.cell.label,
+            "reference": self.reference.label,
+            "test": self.test,
+            "paper_cell": self.cell.paper,
+            "paper_reference": self.reference.paper,
+            "n_cell": len(self.cell.values),
+            "n_reference": len(self.reference.values),
+            "delta": d.delta if d else None,
+            "ci_low": d.low if d else None,
+            "ci_high": d.high if d else None,
+            "method": d.method if d and d.delta is not None else None,
+            "n": d.n if d else None,
+            "p": d.p if d else None,
+            "p_holm": self.p_adj,
+            "margin": d.margin if d else None,
+            "p_tost": d.p_equiv if d else None,
+            "p_tost_holm": self.p_equiv_adj,
+            "verdict": self.verdict,
+            "paper_ordering": self.paper,
+            "family_size": self.family_size,
             "seeds_needed": self.seeds.n if self.seeds else None,
             "seeds_needed_range": self.seeds.text() if self.seeds else None,
         }
 
 
-def evaluate(pairs: Sequence[tuple[Side, Side, str]], *, test: str = stats.DIFFERENCE,
-             min_effect: float | None = None, alpha: float = stats.ALPHA, paired: bool = True) -> list[Outcome]:
+def evaluate(
+    pairs: Sequence[tuple[Side, Side, str]],
+    *,
+    test: str = stats.DIFFERENCE,
+    min_effect: float | None = None,
+    alpha: float = stats.ALPHA,
+    paired: bool = True,
+) -> list[Outcome]:
     """Test every (cell, reference, family) pair; Holm within each family; verdicts and seeds needed.
 
     `min_effect` is the declared margin of every TOST and the effect seeds needed is computed for, at
@@ -87,8 +107,13 @@ def evaluate(pairs: Sequence[tuple[Side, Side, str]], *, test: str = stats.DIFFE
         if not o.cell.values or not o.reference.values:
             o.paper = stats.MISSING
             continue
-        o.diff = stats.difference(o.cell.values, o.reference.values, o.cell.keys if paired else None,
-                                  o.reference.keys if paired else None, margin=min_effect)
+        o.diff = stats.difference(
+            o.cell.values,
+            o.reference.values,
+            o.cell.keys if paired else None,
+            o.reference.keys if paired else None,
+            margin=min_effect,
+        )
     for family in dict.fromkeys(o.family for o in outcomes):
         members = [o for o in outcomes if o.family == family and o.diff is not None]
         p_adj = stats.holm([o.diff.p for o in members])  # type: ignore[union-attr]
@@ -103,15 +128,28 @@ def evaluate(pairs: Sequence[tuple[Side, Side, str]], *, test: str = stats.DIFFE
     return outcomes
 
 
-def per_seed(names: dict[str, Any], jobs: Sequence[Mapping[str, Any]], excluded: Sequence[tuple[Any, str]],
-             metrics: Sequence[str]) -> list[dict[str, Any]]:
+def per_seed(
+    names: dict[str, Any],
+    jobs: Sequence[Mapping[str, Any]],
+    excluded: Sequence[tuple[Any, str]],
+    metrics: Sequence[str],
+) -> list[dict[str, Any]]:
     """Long form for one cell or group (`names`: its columns): one record per completed job and metric,
     with the reason where the exclusion rule removed the job."""
     reasons = dict(excluded)
-    return [{**names, "seed": job.get("seed"), "metric": metric, "value": value,
-             "excluded": reasons.get(job.get("seed"), "")}
-            for job in jobs if job.get("status") == "completed"
-            for metric in metrics if (value := metric_value(job, metric)) is not None]
+    return [
+        {
+            **names,
+            "seed": job.get("seed"),
+            "metric": metric,
+            "value": value,
+            "excluded": reasons.get(job.get("seed"), ""),
+        }
+        for job in jobs
+        if job.get("status") == "completed"
+        for metric in metrics
+        if (value := metric_value(job, metric)) is not None
+    ]
 
 
 def complexity_delta(value: float | None, reference: float | None, factor: float = 1.0) -> float | None:
@@ -153,26 +191,46 @@ def markdown(outcomes: Sequence[Outcome], min_effect: float | None, alpha: float
     test = outcomes[0].test if outcomes else stats.DIFFERENCE
     families = list(dict.fromkeys(o.family for o in outcomes))
     margin = f"±{min_effect:g} points" if min_effect is not None else "none declared"
-    how = (f"Each contrast is a t-test over seeds (paired where both sides share seeds, else Welch), with "
-           f"scipy's 95% CI; p is Holm-adjusted within its family ({', '.join(families)}). ")
+    how = (
+        f"Each contrast is a t-test over seeds (paired where both sides share seeds, else Welch), with "
+        f"scipy's 95% CI; p is Holm-adjusted within its family ({', '.join(families)}). "
+    )
     if test == stats.EQUIVALENCE:
-        how += (f"The paper claims these are equal: `equivalent` needs the TOST at the declared margin ({margin}) "
-                f"to pass after Holm (alpha {alpha:g}); `differ` is a significant difference; else `not shown equal`.")
+        how += (
+            f"The paper claims these are equal: `equivalent` needs the TOST at the declared margin ({margin}) "
+            f"to pass after Holm (alpha {alpha:g}); `differ` is a significant difference; else `not shown equal`."
+        )
     else:
-        how += (f"`better`/`worse`: adjusted p < {alpha:g}; `equivalent`: TOST at the declared margin ({margin}) "
-                "passes after Holm; else `inconclusive`.")
+        how += (
+            f"`better`/`worse`: adjusted p < {alpha:g}; `equivalent`: TOST at the declared margin ({margin}) "
+            "passes after Holm; else `inconclusive`."
+        )
     if min_effect is not None:
-        how += (f" Seeds needed: per cell, to detect {min_effect:g} points with 80% power at alpha / family size, "
-                "at the observed seed spread (and the ends of its 95% interval).")
-    lines = [how, "",
-             "| Family | Contrast | Paper Δ | Δ [95% CI] | p | p (Holm) | TOST p (Holm) | Verdict | Paper ordering "
-             "| Seeds needed |",
-             "|---|---|---:|---:|---:|---:|---:|---|---|---:|"]
+        how += (
+            f" Seeds needed: per cell, to detect {min_effect:g} points with 80% power at alpha / family size, "
+            "at the observed seed spread (and the ends of its 95% interval)."
+        )
+    lines = [
+        how,
+        "",
+        "| Family | Contrast | Paper Δ | Δ [95% CI] | p | p (Holm) | TOST p (Holm) | Verdict | Paper ordering "
+        "| Seeds needed |",
+        "|---|---|---:|---:|---:|---:|---:|---|---|---:|",
+    ]
     for o in outcomes:
-        paper = ("–" if o.cell.paper is None or o.reference.paper is None
-                 else f"{o.cell.paper - o.reference.paper:+.1f}")
+        paper = "–" if o.cell.paper is None or o.reference.paper is None else f"{o.cell.paper - o.reference.paper:+.1f}"
         d = o.diff
-        cells = [o.family, o.name, paper, interval_text(o), _p(d.p if d else None), _p(o.p_adj),
-                 _p(o.p_equiv_adj), o.verdict, o.paper, o.seeds.text() if o.seeds else "–"]
+        cells = [
+            o.family,
+            o.name,
+            paper,
+            interval_text(o),
+            _p(d.p if d else None),
+            _p(o.p_adj),
+            _p(o.p_equiv_adj),
+            o.verdict,
+            o.paper,
+            o.seeds.text() if o.seeds else "–",
+        ]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return lines

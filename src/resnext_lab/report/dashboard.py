@@ -80,10 +80,18 @@ def build_report(cfg: DictConfig, entity: str, project: str | None = None) -> An
     runs = wr.Runset(entity=entity, project=project, name=group, filters=f"Group = '{group}'")
     by = wr.Config(swept[0]) if swept else None
     title = str((cfg.get("report") or {}).get("title") or cfg.experiment_name)
+
     def curve(title: str, key: str, x: int) -> Any:
         """Per-epoch error of one metric, runs grouped by the swept field: mean and its standard error."""
-        return wr.LinePlot(title=title, x="epoch", y=[key], groupby=by, groupby_aggfunc="mean",
-                           groupby_rangefunc="stderr", layout=wr.Layout(x=x, y=0, w=12, h=8))
+        return wr.LinePlot(
+            title=title,
+            x="epoch",
+            y=[key],
+            groupby=by,
+            groupby_aggfunc="mean",
+            groupby_rangefunc="stderr",
+            layout=wr.Layout(x=x, y=0, w=12, h=8),
+        )
 
     panels = [
         curve("validation top-1 error (%) per epoch", "val/top1_err", 0),
@@ -162,8 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except Exception as exc:  # network, permissions, server: one line, not a traceback
         print(
-            f"error: {type(exc).__name__}: {first_line(exc)}; "
-            f"{offline_hint(cfg)}",
+            f"error: {type(exc).__name__}: {first_line(exc)}; {offline_hint(cfg)}",
             file=sys.stderr,
         )
         return 1

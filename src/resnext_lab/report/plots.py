@@ -72,8 +72,15 @@ def curves_figure(cells: Sequence[CellJobs], metric: str = "test/top1_err") -> F
                 series = curves[col].dropna()
                 label = None if labelled else _cell_name(cell, cells)
                 marker = MARKERS[style] if len(series) <= FEW_POINTS else None  # a lone point draws no line
-                ax.plot(series.index + 1, series.to_numpy(), style, color=colour, label=label, marker=marker,
-                        markerfacecolor="none" if style == "--" else colour)
+                ax.plot(
+                    series.index + 1,
+                    series.to_numpy(),
+                    style,
+                    color=colour,
+                    label=label,
+                    marker=marker,
+                    markerfacecolor="none" if style == "--" else colour,
+                )
                 labelled, drawn = True, drawn + 1
     if not drawn:
         return None

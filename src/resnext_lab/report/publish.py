@@ -79,7 +79,7 @@ def regime_lines(results: Sequence[Mapping[str, Any]]) -> list[str]:
             f"| {_job_label(res)} | {check['epochs']} | {fmt(check['first_loss'])} → {fmt(check['last_loss'])} | "
             f"{fmt(check['last_err'], 2)} | {'yes' if check.get('settled') else 'no'} | "
             f"{'yes' if check.get('falling') else 'no'} | {'yes' if check.get('rough_start') else 'no'} | "
-            f"{ {True: 'yes', False: 'no', None: 'n/a'}[check.get('plateau')]} |"
+            f"{ {True: 'yes', False: 'no', None: 'n/a'}[check.get('plateau')] } |"
         )
     head = [
         f"Loss settled (last epoch's training loss below ln(classes) and below the first epoch's): "
@@ -109,8 +109,10 @@ def regime_settings(results: Sequence[Mapping[str, Any]]) -> str | None:
         steps = f"{images // batch * epochs} steps" if images else "all steps"
         warmup = float(optim.warmup_epochs)
         warmup_text = f", warm-up {warmup:g} epoch(s) from lr x {optim.warmup_start:g}" if warmup else ""
-        init = (f"init {lookup(res, 'model.init') or 'official'}, "
-                f"zero_init_last_bn {str(bool(lookup(res, 'model.zero_init_last_bn'))).lower()}; ")
+        init = (
+            f"init {lookup(res, 'model.init') or 'official'}, "
+            f"zero_init_last_bn {str(bool(lookup(res, 'model.zero_init_last_bn'))).lower()}; "
+        )
         return (
             f"{images or 'all'} training images x {epochs} epochs at batch {batch} ({steps}); {init}"
             f"SGD lr {optim.lr:g}, momentum {optim.momentum:g}{' Nesterov' if optim.nesterov else ''}, "

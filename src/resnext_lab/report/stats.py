@@ -126,14 +126,28 @@ def _paired(diffs: np.ndarray, confidence: float, margin: float | None) -> Diffe
     ci = test.confidence_interval(confidence)
     p_equiv = None
     if margin is not None:
-        p_equiv = max(sps.ttest_1samp(diffs, -margin, alternative="greater").pvalue,
-                      sps.ttest_1samp(diffs, margin, alternative="less").pvalue)
-    return Difference(delta, float(ci.low), float(ci.high), PAIRED, n, _finite(test.pvalue),
-                      None if p_equiv is None else _finite(p_equiv), margin, sd, n - 1, confidence)
+        p_equiv = max(
+            sps.ttest_1samp(diffs, -margin, alternative="greater").pvalue,
+            sps.ttest_1samp(diffs, margin, alternative="less").pvalue,
+        )
+    return Difference(
+        delta,
+        float(ci.low),
+        float(ci.high),
+        PAIRED,
+        n,
+        _finite(test.pvalue),
+        None if p_equiv is None else _finite(p_equiv),
+        margin,
+        sd,
+        n - 1,
+        confidence,
+    )
 
 
-def welch(cell: Sequence[float], baseline: Sequence[float], confidence: float = 0.95,
-          margin: float | None = None) -> Difference:
+def welch(
+    cell: Sequence[float], baseline: Sequence[float], confidence: float = 0.95, margin: float | None = None
+) -> Difference:
     """Welch's t-test and interval for `mean(cell) - mean(baseline)`; none when a side has < 2 values."""
     x, y = np.asarray(cell, dtype=float), np.asarray(baseline, dtype=float)
     n = int(x.size + y.size)
@@ -150,10 +164,23 @@ def welch(cell: Sequence[float], baseline: Sequence[float], confidence: float = 
     ci = test.confidence_interval(confidence)
     p_equiv = None
     if margin is not None:
-        p_equiv = max(sps.ttest_ind(x + margin, y, equal_var=False, alternative="greater").pvalue,
-                      sps.ttest_ind(x - margin, y, equal_var=False, alternative="less").pvalue)
-    return Difference(delta, float(ci.low), float(ci.high), WELCH, n, _finite(test.pvalue),
-                      None if p_equiv is None else _finite(p_equiv), margin, sd, dof, confidence)
+        p_equiv = max(
+            sps.ttest_ind(x + margin, y, equal_var=False, alternative="greater").pvalue,
+            sps.ttest_ind(x - margin, y, equal_var=False, alternative="less").pvalue,
+        )
+    return Difference(
+        delta,
+        float(ci.low),
+        float(ci.high),
+        WELCH,
+        n,
+        _finite(test.pvalue),
+        None if p_equiv is None else _finite(p_equiv),
+        margin,
+        sd,
+        dof,
+        confidence,
+    )
 
 
 def holm(pvalues: Sequence[float | None]) -> list[float | None]:
@@ -171,8 +198,13 @@ def holm(pvalues: Sequence[float | None]) -> list[float | None]:
     return out
 
 
-def verdict(diff: Difference | None, p_adj: float | None, p_equiv_adj: float | None, test: str = DIFFERENCE,
-            alpha: float = ALPHA) -> str:
+def verdict(
+    diff: Difference | None,
+    p_adj: float | None,
+    p_equiv_adj: float | None,
+    test: str = DIFFERENCE,
+    alpha: float = ALPHA,
+) -> str:
     """The measured verdict of one contrast from its Holm-adjusted p-values (module docstring)."""
     if diff is None or diff.delta is None:
         return MISSING

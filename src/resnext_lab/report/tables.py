@@ -40,8 +40,18 @@ from resnext_lab.report.contrasts import (
 from resnext_lab.report.stats import BASELINE, MISSING, NOT_INTERPRETABLE, NOT_RUN, summarize
 
 X_AXES = ("params", "flops")
-COLUMNS = ("Row", "Cell", "Trained", "Paper", "Measured mean ± std (n)", "State", "Params", "Δparams", "FLOPs",
-           "ΔFLOPs")
+COLUMNS = (
+    "Row",
+    "Cell",
+    "Trained",
+    "Paper",
+    "Measured mean ± std (n)",
+    "State",
+    "Params",
+    "Δparams",
+    "FLOPs",
+    "ΔFLOPs",
+)
 
 
 def validate_table(table_def: Mapping[str, Any]) -> dict[str, Any]:
@@ -83,8 +93,9 @@ def validate_table(table_def: Mapping[str, Any]) -> dict[str, Any]:
 def validate_analysis(node: Mapping[str, Any]) -> dict[str, Any]:
     """The analysis a `report:` node declares before its sweep runs: min effect, alpha, test, exclusion rule."""
     min_effect = node.get("min_effect")
-    if min_effect is not None and (isinstance(min_effect, bool) or not isinstance(min_effect, int | float)
-                                   or not min_effect > 0):
+    if min_effect is not None and (
+        isinstance(min_effect, bool) or not isinstance(min_effect, int | float) or not min_effect > 0
+    ):
         raise ConfigError(f"report.min_effect={min_effect!r}: must be a number > 0 (error points) or null")
     alpha = node.get("alpha", stats.ALPHA)
     if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0 < alpha < 1:
@@ -96,8 +107,12 @@ def validate_analysis(node: Mapping[str, Any]) -> dict[str, Any]:
         raise ConfigError("report.test=equivalence: needs report.min_effect, the equivalence margin (error points)")
     exclude = node.get("exclude")
     exclusion_rule(exclude)
-    return {"min_effect": None if min_effect is None else float(min_effect), "alpha": float(alpha), "test": test,
-            "exclude": exclude}
+    return {
+        "min_effect": None if min_effect is None else float(min_effect),
+        "alpha": float(alpha),
+        "test": test,
+        "exclude": exclude,
+    }
 
 
 def _validate_contrasts(contrasts: Any, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -107,17 +122,22 @@ def _validate_contrasts(contrasts: Any, rows: list[dict[str, Any]]) -> list[dict
     """
     names = _cell_names(rows)
     if contrasts is None:
-        return [{"cell": names[(r["label"], c["label"])], "vs": names[(r["label"], r["baseline"])],
-                 "family": "primary"}
-                for r in rows if r["baseline"] is not None for c in r["cells"] if c["label"] != r["baseline"]]
+        return [
+            {"cell": names[(r["label"], c["label"])], "vs": names[(r["label"], r["baseline"])], "family": "primary"}
+            for r in rows
+            if r["baseline"] is not None
+            for c in r["cells"]
+            if c["label"] != r["baseline"]
+        ]
     if not isinstance(contrasts, Sequence) or isinstance(contrasts, str) or not contrasts:
         raise ConfigError("report.contrasts: must be a non-empty list of {cell, vs, family}")
     known = set(names.values())
     clean = []
     for i, c in enumerate(contrasts):
         if not isinstance(c, Mapping) or c.get("cell") not in known or c.get("vs") not in known or c["cell"] == c["vs"]:
-            raise ConfigError(f"report.contrasts[{i}]={c!r}: needs cell and vs, two different cells of "
-                              f"{', '.join(sorted(known))}")
+            raise ConfigError(
+                f"report.contrasts[{i}]={c!r}: needs cell and vs, two different cells of {', '.join(sorted(known))}"
+            )
         clean.append({"cell": str(c["cell"]), "vs": str(c["vs"]), "family": str(c.get("family") or "primary")})
     return clean
 
@@ -125,8 +145,11 @@ def _validate_contrasts(contrasts: Any, rows: list[dict[str, Any]]) -> list[dict
 def _cell_names(rows: list[dict[str, Any]]) -> dict[tuple[str, str], str]:
     """(row, cell label) -> the name a contrast uses: the label, or "row / label" where labels repeat."""
     labels = [c["label"] for r in rows for c in r["cells"]]
-    return {(r["label"], c["label"]): c["label"] if labels.count(c["label"]) == 1 else f"{r['label']} / {c['label']}"
-            for r in rows for c in r["cells"]}
+    return {
+        (r["label"], c["label"]): c["label"] if labels.count(c["label"]) == 1 else f"{r['label']} / {c['label']}"
+        for r in rows
+        for c in r["cells"]
+    }
 
 
 def _validate_omitted(omitted: Any) -> list[dict[str, Any]]:
@@ -175,10 +198,18 @@ def _validate_row(i: int, row: Any) -> dict[str, Any]:
             raise ConfigError(f"{cwhere}.paper={paper!r}: must be a number or null")
         factor = cell.get("complexity", 1)
         if isinstance(factor, bool) or not isinstance(factor, int | float) or not factor > 0:
-            raise ConfigError(f"{cwhere}.complexity={factor!r}: must be a number > 0, the cell's complexity as a "
-                              "multiple of the row baseline's")
-        clean_cells.append({"label": str(cell["label"]), "match": dict(match),
-                            "paper": None if paper is None else float(paper), "complexity": float(factor)})
+            raise ConfigError(
+                f"{cwhere}.complexity={factor!r}: must be a number > 0, the cell's complexity as a "
+                "multiple of the row baseline's"
+            )
+        clean_cells.append(
+            {
+                "label": str(cell["label"]),
+                "match": dict(match),
+                "paper": None if paper is None else float(paper),
+                "complexity": float(factor),
+            }
+        )
     labels = [c["label"] for c in clean_cells]
     if len(set(labels)) != len(labels):
         raise ConfigError(f"{where}.cells: labels must be unique, got {labels}")
@@ -239,11 +270,22 @@ def analyse(results: Sequence[Mapping[str, Any]], table: dict[str, Any]) -> tupl
     sides = {}
     names = _cell_names(table["rows"])
     for cell in cells:
-        sides[names[(cell.row, cell.label)]] = Side(names[(cell.row, cell.label)], cell.values, cell.keys, cell.paper,
-                                                    _row_interpretable(cell.row, cells), _omitted_why(cell, table))
+        sides[names[(cell.row, cell.label)]] = Side(
+            names[(cell.row, cell.label)],
+            cell.values,
+            cell.keys,
+            cell.paper,
+            _row_interpretable(cell.row, cells),
+            _omitted_why(cell, table),
+        )
     pairs = [(sides[c["cell"]], sides[c["vs"]], c["family"]) for c in table["contrasts"]]
-    outcomes = evaluate(pairs, test=table["test"], min_effect=table["min_effect"], alpha=table["alpha"],
-                        paired=table["paired_by"] is not None)
+    outcomes = evaluate(
+        pairs,
+        test=table["test"],
+        min_effect=table["min_effect"],
+        alpha=table["alpha"],
+        paired=table["paired_by"] is not None,
+    )
     return cells, outcomes
 
 
@@ -254,8 +296,9 @@ def _row_interpretable(row: str, cells: Sequence[CellJobs]) -> bool:
     return not completed or sum(len(c.excluded) for c in mine) < ROW_EXCLUDED_FRACTION * completed
 
 
-def _render(results: Sequence[Mapping[str, Any]], table: dict[str, Any],
-            notes: list[str]) -> tuple[str, pd.DataFrame, list[Outcome], list[CellJobs]]:
+def _render(
+    results: Sequence[Mapping[str, Any]], table: dict[str, Any], notes: list[str]
+) -> tuple[str, pd.DataFrame, list[Outcome], list[CellJobs]]:
     cells, outcomes = analyse(results, table)
     frame = pd.DataFrame([_cell_record(cell, cells, table) for cell in cells])
     for col in ("n", "params", "flops", "jobs"):
@@ -280,9 +323,18 @@ def _render(results: Sequence[Mapping[str, Any]], table: dict[str, Any],
     for record in frame.to_dict("records"):
         row_label = record["row"] if record["row"] != previous_row else ""
         previous_row = record["row"]
-        values = [row_label, record["cell"], record["trained"], _num(record["paper"]), record["measured"],
-                  record["state"], _human(record["params"]), record["params_text"], _human(record["flops"]),
-                  record["flops_text"]]
+        values = [
+            row_label,
+            record["cell"],
+            record["trained"],
+            _num(record["paper"]),
+            record["measured"],
+            record["state"],
+            _human(record["params"]),
+            record["params_text"],
+            _human(record["flops"]),
+            record["flops_text"],
+        ]
         lines.append("| " + " | ".join(_md_escape(str(v)) for v in values) + " |")
     lines += ["", "### Contrasts", "", *markdown(outcomes, table["min_effect"], table["alpha"])]
     excluded = [f"{c.row} / {c.label}, seed {seed}: {why}" for c in cells for seed, why in c.excluded]
@@ -353,8 +405,9 @@ def _trained(cell: CellJobs) -> str:
 
 def seed_frame(cells: Sequence[CellJobs], metrics: Sequence[str]) -> pd.DataFrame:
     """Long form, one line per (cell, seed, metric): every completed job's value, excluded ones marked."""
-    rows = [r for cell in cells for r in per_seed({"row": cell.row, "cell": cell.label}, cell.jobs, cell.excluded,
-                                                   metrics)]
+    rows = [
+        r for cell in cells for r in per_seed({"row": cell.row, "cell": cell.label}, cell.jobs, cell.excluded, metrics)
+    ]
     return pd.DataFrame(rows, columns=["row", "cell", "seed", "metric", "value", "excluded"])
 
 
@@ -416,12 +469,15 @@ def write_report(sweep_dir: str | Path, table_def: Mapping[str, Any], out_dir: s
             written_plots.append(plots.save_figure(fig, out / name))
     text, frame, outcomes, cells = _render(results, table, notes)
     seeds = seed_frame(cells, list(dict.fromkeys([metric, "test/top1_err", "test/top5_err"])))
-    text += "\nPer-seed values: `per_seed.csv` (row, cell, seed, metric, value, excluded); contrasts: `contrasts.csv`.\n"
+    text += (
+        "\nPer-seed values: `per_seed.csv` (row, cell, seed, metric, value, excluded); contrasts: `contrasts.csv`.\n"
+    )
     md_path = write_text_atomic(out / "table.md", text)
     csv_path = write_text_atomic(out / "table.csv", frame.to_csv(index=False))
     seeds_path = write_text_atomic(out / "per_seed.csv", seeds.to_csv(index=False))
-    contrasts_path = write_text_atomic(out / "contrasts.csv",
-                                       pd.DataFrame([o.record() for o in outcomes]).to_csv(index=False))
+    contrasts_path = write_text_atomic(
+        out / "contrasts.csv", pd.DataFrame([o.record() for o in outcomes]).to_csv(index=False)
+    )
     return [md_path, csv_path, seeds_path, contrasts_path, *written_plots]
 
 
