@@ -323,6 +323,7 @@ def test_dashboard_without_credentials_says_how_to_sync(
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("NETRC", str(tmp_path / ".netrc"))
-    assert dashboard_main(["table4", "--scale", "smoke"]) == 1
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "wandb sync outputs/table4/smoke/" in err and "again" in err
+    for scale in SCALES:  # every scale of conf/scale/ is offered
+        assert dashboard_main(["table4", "--scale", scale]) == 1
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and f"wandb sync outputs/table4/{scale}/" in err and "again" in err

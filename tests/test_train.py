@@ -312,29 +312,49 @@ def test_rerun_with_other_settings_in_a_finished_folder_is_refused(run_cli: RunC
     assert path.read_bytes() == before
 
 
-@pytest.mark.slow  # races on a fast CPU: the 4-epoch job can finish before the kill lands (seen in a clean CI run)
+def _kill_after_first_checkpoint(
+    start_cli: Callable[..., Any], tmp_path: Path
+) -> tuple[Any, list[str], Path, Path, int]:
+    """Start a sweep of a 1- and a 4-epoch job and kill it once the 4-epoch job has saved a checkpoint of an
+    epoch before its last: (killed process, its arguments, its folder, that checkpoint, its epoch). The sweep is frozen
+    (SIGSTOP) the moment the checkpoint appears, so nothing runs while it is read; on a machine fast enough to
+    save the last epoch first, it is tried again with 4x the images per epoch."""
+    for images in (256, 1024, 4096, 16384):
+        name = f"resume{images}"
+        args = [
+            "-m",
+            *tiny("trainer.max_epochs=1,4", "logger=csv", f"data.limit_train={images}"),
+            f"out_root={tmp_path}",
+            f"name={name}",
+        ]
+        sweep = tmp_path / name
+        proc = start_cli(*args)
+        deadline = time.monotonic() + 180
+        ckpt = None
+        while ckpt is None and proc.poll() is None:
+            assert time.monotonic() < deadline, "no checkpoint of the 4-epoch job within 180 s"
+            time.sleep(0.02)
+            for path in sweep.glob("*/checkpoints/last.ckpt"):
+                if "trainer.max_epochs=4" in OmegaConf.load(path.parent.parent / ".hydra" / "overrides.yaml"):
+                    ckpt = path
+        if ckpt is None:  # the sweep ended before the checkpoint was seen
+            continue
+        os.killpg(proc.pid, signal.SIGSTOP)
+        epoch = torch.load(ckpt, map_location="cpu", weights_only=False)["epoch"]
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        if epoch < 3:
+            return proc, args, sweep, ckpt, epoch
+    pytest.fail("every try saved the 4-epoch job's last epoch before it could be killed")
+
+
 def test_killed_sweep_resumes_and_skips_completed_jobs(
     run_cli: RunCli, start_cli: Callable[..., Any], tmp_path: Path
 ) -> None:
-    args = ["-m", *tiny("trainer.max_epochs=1,4", "logger=csv"), f"out_root={tmp_path}", "name=resume"]
-    sweep = tmp_path / "resume"
-    first = start_cli(*args)
-    deadline = time.monotonic() + 180
-    ckpt = None
-    while ckpt is None:  # the 4-epoch job's first checkpoint (the 1-epoch job, run before it, has one too)
-        assert first.poll() is None, f"the sweep ended (exit {first.returncode}) before it could be killed"
-        assert time.monotonic() < deadline, "no checkpoint of the 4-epoch job within 180 s"
-        time.sleep(0.05)
-        for path in sweep.glob("*/checkpoints/last.ckpt"):
-            if "trainer.max_epochs=4" in OmegaConf.load(path.parent.parent / ".hydra" / "overrides.yaml"):
-                ckpt = path
-    os.killpg(first.pid, signal.SIGKILL)
-    first.wait()
+    first, args, sweep, ckpt, saved_epoch = _kill_after_first_checkpoint(start_cli, tmp_path)
     done, killed = find_job(sweep, "trainer.max_epochs=1"), ckpt.parent.parent
     assert results(done)["status"] == "completed" and results(killed)["status"] == "running"
     done_stat, done_bytes = (done / "results.json").stat(), (done / "results.json").read_bytes()
-    saved_epoch = torch.load(ckpt, map_location="cpu", weights_only=False)["epoch"]
-    assert saved_epoch < 3
 
     proc = run_cli(*args)
     assert proc.returncode == 0, show(proc)

@@ -30,6 +30,12 @@ from resnext_lab.errors import ConfigError, first_line
 #: conf/, the configs run.py composes
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
+
+def scales() -> tuple[str, ...]:
+    """The scale presets, `conf/scale/*.yaml`, `none` (no preset) last: the one list every tool offers."""
+    names = sorted(p.stem for p in (CONF_DIR / "scale").glob("*.yaml"))
+    return (*[n for n in names if n != "none"], *[n for n in names if n == "none"])
+
 SCHEDULES = ("step", "cosine", "constant")
 PRECISIONS = ("auto", "32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "64-true")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu", "hpu")

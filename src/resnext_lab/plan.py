@@ -47,7 +47,9 @@ DEVICES = ("here", *THROUGHPUT)
 #: and per sweep process. Measured on the project's 2-core CPU: docs/PERFORMANCE.md.
 JOB_OVERHEAD_S, STARTUP_S = 6.0, 12.0
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "resnext-lab" / "plan.json"
-CALIBRATION_BATCH = 32
+#: Steps are timed at the job's batch where CALIBRATION_BATCH images scaled up to it take at most FULL_BATCH_S,
+#: else at CALIBRATION_BATCH and half of it (calibrate). A new CALIBRATION_VERSION times every network again.
+CALIBRATION_BATCH, FULL_BATCH_S, WARMUP_STEPS, CALIBRATION_VERSION = 32, 1.0, 3, 2
 
 
 @dataclasses.dataclass
@@ -122,6 +124,7 @@ def _key(spec: Any, batch: int, precision: str, channels_last: bool, threads: in
     gpu = torch.cuda.get_device_name(0) if device == "cuda" else None
     text = json.dumps(
         [
+            CALIBRATION_VERSION,
             dataclasses.asdict(spec),
             batch,
             precision,
@@ -141,8 +144,13 @@ def _key(spec: Any, batch: int, precision: str, channels_last: bool, threads: in
 def calibrate(
     spec: Any, batch: int, precision: str, channels_last: bool, threads: int, cache: dict[str, Any], device: str = "cpu"
 ) -> tuple[float, float]:
-    """(seconds per training step, per evaluation batch) at `batch`, timed here on a smaller batch and scaled
-    (on a GPU at the full batch: small batches leave it idle)."""
+    """(seconds per training step, per evaluation batch) at `batch`, timed here after WARMUP_STEPS untimed steps
+    (oneDNN and cuDNN pick and build their kernels in the first steps of each shape).
+
+    On a CPU a step is timed at the job's own batch when CALIBRATION_BATCH images take at most
+    FULL_BATCH_S scaled up to it. Beyond that it is timed at CALIBRATION_BATCH and half of it, and the line through
+    the two is extended to the batch: a step has a fixed part (the optimizer, the autograd graph, per-layer
+    calls) that scaling the whole step by batch/CALIBRATION_BATCH would count batch/CALIBRATION_BATCH times."""
     key = _key(spec, batch, precision, channels_last, threads, device)
     if key in cache:
         return tuple(cache[key])  # type: ignore[return-value]
@@ -152,44 +160,57 @@ def calibrate(
     from resnext_lab.hardware import synchronize
     from resnext_lab.models import build
 
-    small = batch if device == "cuda" else min(batch, CALIBRATION_BATCH)
     dev = torch.device(device)
+    memory = torch.channels_last if channels_last else torch.contiguous_format
+    bf16 = precision.startswith("bf16")
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        net = build(spec)
-        memory = torch.channels_last if channels_last else torch.contiguous_format
-        net = net.to(dev, memory_format=memory)
-        x = torch.randn(small, spec.in_channels, spec.image_size, spec.image_size, device=dev)
-        x = x.to(memory_format=memory)
-        y = torch.randint(0, spec.num_classes, (small,), device=dev)
+        net = build(spec).to(dev, memory_format=memory)
         opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
-        bf16 = precision.startswith("bf16")
 
-        def train_step() -> None:
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
-                loss = F.cross_entropy(net(x), y)
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+        def seconds(n: int, train: bool, budget: float) -> float:
+            x = torch.randn(n, spec.in_channels, spec.image_size, spec.image_size, device=dev)
+            x = x.to(memory_format=memory)
+            y = torch.randint(0, spec.num_classes, (n,), device=dev)
+            net.train(train)
 
-        def eval_step() -> None:
-            with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
-                net(x)
+            def step() -> None:
+                if train:
+                    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+                        loss = F.cross_entropy(net(x), y)
+                    loss.backward()
+                    opt.step()
+                    opt.zero_grad(set_to_none=True)
+                else:
+                    with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+                        net(x)
 
-        per_step = []
-        for fn, budget in ((train_step, 1.0), (eval_step, 0.3)):
-            net.train(fn is train_step)
-            fn()  # warm-up (and cuDNN autotuning)
+            for _ in range(WARMUP_STEPS):
+                step()
             synchronize(dev)
             count, start = 0, time.perf_counter()
-            while count < 2 or time.perf_counter() - start < budget:
-                fn()
+            while count < 3 or time.perf_counter() - start < budget:
+                step()
                 count += 1
                 if count % 5 == 0:
                     synchronize(dev)
             synchronize(dev)
-            per_step.append((time.perf_counter() - start) / count * batch / small)
+            return (time.perf_counter() - start) / count
+
+        per_step = []
+        for train, budget in ((True, 1.0), (False, 0.3)):
+            small = min(batch, CALIBRATION_BATCH)
+            if device == "cuda" or small == batch:
+                per_step.append(seconds(batch, train, budget))
+                continue
+            t_small = seconds(small, train, budget)
+            if t_small * batch / small <= FULL_BATCH_S:
+                per_step.append(seconds(batch, train, budget))
+                continue
+            t_half = seconds(small // 2, train, budget)
+            per_image = max(0.0, (t_small - t_half) / (small - small // 2))
+            per_step.append(min(t_small * batch / small, t_small + per_image * (batch - small)))
     finally:
         torch.set_num_threads(previous)
     cache[key] = per_step

@@ -22,10 +22,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from resnext_lab.config import scales
 from resnext_lab.errors import ConfigError, first_line
 from resnext_lab.tracking import has_credentials
 
-SCALES = ("smoke", "proxy", "paper")
 #: Parallel-coordinates axes: W&B summary keys written by every training run, then the error.
 DESIGN_AXES = (
     ("model/cardinality", "C"),
@@ -147,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Build the W&B Report of an experiment's sweep (group <experiment>/<scale>).",
     )
     parser.add_argument("experiment", help="experiment name, e.g. table3")
-    parser.add_argument("--scale", default="proxy", choices=SCALES, help="the sweep's scale (default: proxy)")
+    parser.add_argument("--scale", default="proxy", choices=scales(), help="the sweep's scale (default: proxy)")
     parser.add_argument("--entity", default=os.environ.get("WANDB_ENTITY"), help="W&B entity (default: yours)")
     parser.add_argument("--project", default=None, help="W&B project (default: logger.wandb.project)")
     args = parser.parse_args(argv)

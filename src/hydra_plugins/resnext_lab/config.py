@@ -1,0 +1,27 @@
+"""The packed launcher's config, a structured config in Hydra's ConfigStore (as Hydra's own launcher plugins
+register theirs), so that `hydra/launcher=packed` resolves in any Hydra app that has this package installed:
+
+    python run.py -m hydra/launcher=packed experiment=table3 scale=proxy
+    python run.py -m hydra/launcher=packed hydra.launcher.jobs_per_device=4 hydra.launcher.devices=[0,1] ...
+
+Its values are checked by the launcher itself (one error line naming the setting), so the fields are untyped
+where a wrong type must reach that check. (No `from __future__ import annotations` here: Hydra's plugin scan
+executes this module outside sys.modules, where dataclasses cannot resolve string annotations.)
+"""
+
+from dataclasses import dataclass
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+
+
+@dataclass
+class PackedLauncherConf:
+    _target_: str = "hydra_plugins.resnext_lab.packed_launcher.PackedLauncher"
+    #: worker processes per device; each runs one job after another, as Hydra's basic launcher does
+    jobs_per_device: Any = 2
+    #: auto: every GPU in CUDA_VISIBLE_DEVICES (all when unset), the CPU when there is none; cpu; or [0, 1, ...]
+    devices: Any = "auto"
+
+
+ConfigStore.instance().store(group="hydra/launcher", name="packed", node=PackedLauncherConf, provider="resnext_lab")
