@@ -18,7 +18,7 @@ SWEEP  ?= outputs/demo/cpu
 # the paper's tables and figures that train
 EXPERIMENTS := table3 table4 residual fig5 fig7 table7 forms init
 
-.PHONY: help install lock settings notebook gpu-check thread-policy plan test test-all lint format demo publish table1 table2 report dashboard bench soak clean $(EXPERIMENTS)
+.PHONY: help install lock settings notebook gpu-check thread-policy plan test test-all lint format demo publish table1 table2 report dashboard bench soak plan-check clean $(EXPERIMENTS)
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_ -]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  \033[1m%-22s\033[0m %s\n", $$1, $$2}'
@@ -71,7 +71,7 @@ format: ## ruff format and autofix
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
 
-demo: ## about 5 min on 2 cores: ResNet-50 with and without shortcuts, 3 seeds each, on real Fashion-MNIST; prints the verdict table
+demo: ## about 3 min on 2 cores: ResNet-50 with and without shortcuts, 5 seeds each, on real Fashion-MNIST; prints the verdict table
 	$(call run_table,demo,cpu)
 
 table1: ## paper Table 1 (ResNet-50 vs ResNeXt-50 complexity) beside the library's exact counts
@@ -120,6 +120,9 @@ thread-policy: ## time one CPU sweep four ways: 1 job x all cores vs 2 packed jo
 
 soak: ## about 3 min: 50 tiny jobs through the packed launcher; one JSON line with the workers' RSS growth (fails above 10%)
 	$(PY) -m resnext_lab.soak $(ARGS)
+
+plan-check: ## about 5 min: task=plan against the real wall time of the README's 15-job sweep, fp32 and bf16 (JSON lines)
+	$(PY) -m resnext_lab.bench.plan_check --precision 32-true --precision bf16-mixed $(ARGS)
 
 plan: ## estimate a paper table's sweep before running it: make plan EXP=table3 SCALE=cpu (ARGS=plan.device=h100)
 	$(PY) run.py -m experiment=$(EXP) scale=$(SCALE) task=plan $(ARGS)

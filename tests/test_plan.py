@@ -12,6 +12,7 @@ from conftest import ROOT, cli_env, tiny
 from omegaconf import OmegaConf
 
 from resnext_lab import plan
+from resnext_lab.bench import plan_check
 from resnext_lab.config import compose
 from resnext_lab.errors import ConfigError
 from resnext_lab.models import ModelSpec
@@ -39,6 +40,7 @@ def test_plan_of_a_sweep_lists_every_job_and_writes_nothing_but_its_cache(tmp_pa
     jobs = [line.split()[0] for line in lines[header + 1 : header + 7]]
     assert jobs == [f"model.cardinality={c},seed={s}" for c in (1, 2, 4) for s in (0, 1)]  # numeric order
     assert "6 jobs on measured here" in proc.stdout and "estimate: " in proc.stdout
+    assert plan_check.estimate_seconds(proc.stdout) > 0  # what `make plan-check` compares with the real run
     assert not (tmp_path / "out").exists()  # nothing trained, no folder
     assert (tmp_path / "cache" / "resnext-lab" / "plan.json").is_file()  # the step timings, for next time
 
