@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
@@ -42,7 +43,12 @@ def test_plan_of_a_sweep_lists_every_job_and_writes_nothing_but_its_cache(tmp_pa
     assert "6 jobs on measured here" in proc.stdout and "estimate: " in proc.stdout
     assert plan_check.estimate_seconds(proc.stdout) > 0  # what `make plan-check` compares with the real run
     assert not (tmp_path / "out").exists()  # nothing trained, no folder
-    assert (tmp_path / "cache" / "resnext-lab" / "plan.json").is_file()  # the step timings, for next time
+    cache = json.loads((tmp_path / "cache" / "resnext-lab" / "plan.json").read_text())  # for next time
+    overhead = [v for k, v in cache.items() if k.startswith("overhead:")]  # measured by running one job for real
+    assert (
+        len(overhead) == 1 and all(s >= 0 for s in overhead[0]) and overhead[0] != [plan.JOB_OVERHEAD_S, plan.STARTUP_S]
+    )
+    assert "per worker besides the steps, measured by running the first job for one step" in proc.stdout
 
 
 def test_plan_for_a_cluster_states_its_assumption(tmp_path: Path) -> None:

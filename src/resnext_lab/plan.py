@@ -9,7 +9,10 @@ Per job: epochs x (training steps + validation batches) + one test pass, plus a 
 
 - `plan.device=here` (default): measured. A few training steps and evaluation batches of every
   distinct network are timed on this machine, as the job will run them (precision, channels_last,
-  threads per job under the packed launcher), and cached in `~/.cache/resnext-lab/plan.json`.
+  threads per job under the packed launcher), after warm-up steps, at the job's own batch (or on a line
+  through two smaller batches where that would take long), and cached in `~/.cache/resnext-lab/plan.json`.
+  The fixed cost per job and per worker process is measured too, once per machine, data set and logger:
+  the first job runs for real with one step of each kind, as a sweep of one job and of five (`overheads`).
 - `plan.device=h100|a100|v100`: from exact FLOPs and a stated achieved throughput (THROUGHPUT), with a
   floor per step for the host's share (small networks cannot fill a GPU), for budgeting a cluster run.
 
@@ -49,7 +52,7 @@ JOB_OVERHEAD_S, STARTUP_S = 6.0, 12.0
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "resnext-lab" / "plan.json"
 #: Steps are timed at the job's batch where CALIBRATION_BATCH images scaled up to it take at most FULL_BATCH_S,
 #: else at CALIBRATION_BATCH and half of it (calibrate). A new CALIBRATION_VERSION times every network again.
-CALIBRATION_BATCH, FULL_BATCH_S, WARMUP_STEPS, CALIBRATION_VERSION = 32, 1.0, 3, 2
+CALIBRATION_BATCH, FULL_BATCH_S, WARMUP_STEPS, CALIBRATION_VERSION = 32, 1.0, 3, 3
 
 
 @dataclasses.dataclass
@@ -65,6 +68,8 @@ class JobPlan:
     test_batches: int
     seconds: float
     devices: int = 1  # devices x nodes the job trains on (DDP)
+    overhead_s: float = JOB_OVERHEAD_S  # of the seconds, those besides the steps
+    startup_s: float = STARTUP_S  # per worker process, before its first job
 
 
 def _count(limit: Any, batches: int) -> int:
@@ -217,13 +222,116 @@ def calibrate(
     return per_step[0], per_step[1]
 
 
+#: The settings a calibration job replaces: one step of each kind, one process, a fresh seed list.
+_OVERHEAD_KEYS = (
+    "seed",
+    "task",
+    "out_root",
+    "name",
+    "hydra/launcher",
+    "trainer.max_epochs",
+    "trainer.limit_train_batches",
+    "trainer.limit_val_batches",
+    "trainer.limit_test_batches",
+    "sweep.confirm",
+)
+#: Set in a calibration's own sweep, so that its plan (a paper table prints one) does not calibrate again.
+_CALIBRATING = "RESNEXT_LAB_PLAN_CALIBRATING"
+
+
+def overheads(
+    overrides: Sequence[str], cfg: Mapping[str, Any], cache: dict[str, Any], packed: bool = False
+) -> tuple[float, float]:
+    """(seconds per job besides its steps, seconds per worker process before its first job) on this machine, for
+    jobs like the one of `overrides`: measured once per machine, data set and logger (cached), by running that
+    job for real with one training step, validation and test batch, as sweeps of 1 and of 5 jobs, W&B offline,
+    in one process (the basic launcher) or, for a packed sweep, one packed worker (its spawn and imports count).
+    The difference is four jobs' start-up, data, logging and checkpoints; the single sweep less one job is the
+    process's imports and Hydra. Inside a calibration, and where it fails, the fixed JOB_OVERHEAD_S and STARTUP_S."""
+    import platform
+    import subprocess
+    import sys
+    import tempfile
+
+    import torch
+
+    if os.environ.get(_CALIBRATING):
+        return JOB_OVERHEAD_S, STARTUP_S
+    logger = cfg["logger"]  # csv and W&B settings: what a job writes
+    key = (
+        "overhead:"
+        + hashlib.sha1(
+            json.dumps(
+                [
+                    CALIBRATION_VERSION,
+                    packed,
+                    cfg["data"]["name"],
+                    logger,
+                    torch.__version__,
+                    platform.node(),
+                    platform.processor(),
+                ],
+                sort_keys=True,
+                default=str,
+            ).encode()
+        ).hexdigest()[:16]
+    )
+    if key in cache:
+        return tuple(cache[key])  # type: ignore[return-value]
+    base = [
+        o
+        for o in overrides
+        if o.split("=", 1)[0].lstrip("+~") not in _OVERHEAD_KEYS and not o.lstrip("+~").startswith("hydra.launcher.")
+    ]
+    device = "[0]" if torch.cuda.is_available() else "cpu"  # one worker on one device runs the jobs in turn
+    one_worker = ["hydra.launcher.jobs_per_device=1", f"hydra.launcher.devices={device}"] if packed else []
+    base += [
+        *(one_worker or ["hydra/launcher=basic"]),
+        "task=train",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=1",
+        "trainer.limit_val_batches=1",
+        "trainer.limit_test_batches=1",
+    ]
+    env = {**os.environ, _CALIBRATING: "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    root = Path(__file__).resolve().parents[2]
+    seconds = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for seeds in ("0", "0,1,2,3,4"):
+            start = time.perf_counter()
+            proc = subprocess.run(
+                [
+                    sys.executable,
+                    str(root / "run.py"),
+                    "-m",
+                    *base,
+                    f"seed={seeds}",
+                    f"out_root={tmp}",
+                    f"name=overhead{len(seconds)}",
+                ],
+                cwd=root,
+                env=env,
+                capture_output=True,
+                text=True,
+            )
+            if proc.returncode != 0:  # the job itself will say why; the plan keeps the fixed figures
+                cache[key] = [JOB_OVERHEAD_S, STARTUP_S]
+                return JOB_OVERHEAD_S, STARTUP_S
+            seconds.append(time.perf_counter() - start)
+    per_job = max(0.0, (seconds[1] - seconds[0]) / 4)
+    cache[key] = [per_job, max(0.0, seconds[0] - per_job)]
+    return per_job, cache[key][1]
+
+
 def _flop_step(flops: int, batch: int, device: str) -> tuple[float, float]:
     tflops, floor = THROUGHPUT[device]
     train = max(6 * flops * batch / (tflops * 1e12), floor)
     return train, max(train / 3, floor / 2)
 
 
-def plan_jobs(configs: Sequence[tuple[list[str], Any]], device: str, slots: int, threads: int) -> list[JobPlan]:
+def plan_jobs(
+    configs: Sequence[tuple[list[str], Any]], device: str, slots: int, threads: int, packed: bool = False
+) -> list[JobPlan]:
     """One JobPlan per (overrides, composed config)."""
     from resnext_lab.config import check_job, plain
     from resnext_lab.hardware import resolve_precision
@@ -236,6 +344,9 @@ def plan_jobs(configs: Sequence[tuple[list[str], Any]], device: str, slots: int,
         except (OSError, ValueError):
             cache = {}
     plans = []
+    job_s, startup_s = JOB_OVERHEAD_S, STARTUP_S
+    if device == "here" and configs:
+        job_s, startup_s = overheads(configs[0][0], plain(configs[0][1]), cache, packed)
     for overrides, cfg in configs:
         spec = check_job(cfg, check_data=False).spec
         c = complexity(spec)
@@ -261,7 +372,7 @@ def plan_jobs(configs: Sequence[tuple[list[str], Any]], device: str, slots: int,
         else:
             t_train, t_eval = _flop_step(c["flops"], batch, device)
         epochs = int(resolved["trainer"]["max_epochs"])
-        seconds = epochs * (train_steps * t_train + val_batches * t_eval) + test_batches * t_eval + JOB_OVERHEAD_S
+        seconds = epochs * (train_steps * t_train + val_batches * t_eval) + test_batches * t_eval + job_s
         plans.append(
             JobPlan(
                 overrides,
@@ -275,6 +386,8 @@ def plan_jobs(configs: Sequence[tuple[list[str], Any]], device: str, slots: int,
                 test_batches,
                 seconds,
                 world_size(resolved["trainer"]),
+                job_s,
+                startup_s,
             )
         )
     if device == "here":
@@ -293,7 +406,7 @@ def _here(trainer: Mapping[str, Any]) -> str:
 
 def sweep_seconds(plans: Sequence[JobPlan], slots: int) -> float:
     """Wall time of the jobs on `slots` parallel workers, each taking the longest job left (LPT)."""
-    finish = [STARTUP_S] * max(1, slots)
+    finish = [plans[0].startup_s if plans else STARTUP_S] * max(1, slots)
     for p in sorted(plans, key=lambda p: -p.seconds):
         i = finish.index(min(finish))
         finish[i] += p.seconds
@@ -356,17 +469,21 @@ def render(plans: Sequence[JobPlan], device: str, slots: int, launcher: str, mat
         gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
         where = f"measured here ({gpu or platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
         assumption = "step times timed on this machine (cached in " + str(CACHE) + ")"
+        overhead = (
+            f"{plans[0].overhead_s:.1f} s per job and {plans[0].startup_s:.1f} s per worker besides the "
+            "steps, measured by running the first job for one step"
+        )
     else:
         tflops, floor = THROUGHPUT[device]
         where = f"{per_job} {device.upper()}{'s' if per_job > 1 else ''} per job"
+        overhead = f"{JOB_OVERHEAD_S:g} s per job and {STARTUP_S:g} s per worker besides the steps"
         assumption = (
             f"assumed {tflops:g} TFLOP/s achieved in training (6 FLOPs per multiply-add per image), "
             f"at least {floor * 1e3:g} ms per step, packed jobs not slowing each other; small grouped "
             "networks run far below it (a lower bound for them until measured: make gpu-check)"
         )
     lines += [
-        f"{len(plans)} jobs on {where}; {launcher}; {assumption}; {JOB_OVERHEAD_S:g} s per job and "
-        f"{STARTUP_S:g} s per worker besides the steps",
+        f"{len(plans)} jobs on {where}; {launcher}; {assumption}; {overhead}",
         f"estimate: {_duration(total)} wall time for the sweep ({_duration(job_sum)} of job time"
         + (f", {device_hours:.1f} {device.upper()}-hours" if device != "here" else "")
         + ")",
@@ -400,5 +517,6 @@ def estimate(
     if device not in DEVICES:
         raise ConfigError(f"plan.device={device!r}: must be one of {', '.join(DEVICES)}")
     slots, threads, launcher = launcher_slots(hydra_cfg, len(configs), assumed_gpus=device != "here")
-    plans = plan_jobs(configs, device, slots, threads)
+    packed = "PackedLauncher" in str((hydra_cfg.get("launcher") or {}).get("_target_", ""))
+    plans = plan_jobs(configs, device, slots, threads, packed)
     return render(plans, device, slots, launcher), sweep_seconds(plans, slots)
