@@ -36,6 +36,7 @@ def scales() -> tuple[str, ...]:
     names = sorted(p.stem for p in (CONF_DIR / "scale").glob("*.yaml"))
     return (*[n for n in names if n != "none"], *[n for n in names if n == "none"])
 
+
 SCHEDULES = ("step", "cosine", "constant")
 PRECISIONS = ("auto", "32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "64-true")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu", "hpu")
