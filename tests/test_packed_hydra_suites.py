@@ -4,14 +4,28 @@ Hydra's plugin discovery, its config (`hydra/launcher=packed`) taken from the Co
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 from hydra.core.plugins import Plugins
+from hydra.core.singleton import Singleton
 from hydra.plugins.launcher import Launcher
 from hydra.test_utils.launcher_common_tests import IntegrationTestSuite, LauncherTestSuite
+from hydra.version import VersionBase
 
 from hydra_plugins.resnext_lab.packed_launcher import PackedLauncher
 
 CPU = ["hydra.launcher.devices=cpu"]
+
+
+@pytest.fixture(autouse=True)
+def unset_version_base() -> Iterator[None]:
+    """Hydra's suites expect a fresh process, whose version base is unset (so that jobs change into their
+    folders); a test before them in this worker may have composed with version_base 1.3."""
+    saved = Singleton._instances.pop(VersionBase, None)
+    yield
+    if saved is not None:
+        Singleton._instances[VersionBase] = saved
 
 
 def test_discovery() -> None:
