@@ -61,7 +61,7 @@ test-all: ## every test, the slow ones too
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m ''
 
 settings: ## write docs/SETTINGS.md: every setting, its default and what it accepts, from the config schemas
-	$(PY) -m resnext_lab.config > docs/SETTINGS.md.tmp && mv docs/SETTINGS.md.tmp docs/SETTINGS.md
+	$(PY) -m resnext_lab.tools.settings_doc > docs/SETTINGS.md.tmp && mv docs/SETTINGS.md.tmp docs/SETTINGS.md
 
 lint: ## ruff lint and format check
 	$(PY) -m ruff check .
@@ -98,7 +98,7 @@ $(EXPERIMENTS): ## run a paper table's sweep at SCALE (resumable), then its repo
 	$(call run_table,$@,$(SCALE))
 
 publish: ## copy a finished table (EXP, SCALE) with its machine, versions, commit, wall time and regime into docs/results/SCALE/EXP
-	$(PY) -m resnext_lab.report.publish $(EXP) --scale $(SCALE) --sweep $(OUT)/$(EXP)/$(SCALE) \
+	$(PY) -m resnext_lab.tools.publish $(EXP) --scale $(SCALE) --sweep $(OUT)/$(EXP)/$(SCALE) \
 	  $(if $(wildcard docs/results/$(SCALE)/$(EXP)/plan.txt),--plan docs/results/$(SCALE)/$(EXP)/plan.txt) $(ARGS)
 
 report: ## render every paper table that has results under OUT
@@ -107,22 +107,22 @@ report: ## render every paper table that has results under OUT
 	done; done
 
 dashboard: ## build the W&B report of EXP's sweep (needs credentials and network)
-	$(PY) -m resnext_lab.report.dashboard $(EXP) --scale $(SCALE)
+	$(PY) -m resnext_lab.tools.dashboard $(EXP) --scale $(SCALE)
 
 bench: ## time training steps against torchvision (DEVICE=cpu|cuda; on CPU fp32 and bf16 side by side), JSON in reports/bench
-	$(PY) -m resnext_lab.bench --device $(or $(DEVICE),cpu) $(if $(filter cuda,$(DEVICE)),,--precision both) $(ARGS)
+	$(PY) -m resnext_lab.tools.bench --device $(or $(DEVICE),cpu) $(if $(filter cuda,$(DEVICE)),,--precision both) $(ARGS)
 
 gpu-check: ## check and time the GPU path in one call (bench eager+compiled, proxy epoch, packed sweep vs plan)
-	$(PY) -m resnext_lab.gpu_check $(ARGS)
+	$(PY) -m resnext_lab.tools.gpu_check $(ARGS)
 
 thread-policy: ## time one CPU sweep four ways: 1 job x all cores vs 2 packed jobs x 1 thread, fp32 and bf16
-	$(PY) -m resnext_lab.policy $(ARGS)
+	$(PY) -m resnext_lab.tools.thread_policy $(ARGS)
 
 soak: ## about 3 min: 50 tiny jobs through the packed launcher; one JSON line with the workers' RSS growth (fails above 10%)
-	$(PY) -m resnext_lab.soak $(ARGS)
+	$(PY) -m resnext_lab.tools.soak $(ARGS)
 
 plan-check: ## about 5 min: task=plan against the real wall time of the README's 15-job sweep, fp32 and bf16 (JSON lines)
-	$(PY) -m resnext_lab.bench.plan_check --precision 32-true --precision bf16-mixed $(ARGS)
+	$(PY) -m resnext_lab.tools.plan_check --precision 32-true --precision bf16-mixed $(ARGS)
 
 plan: ## estimate a paper table's sweep before running it: make plan EXP=table3 SCALE=cpu (ARGS=plan.device=h100)
 	$(PY) run.py -m experiment=$(EXP) scale=$(SCALE) task=plan $(ARGS)

@@ -6,8 +6,6 @@ python run.py -m model.cardinality=1,2,4,32,64  # a sweep at matched complexity
 python run.py -m +experiment=table3 scale=smoke # a paper table's sweep
 """
 
-import sys
-
 from resnext_lab import interrupts
 
 interrupts.install()  # Ctrl-C and SIGTERM end a run in one line, its job resumable, from the first import on
@@ -15,8 +13,8 @@ interrupts.install()  # Ctrl-C and SIGTERM end a run in one line, its job resuma
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from resnext_lab.cli import normalize_argv, run_task  # noqa: E402
-from resnext_lab.config import register  # noqa: E402
+from resnext_lab.cli import run_task  # noqa: E402
+from resnext_lab.job import register  # noqa: E402
 
 register()  # the config schemas (each group's YAML extends its own) and the sweep resolvers
 
@@ -27,5 +25,4 @@ def main(cfg: DictConfig) -> object:
 
 
 if __name__ == "__main__":
-    sys.argv = normalize_argv(sys.argv)
     main()

@@ -11,8 +11,8 @@ import pytest
 import torch
 import torchvision
 
-from resnext_lab import bench
 from resnext_lab.models import ModelSpec, build, complexity
+from resnext_lab.tools import bench
 
 TINY = bench.settings_for("cpu", "tiny")
 MEASUREMENT_KEYS = {"label", "params", "images_per_s", "window_images_per_s", "peak_memory_mb", "first_step_s"}
@@ -84,7 +84,7 @@ def test_a_mismatched_pair_is_refused():
 
 def test_pairs_are_checked_before_anything_is_timed(monkeypatch):
     monkeypatch.setitem(bench.TORCHVISION_PAIRS, "resnet50", ModelSpec(cardinality=32, width=4))
-    from resnext_lab.bench import cases
+    from resnext_lab.tools.bench import cases
 
     monkeypatch.setattr(cases, "measure_group", lambda *a, **k: pytest.fail("timed a mismatched pair"))
     with pytest.raises(bench.BenchError, match="resnet50: ours has 25,028,904 parameters"):

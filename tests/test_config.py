@@ -9,18 +9,18 @@ import pytest
 from omegaconf import OmegaConf
 
 from resnext_lab.config import (
-    DATA_SCHEMAS,
     GROUPS,
-    Logger,
-    Optim,
-    Run,
-    Trainer,
-    compose,
+    LoggerSettings,
+    OptimSettings,
+    RunSettings,
+    TrainerSettings,
     defaults,
     parse,
-    settings_markdown,
 )
+from resnext_lab.data.settings import DATA_SCHEMAS
 from resnext_lab.errors import ConfigError
+from resnext_lab.job import compose
+from resnext_lab.tools.settings_doc import settings_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -68,30 +68,42 @@ def test_composed_groups_equal_their_schemas() -> None:
     cfg = compose()
     for group, schema in GROUPS.items():
         assert parse(schema, cfg[group], group) == schema()
-    assert parse(Run, cfg, "") == Run()
+    assert parse(RunSettings, cfg, "") == RunSettings()
 
 
 @pytest.mark.parametrize(
     ("schema", "node", "message"),
     [
-        (Optim, {"lr": "fast"}, "optim.lr='fast': must be a number > 0"),
-        (Optim, {"momentum": 0, "nesterov": True}, "optim.nesterov=true: needs optim.momentum > 0 (got 0.0)"),
-        (Optim, {"warmup": 1}, "optim.warmup=1: no such setting here; optim has lr, momentum, nesterov"),
-        (Trainer, {"devices": [0, -1]}, "trainer.devices=[0, -1]: must be an integer >= 1, auto, or a list"),
-        (Logger, {"wandb": {"mode": "sometimes"}}, "logger.wandb.mode='sometimes': must be one of auto, online"),
-        (Logger, {"wandb": {"projects": "x"}}, "logger.wandb.projects='x': no such setting here; logger.wandb has"),
-        (Run, {"report": {"min_effect": 0}}, "report.min_effect=0: must be a number > 0 or null"),
+        (OptimSettings, {"lr": "fast"}, "optim.lr='fast': must be a number > 0"),
+        (OptimSettings, {"momentum": 0, "nesterov": True}, "optim.nesterov=true: needs optim.momentum > 0 (got 0.0)"),
+        (OptimSettings, {"warmup": 1}, "optim.warmup=1: no such setting here; optim has lr, momentum, nesterov"),
+        (TrainerSettings, {"devices": [0, -1]}, "trainer.devices=[0, -1]: must be an integer >= 1, auto, or a list"),
+        (
+            LoggerSettings,
+            {"wandb": {"mode": "sometimes"}},
+            "logger.wandb.mode='sometimes': must be one of auto, online",
+        ),
+        (
+            LoggerSettings,
+            {"wandb": {"projects": "x"}},
+            "logger.wandb.projects='x': no such setting here; logger.wandb has",
+        ),
+        (RunSettings, {"report": {"min_effect": 0}}, "report.min_effect=0: must be a number > 0 or null"),
     ],
 )
 def test_a_bad_value_is_one_line_naming_the_setting(schema: type, node: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError) as err:
-        parse(schema, node, {Optim: "optim", Trainer: "trainer", Logger: "logger", Run: ""}[schema])
+        parse(
+            schema,
+            node,
+            {OptimSettings: "optim", TrainerSettings: "trainer", LoggerSettings: "logger", RunSettings: ""}[schema],
+        )
     assert str(err.value).startswith(message) and "\n" not in str(err.value)
 
 
 def test_values_are_converted_to_the_schema_types() -> None:
-    optim = parse(Optim, {"lr": 1, "milestones": [30, 60]}, "optim")
+    optim = parse(OptimSettings, {"lr": 1, "milestones": [30, 60]}, "optim")
     assert isinstance(optim.lr, float) and optim.milestones == (30, 60)
-    assert parse(Trainer, {"devices": [0, 1]}, "trainer").devices == (0, 1)
-    run = parse(Run, {"seed": 3, "model": {"anything": 1}, "report": {"table": {"rows": []}}}, "")
+    assert parse(TrainerSettings, {"devices": [0, 1]}, "trainer").devices == (0, 1)
+    run = parse(RunSettings, {"seed": 3, "model": {"anything": 1}, "report": {"table": {"rows": []}}}, "")
     assert run.seed == 3  # the other groups, and a report's table, are not the top level's to check

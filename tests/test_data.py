@@ -21,7 +21,6 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from resnext_lab.config import compose
 from resnext_lab.data import (
     DATA_SCHEMAS,
     TensorBatches,
@@ -33,6 +32,7 @@ from resnext_lab.data import (
 )
 from resnext_lab.data.fashion_mnist import DEBIAN_DIR, IMAGES_MAGIC, LABELS_MAGIC
 from resnext_lab.errors import ConfigError, DataError
+from resnext_lab.job import compose
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "data"
 FMNIST_NAMES = (

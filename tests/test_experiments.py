@@ -29,11 +29,12 @@ try:
 except ImportError:  # a checkout without `pip install -e .`
     sys.path.insert(0, str(ROOT / "src"))
 
+from resnext_lab.job import compose_experiment  # noqa: E402
 from resnext_lab.models.spec import spec_from_config  # noqa: E402
 from resnext_lab.report import validate_table  # noqa: E402
 from resnext_lab.report.__main__ import main as report_main  # noqa: E402
-from resnext_lab.report.dashboard import build_report, compose_experiment  # noqa: E402
-from resnext_lab.report.dashboard import main as dashboard_main  # noqa: E402
+from resnext_lab.tools.dashboard import build_report  # noqa: E402
+from resnext_lab.tools.dashboard import main as dashboard_main  # noqa: E402
 
 SCALES = ("smoke", "cpu", "proxy", "paper")
 COMPLEXITY = ("table1", "table2")

@@ -23,8 +23,8 @@ from conftest import ROOT, cli_env, find_job, tiny
 
 from resnext_lab.callbacks import AtomicCheckpointIO
 from resnext_lab.files import output_fault
-from resnext_lab.soak import rss_growth
-from resnext_lab.train import resume_point
+from resnext_lab.tasks.train import resume_point
+from resnext_lab.tools.soak import rss_growth
 
 RunCli = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -223,7 +223,7 @@ def test_rss_growth_compares_the_workers_after_the_warm_up_with_after_the_last_j
 @pytest.mark.slow
 def test_soak_runs_its_jobs_and_prints_one_json_line(wandb_home: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "resnext_lab.soak", "--jobs", "12"],
+        [sys.executable, "-m", "resnext_lab.tools.soak", "--jobs", "12"],
         cwd=ROOT,
         env=cli_env(wandb_home),
         capture_output=True,

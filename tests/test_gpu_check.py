@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, cli_env
 
-from resnext_lab.gpu_check import planned_seconds
+from resnext_lab.tools.gpu_check import planned_seconds
 
 
 def run_check(tmp_path: Path, *extra: str) -> tuple[subprocess.CompletedProcess[str], dict]:
     out = tmp_path / "gpu-check"
     proc = subprocess.run(
-        [sys.executable, "-m", "resnext_lab.gpu_check", "--device", "cpu", "--tiny", "--out", str(out), *extra],
+        [sys.executable, "-m", "resnext_lab.tools.gpu_check", "--device", "cpu", "--tiny", "--out", str(out), *extra],
         cwd=ROOT,
         env=cli_env(tmp_path),
         capture_output=True,

@@ -15,9 +15,10 @@ import pytest
 import torch
 from PIL import Image
 
-from resnext_lab.config import compose
-from resnext_lab.data import ConfigError, build_datamodule
+from resnext_lab.data import build_datamodule
 from resnext_lab.data.imagenet import MEAN, PCA_EIGVAL, PCA_EIGVEC, STD, Lighting
+from resnext_lab.errors import ConfigError
+from resnext_lab.job import compose
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 SIZES = ((300, 200), (200, 300), (256, 256), (320, 180))
@@ -165,7 +166,7 @@ def test_only_imagenet_has_the_setting() -> None:
 
 @pytest.mark.parametrize("experiment", ["table3", "table4", "table4_top5", "residual", "fig5", "forms"])
 def test_imagenet_paper_presets_turn_it_on(experiment: str) -> None:
-    from resnext_lab.report.dashboard import compose_experiment
+    from resnext_lab.job import compose_experiment
 
     data = compose_experiment(experiment, "paper").data
     assert data.name == "imagenet" and data.color_augment is True
@@ -174,7 +175,7 @@ def test_imagenet_paper_presets_turn_it_on(experiment: str) -> None:
 
 @pytest.mark.parametrize("experiment", ["fig7", "table7"])
 def test_cifar_paper_presets_do_not_gain_it(experiment: str) -> None:
-    from resnext_lab.report.dashboard import compose_experiment
+    from resnext_lab.job import compose_experiment
 
     data = compose_experiment(experiment, "paper").data
     assert data.name.startswith("cifar") and "color_augment" not in data

@@ -437,7 +437,7 @@ def test_init_settings_are_recorded_and_change_no_count():
 
 
 def test_init_settings_compose_as_plain_overrides():
-    from resnext_lab.config import compose
+    from resnext_lab.job import compose
 
     def spec(*overrides):
         return spec_from_config(OmegaConf.to_container(compose(list(overrides)).model, resolve=True))

@@ -12,11 +12,12 @@ import pytest
 from conftest import ROOT, cli_env, tiny
 from omegaconf import OmegaConf
 
-from resnext_lab import plan
-from resnext_lab.bench import plan_check
-from resnext_lab.config import compose
+from resnext_lab import cost
 from resnext_lab.errors import ConfigError
+from resnext_lab.job import compose
 from resnext_lab.models import ModelSpec
+from resnext_lab.tasks import plan
+from resnext_lab.tools import plan_check
 
 
 def run_plan(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -46,7 +47,7 @@ def test_plan_of_a_sweep_lists_every_job_and_writes_nothing_but_its_cache(tmp_pa
     cache = json.loads((tmp_path / "cache" / "resnext-lab" / "plan.json").read_text())  # for next time
     overhead = [v for k, v in cache.items() if k.startswith("overhead:")]  # measured by running one job for real
     assert (
-        len(overhead) == 1 and all(s >= 0 for s in overhead[0]) and overhead[0] != [plan.JOB_OVERHEAD_S, plan.STARTUP_S]
+        len(overhead) == 1 and all(s >= 0 for s in overhead[0]) and overhead[0] != [cost.JOB_OVERHEAD_S, cost.STARTUP_S]
     )
     assert "per worker besides the steps, measured by running the first job for one step" in proc.stdout
 
@@ -57,25 +58,25 @@ def test_plan_for_a_cluster_states_its_assumption(tmp_path: Path) -> None:
     assert "10 jobs on 8 H100s per job" in proc.stdout and "assumed 75 TFLOP/s achieved" in proc.stdout
     assert "H100-hours)" in proc.stdout
     with pytest.raises(ConfigError, match=r"^plan.device='tpu9': must be one of here, h100, a100, v100$"):
-        plan.plan_sweep([], {"device": "tpu9"}, {})
+        plan.estimate([], {"device": "tpu9"}, {})
 
 
 def test_steps_and_flop_model_follow_the_config() -> None:
     cfg = compose(["experiment=table3", "scale=paper"])
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    train, val, test = plan.steps(resolved)
-    assert plan.world_size(resolved["trainer"]) == 8
+    train, val, test = cost.steps(resolved)
+    assert cost.world_size(resolved["trainer"]) == 8
     assert train == 1_281_167 // 256 and test == math.ceil(50_000 / 256) and val == test  # val_size 0: val = test
     flops = 4_089_184_256  # ResNet-50
-    t_train, t_eval = plan._flop_step(flops, 32, "h100")
+    t_train, t_eval = cost.flop_step(flops, 32, "h100")
     assert t_train == pytest.approx(6 * flops * 32 / 75e12) and t_eval == pytest.approx(t_train / 3)
-    assert plan._flop_step(10**6, 8, "h100") == (0.003, 0.0015)  # a tiny network: the host's floor
+    assert cost.flop_step(10**6, 8, "h100") == (0.003, 0.0015)  # a tiny network: the host's floor
 
 
 def test_wall_time_spreads_jobs_over_slots_longest_first() -> None:
     jobs = [plan.JobPlan([f"j={i}"], "n", 1, 1, None, 1, 1, 1, 1, s) for i, s in enumerate((10, 7, 5, 4, 2))]
-    assert plan.sweep_seconds(jobs, 1) == plan.STARTUP_S + 28
-    assert plan.sweep_seconds(jobs, 2) == plan.STARTUP_S + 14  # 10+4 | 7+5+2
+    assert plan.sweep_seconds(jobs, 1) == cost.STARTUP_S + 28
+    assert plan.sweep_seconds(jobs, 2) == cost.STARTUP_S + 14  # 10+4 | 7+5+2
 
 
 def test_calibration_is_cached() -> None:
@@ -89,8 +90,8 @@ def test_calibration_is_cached() -> None:
         image_size=28,
     )
     cache: dict = {}
-    first = plan.calibrate(spec, 64, "32-true", True, 1, cache)
+    first = cost.calibrate(spec, 64, "32-true", True, 1, cache)
     assert len(cache) == 1 and all(t > 0 for t in first)
-    assert plan.calibrate(spec, 64, "32-true", True, 1, cache) == first  # read back, not timed again
-    plan.calibrate(spec, 128, "32-true", True, 1, cache)
+    assert cost.calibrate(spec, 64, "32-true", True, 1, cache) == first  # read back, not timed again
+    cost.calibrate(spec, 128, "32-true", True, 1, cache)
     assert len(cache) == 2  # another batch is another measurement

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from resnext_lab.report.checks import plateau, regime
-from resnext_lab.report.publish import main, publish, wall_span
+from resnext_lab.tools.publish import main, publish, wall_span
 
 
 def _job(root: Path, name: str, started: str, wall: float, losses: list[float], errors: list[float]) -> dict:

@@ -106,12 +106,12 @@ def test_ddp_rank_zero_alone_writes_results_wandb_and_summary(ddp_run: tuple[Pat
 def _evaluate_alone(run_dir: Path) -> tuple[dict[str, float], dict[str, float]]:
     """The checkpoint's test metrics from one process: over the whole test set, and over rank 0's half."""
     from resnext_lab.data.batches import shard
+    from resnext_lab.job import check_job
     from resnext_lab.models import build
     from resnext_lab.module import ClassificationModule
-    from resnext_lab.train import build_run
 
     cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
-    job, _ = build_run(cfg)
+    job = check_job(cfg)
     dm = job.datamodule
     dm.setup("test")
     module = ClassificationModule(build(job.spec), job.settings.optim, job.spec.num_classes)
@@ -155,9 +155,9 @@ def test_ddp_learning_rate_follows_the_global_batch(ddp_run: tuple[Path, str]) -
 
 
 def compose(overrides: list[str]) -> Any:
-    from resnext_lab import config
+    from resnext_lab import job
 
-    return config.compose(overrides, hydra=True)
+    return job.compose(overrides, hydra=True)
 
 
 def test_paper_preset_is_8_gpus_of_32_images_at_lr_0_1() -> None:

@@ -30,10 +30,11 @@ import torch.nn.functional as F
 from conftest import ROOT, cli_env, find_job, job_dirs, tiny, wandb_records, wandb_summary, wandb_values
 from omegaconf import DictConfig, OmegaConf
 
-from resnext_lab.config import Optim, compose, parse, validate
+from resnext_lab.config import OptimSettings, parse, validate
 from resnext_lab.data import build_datamodule
 from resnext_lab.errors import ConfigError
 from resnext_lab.hardware import resolve_precision
+from resnext_lab.job import compose
 from resnext_lab.models import build, complexity, spec_from_config
 from resnext_lab.module import ClassificationModule, lr_factor, param_groups, scaled_lr
 
@@ -210,7 +211,7 @@ def test_smoke_sweep_writes_results_wandb_and_csv(smoke: tuple[subprocess.Comple
 
 def test_closing_table_orders_jobs_by_their_swept_values(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Folders sort as text (1, 16, 2, 32, 4, 64); the table lists C as swept, numerically, then seed."""
-    from resnext_lab.sweep import summarize_sweep
+    from resnext_lab.report.closing import summarize_sweep
 
     for c in (1, 2, 4, 32, 64):
         for seed in (1, 0):
@@ -490,36 +491,36 @@ def test_a_sweep_with_an_invalid_job_runs_nothing(run_cli: RunCli, tmp_path: Pat
 
 
 def test_step_schedule_divides_at_milestones() -> None:
-    optim = Optim(schedule="step", milestones=(30, 60, 90), gamma=0.1)
+    optim = OptimSettings(schedule="step", milestones=(30, 60, 90), gamma=0.1)
     factors = [lr_factor(e, optim, 100) for e in (0, 29.9, 30, 59, 60, 90, 99)]
     assert factors == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.001, 0.001])
 
 
 def test_cosine_schedule_and_warmup() -> None:
-    cosine = Optim(schedule="cosine")
+    cosine = OptimSettings(schedule="cosine")
     assert [lr_factor(e, cosine, 10) for e in (0, 5, 10)] == pytest.approx([1, 0.5, 0])
-    warm = Optim(schedule="cosine", warmup_epochs=2, warmup_start=0.1)
+    warm = OptimSettings(schedule="cosine", warmup_epochs=2, warmup_start=0.1)
     assert [lr_factor(e, warm, 12) for e in (0, 1, 2, 7, 12)] == pytest.approx([0.1, 0.55, 1, 0.5, 0])
-    step = Optim(schedule="step", milestones=(3,), warmup_epochs=1, warmup_start=0.0)
+    step = OptimSettings(schedule="step", milestones=(3,), warmup_epochs=1, warmup_start=0.0)
     assert [lr_factor(e, step, 5) for e in (0, 0.5, 1, 3)] == pytest.approx([0, 0.5, 1, 0.1])
-    assert lr_factor(3, Optim(schedule="constant"), 5) == 1
+    assert lr_factor(3, OptimSettings(schedule="constant"), 5) == 1
 
 
 def test_no_decay_for_bn_and_biases() -> None:
     net = torch.nn.Sequential(
         torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(), torch.nn.Linear(4, 2)
     )
-    groups = param_groups(net, Optim(weight_decay=5e-4, no_decay_bn_bias=True))
+    groups = param_groups(net, OptimSettings(weight_decay=5e-4, no_decay_bn_bias=True))
     assert [g["weight_decay"] for g in groups] == [5e-4, 0.0]
     assert [tuple(p.shape) for p in groups[0]["params"]] == [(4, 1, 3, 3), (2, 4)]
     assert len(groups[1]["params"]) == 4  # conv bias, BN weight and bias, fc bias
-    everything = param_groups(net, Optim(weight_decay=5e-4))
+    everything = param_groups(net, OptimSettings(weight_decay=5e-4))
     assert len(everything) == 1 and len(everything[0]["params"]) == 6
 
 
 def test_lr_scales_with_the_global_batch() -> None:
-    assert scaled_lr(Optim(lr=0.1), 512) == 0.1
-    assert scaled_lr(Optim(lr=0.1, scale_lr=True, base_batch_size=256), 512) == pytest.approx(0.2)
+    assert scaled_lr(OptimSettings(lr=0.1), 512) == 0.1
+    assert scaled_lr(OptimSettings(lr=0.1, scale_lr=True, base_batch_size=256), 512) == pytest.approx(0.2)
     dm = build_datamodule({"name": "fashion_mnist", "batch_size": 32})
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
     optim = {
@@ -561,7 +562,7 @@ def test_lr_scales_with_the_global_batch() -> None:
 )
 def test_bad_optim_settings_are_named(change: dict[str, Any], setting: str) -> None:
     with pytest.raises(ConfigError, match=f"^{setting}="):
-        parse(Optim, change, "optim")
+        parse(OptimSettings, change, "optim")
 
 
 def test_loss_checks_raise_diverged() -> None:

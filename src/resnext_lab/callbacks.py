@@ -1,5 +1,6 @@
-"""Lightning callbacks and plugins: throughput per epoch, the logging interval, and the checkpoint a rerun
-resumes from, written so that it cannot tear.
+"""Around a job's Lightning Trainer: callbacks and plugins (throughput per epoch, the logging interval, the
+checkpoint a rerun resumes from, written so that it cannot tear), the CSV log a resumed run appends to,
+Ctrl-C recorded as an interruption, and the known-harmless warnings filtered.
 
 Hydra's callbacks (output folder checks, the sweep's closing table) live in `sweep.py`:
 Hydra loads them for every command, and importing Lightning would cost seconds each time.
@@ -7,10 +8,16 @@ Hydra loads them for every command, and importing Lightning would cost seconds e
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import io
+import logging
 import math
 import os
+import re
 import time
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +25,10 @@ import pytorch_lightning as pl
 import torch
 from lightning_fabric.plugins import TorchCheckpointIO
 from pytorch_lightning.callbacks import TQDMProgressBar
+from pytorch_lightning.loggers import CSVLogger
 
 from resnext_lab.files import write_atomic
-from resnext_lab.hardware import synchronize
+from resnext_lab.hardware import process_rank, synchronize
 
 
 class Throughput(pl.Callback):
@@ -177,3 +185,59 @@ class EpochLogInterval(pl.Callback):
         if limit is not None:
             steps = min(steps, limit) if isinstance(limit, int) else int(steps * float(limit))
         trainer.log_every_n_steps = max(1, min(trainer.log_every_n_steps, steps))
+
+
+@contextlib.contextmanager
+def ctrl_c_as_interrupt(trainer: Any) -> Iterator[None]:
+    """Lightning turns Ctrl-C into `sys.exit(1)` after its own shutdown; give it back as KeyboardInterrupt,
+    so that the job is recorded as interrupted (and resumable), not left at "running"."""
+    try:
+        yield
+    except SystemExit as exit_:
+        if trainer.interrupted:
+            raise KeyboardInterrupt from exit_
+        raise
+
+
+def csv_logger(run_dir: Path, keep_rows: bool) -> Any:
+    """`csv/metrics.csv`, flushed at every logging step so that a killed run keeps its rows.
+
+    Lightning's CSV writer deletes an existing metrics.csv when it starts; a resumed run
+    (`keep_rows`) puts the earlier rows back and appends to them.
+    """
+    logger = CSVLogger(save_dir=str(run_dir), name="csv", version="", flush_logs_every_n_steps=1)
+    path = Path(logger.log_dir) / "metrics.csv"
+    if keep_rows and process_rank() == 0 and path.is_file():
+        rows = path.read_text()
+        writer = logger.experiment  # deletes metrics.csv
+        path.write_text(rows)
+        writer.metrics_keys = next(csv.reader([rows.partition("\n")[0]]), [])
+    return logger
+
+
+#: Known-harmless messages that every job would print, by their exact text. Anything else still shows.
+_HARMLESS_WARNINGS = (
+    # Lightning 2.6's own pytree helper, at every step, against torch >= 2.10
+    (
+        FutureWarning,
+        "`isinstance(treespec, LeafSpec)` is deprecated, use `isinstance(treespec, TreeSpec) and "
+        "treespec.is_leaf()` instead.",
+    ),
+)
+#: Lightning's lines on Ctrl-C and SIGTERM: the run's own one line (interrupts.py) says what happened and what to do.
+_REPLACED_LOG_LINES = ("Received SIGTERM: ", "Detected KeyboardInterrupt, attempting graceful shutdown")
+
+
+class _Replaced(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(line in str(record.msg) for line in _REPLACED_LOG_LINES)
+
+
+def quiet() -> None:
+    """Filter the known-harmless messages, each by its exact text (set once per process; filters do not pile up)."""
+    for category, message in _HARMLESS_WARNINGS:
+        warnings.filterwarnings("ignore", message=re.escape(message), category=category)
+    for name in ("pytorch_lightning.utilities.rank_zero", "pytorch_lightning.trainer.connectors.signal_connector"):
+        target = logging.getLogger(name)
+        if not any(isinstance(f, _Replaced) for f in target.filters):
+            target.addFilter(_Replaced())

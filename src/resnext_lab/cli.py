@@ -1,43 +1,39 @@
-"""What run.py needs around Hydra: the command line, task dispatch, one-line errors (folders: sweep.py)."""
+"""What run.py needs around Hydra: the task dispatch, and one-line errors (folders and checks: sweep.py)."""
 
 from __future__ import annotations
 
-import json
+from collections.abc import Sequence
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
 
+from resnext_lab.config import TASKS
 from resnext_lab.errors import ConfigError, fail
+from resnext_lab.tasks.complexity import complexity_task
+from resnext_lab.tasks.plan import plan_task
 
 
-def normalize_argv(argv: list[str]) -> list[str]:
-    """`+experiment=X` means `experiment=X`: the group is already in the defaults (as null)."""
-    return [a.replace("+experiment=", "experiment=", 1) if a.startswith("+experiment=") else a for a in argv]
+def run_task(cfg: DictConfig, jobs: Sequence[tuple[list[str], Any]] | None = None) -> Any:
+    """Run `cfg.task`; a user error prints one line and exits 2, a failed training run exits 1.
 
-
-def complexity_task(cfg: DictConfig) -> dict[str, Any]:
-    from resnext_lab.models.complexity import complexity
-    from resnext_lab.models.spec import spec_from_config
-
-    spec = spec_from_config(OmegaConf.to_container(cfg.model, resolve=True))
-    row = {**spec.summary(), **complexity(spec)}
-    print(f"{spec.name}: {row['params'] / 1e6:.2f}M params, {row['flops'] / 1e9:.3f} GFLOPs (multiply-adds)")
-    print(json.dumps(row), flush=True)
-    return row
-
-
-def run_task(cfg: DictConfig) -> Any:
-    """Dispatch on `task`; a user error prints one line and exits 2, a failed training run exits 1."""
+    `jobs`: for task=plan, every job of the sweep as (overrides, composed config); the sweep's callback
+    passes them before any job is launched (a plan prices the sweep as a whole). Alone, the plan is the
+    one run's.
+    """
     try:
         if cfg.task == "complexity":
             return complexity_task(cfg)
+        if cfg.task == "plan":
+            hydra = cfg.hydra if "hydra" in cfg else HydraConfig.get()
+            return plan_task(cfg, jobs or [(list(hydra.overrides.task), cfg)], hydra)
         if cfg.task == "train":
-            from resnext_lab.train import RunFailed, train_task
+            from resnext_lab.tasks.train import RunFailed, train_task  # torch and Lightning: for training only
 
             try:
                 return train_task(cfg)
             except RunFailed as err:
                 fail(str(err), status=1)
-        raise ConfigError(f"task={cfg.task!r}: must be one of train, complexity, plan")
+        raise ConfigError(f"task={cfg.task!r}: must be one of {', '.join(TASKS)}")
     except ConfigError as err:
         fail(str(err))

@@ -1,41 +1,28 @@
 """The run's settings, each one's default, type and range stated once: a frozen dataclass per config
-group (`Run`, `Optim`, `Trainer`, `Logger`) and per data set (`DATA_SCHEMAS`, the `data` node).
+group of a run (`RunSettings`, `OptimSettings`, `TrainerSettings`, `LoggerSettings`); the `model` group's
+is `models.spec.Model`, each data set's in `data.settings`, written with the same rules.
 
-Every field is a `setting(default, rule, doc)`. `register()` stores each schema's defaults in Hydra's
-ConfigStore, as the base that the group's YAML extends (`defaults: [schema, _self_]`), so the YAML
-files only override. `parse(Schema, node)` checks a node against its schema and returns the frozen
-settings; a bad value raises `ConfigError` with one line: the setting, the value and what is accepted.
+Every field is a `setting(default, rule, doc)`. `job.register()` stores each schema's defaults in
+Hydra's ConfigStore, as the base that the group's YAML extends (`defaults: [schema, _self_]`), so the
+YAML files only override. `parse(Schema, node, prefix)` checks a node against its schema and returns
+the frozen settings; a bad value raises `ConfigError` with one line: the setting, the value and what
+is accepted.
 
 Types are checked here, not by OmegaConf at compose time: Hydra reports a compose-time type error
 as several lines and exit status 1, where a bad setting of this project is one line and exit 2. So
 the ConfigStore holds each schema's defaults as a plain node (Hydra still rejects an unknown key).
 
-`validate(cfg)` checks the top level, `optim`, `trainer` and `logger` of a composed config (the
-`model` node is checked by `models.spec_from_config`, the `data` node by the data module, against
-its data set's schema). `check_job(cfg)` does all of it for one training job, data presence included,
-without reading a data file: a sweep runs it on every job before the first one starts. This module
-imports neither torch nor Lightning.
+This module is the bottom of the project: it imports nothing of it but `errors`, and neither torch
+nor Lightning. What joins settings, data and network into one checked job is `job.py`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any, ClassVar, NamedTuple, TypeVar
 
 from resnext_lab.errors import ConfigError, first_line
-
-#: conf/, the configs run.py composes
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
-
-
-def scales() -> tuple[str, ...]:
-    """The scale presets, `conf/scale/*.yaml`, `none` (no preset) last: the one list every tool offers."""
-    names = sorted(p.stem for p in (CONF_DIR / "scale").glob("*.yaml"))
-    return (*[n for n in names if n != "none"], *[n for n in names if n == "none"])
-
 
 SCHEDULES = ("step", "cosine", "constant")
 PRECISIONS = ("auto", "32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "64-true")
@@ -126,8 +113,8 @@ def _milestones(v: Any) -> bool:
     return isinstance(v, list | tuple) and all(_is_number(m) and m > 0 for m in v) and list(v) == sorted(v)
 
 
-BATCHES = Rule(_batches, "a fraction in [0, 1], a number of batches >= 0, or null")
-DEVICES = Rule(
+BATCH_LIMIT = Rule(_batches, "a fraction in [0, 1], a number of batches >= 0, or null")
+DEVICE_LIST = Rule(
     _devices,
     "an integer >= 1, auto, or a list of device indices",
     lambda v: tuple(v) if isinstance(v, list | tuple) else v,
@@ -190,7 +177,7 @@ def parse(schema: type[S], node: Mapping[str, Any] | None, prefix: str) -> S:
     return schema(**values)
 
 
-def _default(f: dataclasses.Field) -> Any:
+def default_of(f: dataclasses.Field) -> Any:
     return f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
 
 
@@ -201,12 +188,18 @@ def defaults(schema: type) -> dict[str, Any]:
         if "schema" in f.metadata:
             out[f.name] = defaults(f.metadata["schema"])
         else:
-            value = _default(f)
+            value = default_of(f)
             out[f.name] = list(value) if isinstance(value, tuple) else value
     return out
 
 
-def nested(schema: type) -> Any:
+def with_default(schema: type, name: str, default: Any, doc: str | None = None) -> Any:
+    """`schema`'s field `name`, with the same rule (and meaning, unless `doc` says more), at another default."""
+    meta = schema.__dataclass_fields__[name].metadata
+    return setting(default, meta["rule"], doc or meta["doc"])
+
+
+def group(schema: type) -> Any:
     """A schema field that is itself a schema, at its defaults."""
     return dataclasses.field(default_factory=schema, metadata={"schema": schema})
 
@@ -215,7 +208,7 @@ def nested(schema: type) -> Any:
 
 
 @dataclasses.dataclass(frozen=True)
-class Optim:
+class OptimSettings:
     """`optim`: SGD with momentum, as the paper trains."""
 
     lr: float = setting(0.1, number(0, open_low=True), "learning rate (per base_batch_size images when scale_lr)")
@@ -245,11 +238,11 @@ class Optim:
 
 
 @dataclasses.dataclass(frozen=True)
-class Trainer:
+class TrainerSettings:
     """`trainer`: the Lightning Trainer and this project's speed settings."""
 
     accelerator: str = setting("auto", choice(*ACCELERATORS), "auto: the GPU when present, else the CPU")
-    devices: Any = setting(1, DEVICES, "devices per node")
+    devices: Any = setting(1, DEVICE_LIST, "devices per node")
     num_nodes: int = setting(1, integer(1), "nodes (SLURM)")
     strategy: str = setting(
         "auto", text("a Lightning strategy name (auto, ddp, ddp_spawn, ...)"), "Lightning's strategy"
@@ -267,9 +260,9 @@ class Trainer:
     compile: bool = setting(False, boolean(), "torch.compile the network (off: docs/PERFORMANCE.md)")
     benchmark: Any = setting("auto", boolean(auto=True), "cuDNN autotuning (auto: on unless deterministic)")
     log_every_n_steps: int = setting(50, integer(1), "Lightning's logging cadence; metrics are logged per epoch")
-    limit_train_batches: Any = setting(None, BATCHES, "fraction (float) or number (int) of batches; null: all")
-    limit_val_batches: Any = setting(None, BATCHES, "as limit_train_batches, for validation")
-    limit_test_batches: Any = setting(None, BATCHES, "as limit_train_batches, for the test")
+    limit_train_batches: Any = setting(None, BATCH_LIMIT, "fraction (float) or number (int) of batches; null: all")
+    limit_val_batches: Any = setting(None, BATCH_LIMIT, "as limit_train_batches, for validation")
+    limit_test_batches: Any = setting(None, BATCH_LIMIT, "as limit_train_batches, for the test")
     gradient_clip_val: float | None = setting(None, number(0, null=True), "gradient norm clipping; null: none")
     check_finite_every_n_steps: int = setting(50, integer(1), "check the loss for NaN/inf every n steps (a host sync)")
     enable_progress_bar: bool = setting(True, boolean(), "the progress bar")
@@ -277,7 +270,7 @@ class Trainer:
 
 
 @dataclasses.dataclass(frozen=True)
-class Wandb:
+class WandbSettings:
     """`logger.wandb`: Weights & Biases, offline unless credentials are set."""
 
     enabled: bool = setting(True, boolean(), "log each run to W&B")
@@ -292,15 +285,15 @@ class Wandb:
 
 
 @dataclasses.dataclass(frozen=True)
-class Logger:
+class LoggerSettings:
     """`logger`: the CSV log (csv/metrics.csv, read by the reports) and W&B."""
 
     csv: bool = setting(True, boolean(), "write csv/metrics.csv (the reports read it)")
-    wandb: Wandb = nested(Wandb)
+    wandb: WandbSettings = group(WandbSettings)
 
 
 @dataclasses.dataclass(frozen=True)
-class Report:
+class ReportSettings:
     """`report`: the analysis of a sweep, declared before it runs. Experiment files add their paper table here."""
 
     open_keys: ClassVar[bool] = True  # table, omitted, contrasts, ...: report/tables.py checks them
@@ -334,7 +327,7 @@ class Report:
 
 
 @dataclasses.dataclass(frozen=True)
-class Plan:
+class PlanSettings:
     """`plan`: task=plan's estimate of each job's wall time."""
 
     device: str = setting(
@@ -345,7 +338,7 @@ class Plan:
 
 
 @dataclasses.dataclass(frozen=True)
-class Sweep:
+class SweepSettings:
     """`sweep`: how `python run.py -m` treats invalid jobs, and long paper-table sweeps."""
 
     skip_invalid: bool = setting(
@@ -363,7 +356,7 @@ class Sweep:
 
 
 @dataclasses.dataclass(frozen=True)
-class Run:
+class RunSettings:
     """The top level; the groups model, data, optim, trainer and logger have their own schemas."""
 
     open_keys: ClassVar[bool] = True  # the groups, hydra, and an experiment's own keys
@@ -376,257 +369,29 @@ class Run:
     resume: bool = setting(True, boolean(), "a rerun skips completed jobs and resumes interrupted ones")
     experiment_name: str | None = setting(None, text("an experiment name", null=True), "set by experiment files")
     scale_name: str | None = setting(None, text("a scale name", null=True), "set by scale files")
-    plan: Plan = nested(Plan)
-    sweep: Sweep = nested(Sweep)
-    report: Report = nested(Report)
-
-
-# --- the data sets: one schema each, the `data` node ------------------------------------------------
-
-
-DATA_ROOT = Rule(
-    lambda v: v is None or isinstance(v, str | os.PathLike),
-    "a directory path or null",
-    lambda v: None if v is None or v == "" else Path(v).expanduser(),
-)
-
-
-def redefault(schema: type, name: str, default: Any, doc: str | None = None) -> Any:
-    """`schema`'s field `name`, with the same rule (and meaning, unless `doc` says more), at another default."""
-    meta = schema.__dataclass_fields__[name].metadata
-    return setting(default, meta["rule"], doc or meta["doc"])
-
-
-@dataclasses.dataclass(frozen=True)
-class DataSettings:
-    """A data set held in memory on the training device (Fashion-MNIST's defaults)."""
-
-    #: fields the data set itself determines: a config may repeat them (the model config reads them
-    #: from the data node) but not change them
-    fixed: ClassVar[tuple[str, ...]] = ("name", "num_classes", "in_channels", "image_size")
-
-    name: str = setting("fashion_mnist", choice("fashion_mnist", "cifar10", "cifar100", "imagenet"), "the data set")
-    root: Path | None = setting(None, DATA_ROOT, "where its files are (null: the data set's usual places)")
-    download: bool = setting(False, boolean(), "fetch missing files with torchvision into root or ./data")
-    batch_size: int = setting(256, integer(1), "training batch, per device")
-    eval_batch_size: int | None = setting(None, integer(1, null=True), "evaluation batch (null: batch_size)")
-    val_size: int = setting(5000, integer(0), "training images held out for validation (0: validate on the test set)")
-    split_seed: int = setting(0, integer(0), "seeds the validation split")
-    augment: bool = setting(False, boolean(), "pad 4, random crop and horizontal flip, on the device (training only)")
-    limit_train: int | None = setting(None, integer(1, null=True), "use the first N of the shuffled training split")
-    limit_eval: int | None = setting(None, integer(1, null=True), "use the first N of validation and of the test")
-    num_classes: int = setting(10, integer(2), "classes")
-    in_channels: int = setting(1, integer(1), "image channels")
-    image_size: int = setting(28, integer(8), "image side in pixels")
-
-    def __post_init__(self) -> None:
-        for key in self.fixed:
-            value, fixed = getattr(self, key), self.__dataclass_fields__[key].default
-            if value != fixed:
-                if key == "name":
-                    raise ConfigError(f"data.name={value!r}: these settings are {fixed}'s")
-                raise ConfigError(f"data.{key}={value!r}: {self.name} has {key}={fixed}; leave it at {fixed}")
-        if self.eval_batch_size is None:
-            object.__setattr__(self, "eval_batch_size", self.batch_size)
-
-
-@dataclasses.dataclass(frozen=True)
-class FashionMNISTSettings(DataSettings):
-    """Fashion-MNIST: 28x28 grey, 10 classes."""
-
-
-@dataclasses.dataclass(frozen=True)
-class CIFAR10Settings(DataSettings):
-    """CIFAR-10: 32x32 RGB, 10 classes; trained with crop and flip."""
-
-    name: str = redefault(DataSettings, "name", "cifar10")
-    batch_size: int = redefault(DataSettings, "batch_size", 128)
-    augment: bool = redefault(DataSettings, "augment", True)
-    in_channels: int = redefault(DataSettings, "in_channels", 3)
-    image_size: int = redefault(DataSettings, "image_size", 32)
-
-
-@dataclasses.dataclass(frozen=True)
-class CIFAR100Settings(CIFAR10Settings):
-    """CIFAR-100 (fine labels): 100 classes."""
-
-    name: str = redefault(DataSettings, "name", "cifar100")
-    num_classes: int = redefault(DataSettings, "num_classes", 100)
-
-
-@dataclasses.dataclass(frozen=True)
-class ImageNetSettings(DataSettings):
-    """ImageNet from class folders, through DataLoader workers; any number of classes and image size."""
-
-    fixed: ClassVar[tuple[str, ...]] = ("name", "in_channels")
-
-    name: str = redefault(DataSettings, "name", "imagenet")
-    val_size: int = redefault(
-        DataSettings,
-        "val_size",
-        0,
-        "0: validate on the val folder, the test set (as the paper); N > 0: hold N training images out instead",
-    )
-    augment: bool = redefault(
-        DataSettings,
-        "augment",
-        True,
-        "RandomResizedCrop(image_size) (8-100% of the area, "
-        "aspect 3/4-4/3) and horizontal flip; false: the eval centre crop",
-    )
-    num_classes: int = redefault(DataSettings, "num_classes", 1000, "classes: the number of class folders")
-    in_channels: int = redefault(DataSettings, "in_channels", 3)
-    image_size: int = redefault(DataSettings, "image_size", 224, "the crop's side (eval resizes to 256/224 of it)")
-    color_augment: bool = setting(
-        False,
-        boolean(),
-        "fb.resnet.torch's colour jitter (0.4, random order) and PCA lighting (alphastd 0.1), independent of augment",
-    )
-    num_workers: int = setting(8, integer(0), "DataLoader worker processes")
-    pin_memory: bool = setting(True, boolean(), "pinned host memory for the batches")
-    persistent_workers: bool = setting(True, boolean(), "keep the workers between epochs")
-
-
-#: `data.name` -> its schema.
-DATA_SCHEMAS: dict[str, type[DataSettings]] = {
-    "fashion_mnist": FashionMNISTSettings,
-    "cifar10": CIFAR10Settings,
-    "cifar100": CIFAR100Settings,
-    "imagenet": ImageNetSettings,
-}
-
-
-#: group -> schema, as ConfigStore holds them (the data sets: DATA_SCHEMAS); the root's is `schema`.
-GROUPS: dict[str, type] = {"optim": Optim, "trainer": Trainer, "logger": Logger}
-
-
-def register() -> None:
-    """The schemas in Hydra's ConfigStore (each group's YAML extends its `schema`) and the sweep resolvers."""
-    from hydra.core.config_store import ConfigStore
-
-    from resnext_lab.sweep import register_resolvers
-
-    store = ConfigStore.instance()
-    store.store(name="schema", node=defaults(Run))
-    for group, schema in GROUPS.items():
-        store.store(group=group, name="schema", node=defaults(schema))
-    for name, schema in DATA_SCHEMAS.items():
-        store.store(group="data", name=f"{name}_schema", node=defaults(schema))
-    register_resolvers()
-
-
-def compose(overrides: list[str] | tuple[str, ...] = (), *, hydra: bool = False) -> Any:
-    """The config `python run.py OVERRIDES` composes (with `hydra`, its hydra node too), outside a run."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    register()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return hydra_compose("config", overrides=list(overrides), return_hydra_config=hydra)
+    plan: PlanSettings = group(PlanSettings)
+    sweep: SweepSettings = group(SweepSettings)
+    report: ReportSettings = group(ReportSettings)
 
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
     """A composed config's settings, checked: the top level and the optim, trainer and logger groups."""
 
-    run: Run
-    optim: Optim
-    trainer: Trainer
-    logger: Logger
+    run: RunSettings
+    optim: OptimSettings
+    trainer: TrainerSettings
+    logger: LoggerSettings
 
 
-@dataclasses.dataclass(frozen=True)
-class Job:
-    """One training job, checked completely: its settings, its datamodule (no file read yet) and model spec."""
-
-    settings: Settings
-    datamodule: Any
-    spec: Any
+#: group -> schema, as ConfigStore holds them (the model: models.spec.Model; the data sets:
+#: data.settings.DATA_SCHEMAS); the root's is `schema`.
+GROUPS: dict[str, type] = {"optim": OptimSettings, "trainer": TrainerSettings, "logger": LoggerSettings}
 
 
 def validate(cfg: Mapping[str, Any]) -> Settings:
     """The top-level, `optim`, `trainer` and `logger` settings of a composed config."""
     return Settings(
-        parse(Run, cfg, ""),
-        parse(Optim, cfg.get("optim"), "optim"),
-        parse(Trainer, cfg.get("trainer"), "trainer"),
-        parse(Logger, cfg.get("logger"), "logger"),
+        parse(RunSettings, cfg, ""),
+        *(parse(schema, cfg.get(name), name) for name, schema in GROUPS.items()),
     )
-
-
-def check_job(cfg: Mapping[str, Any], check_data: bool = True) -> Job:
-    """Validate one training job completely, reading no data file.
-
-    Settings, the data node (and, with `check_data`, that its files exist where the data set looks for
-    them, unless `data.download` may fetch them), the model node with `width: auto` solved.
-    """
-    from resnext_lab.data import build_datamodule
-    from resnext_lab.models import spec_from_config
-
-    settings = validate(cfg)
-    dm = build_datamodule(plain(cfg.get("data")))
-    available = getattr(dm, "check_available", None)
-    if check_data and available is not None:
-        available()
-    spec = spec_from_config(
-        plain(cfg.get("model")), num_classes=dm.num_classes, in_channels=dm.in_channels, image_size=dm.image_size
-    )
-    return Job(settings, dm, spec)
-
-
-# --- docs/SETTINGS.md -----------------------------------------------------------------------------
-
-
-def _rows(schema: type, prefix: str) -> list[str]:
-    rows = []
-    for f in dataclasses.fields(schema):
-        key = f"{prefix}.{f.name}" if prefix else f.name
-        if "schema" in f.metadata:
-            rows += _rows(f.metadata["schema"], key)
-            continue
-        value = _default(f)
-        shown = (
-            "null"
-            if value is None
-            else str(value).lower()
-            if isinstance(value, bool)
-            else str(list(value))
-            if isinstance(value, tuple)
-            else str(value)
-        )
-        rows.append(f"| `{key}` | `{shown}` | {f.metadata['rule'].accepted} | {f.metadata['doc']} |")
-    return rows
-
-
-def settings_markdown() -> str:
-    """Every setting of every schema: its default, what it accepts and what it means (docs/SETTINGS.md)."""
-    sections = [
-        ("Top level", Run, ""),
-        *((f"`{group}`", schema, group) for group, schema in GROUPS.items()),
-        *((f"`data={name}`", schema, "data") for name, schema in DATA_SCHEMAS.items()),
-    ]
-    out = [
-        "# Settings",
-        "",
-        "Every setting of `python run.py`, with its default and what it accepts, as the schemas in",
-        "`src/resnext_lab/config.py` state them (made by `make settings`; a test keeps it current).",
-        "A group's YAML under `conf/` extends its schema and states only what it changes; the model node",
-        "(`conf/model/*.yaml`) is checked by `models/spec.py`, the launchers' by their plugins.",
-        "",
-    ]
-    for title, schema, prefix in sections:
-        out += [
-            f"## {title}",
-            "",
-            (schema.__doc__ or "").strip(),
-            "",
-            "| setting | default | accepts | meaning |",
-            "|---|---|---|---|",
-            *_rows(schema, prefix),
-            "",
-        ]
-    return "\n".join(out)
-
-
-if __name__ == "__main__":
-    print(settings_markdown(), end="")

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import Metric, MinMetric
 
-from resnext_lab.config import Optim, parse
+from resnext_lab.config import OptimSettings, parse
 from resnext_lab.errors import ConfigError
 
 
@@ -24,12 +24,12 @@ class Diverged(RuntimeError):
     """The training loss became NaN or infinite."""
 
 
-def scaled_lr(optim: Optim, global_batch: int) -> float:
+def scaled_lr(optim: OptimSettings, global_batch: int) -> float:
     """`optim.lr`, times global batch / `base_batch_size` when `scale_lr` (the linear scaling rule)."""
     return optim.lr * global_batch / optim.base_batch_size if optim.scale_lr else optim.lr
 
 
-def param_groups(net: nn.Module, optim: Optim) -> list[dict[str, Any]]:
+def param_groups(net: nn.Module, optim: OptimSettings) -> list[dict[str, Any]]:
     """SGD parameter groups: with `no_decay_bn_bias`, BN weights and all biases (the 1-d tensors) get no decay."""
     decay, no_decay = [], []
     for p in net.parameters():
@@ -40,14 +40,14 @@ def param_groups(net: nn.Module, optim: Optim) -> list[dict[str, Any]]:
     return groups
 
 
-def sgd(net: nn.Module, optim: Optim, global_batch: int = 0) -> torch.optim.SGD:
+def sgd(net: nn.Module, optim: OptimSettings, global_batch: int = 0) -> torch.optim.SGD:
     """The run's optimiser: SGD over `param_groups` at `scaled_lr`, with `optim`'s momentum and Nesterov."""
     return torch.optim.SGD(
         param_groups(net, optim), lr=scaled_lr(optim, global_batch), momentum=optim.momentum, nesterov=optim.nesterov
     )
 
 
-def lr_factor(epoch: float, optim: Optim, max_epochs: int) -> float:
+def lr_factor(epoch: float, optim: OptimSettings, max_epochs: int) -> float:
     """The learning-rate multiplier at a (fractional) epoch: warm-up, then the schedule."""
     warmup = optim.warmup_epochs
     if warmup > 0 and epoch < warmup:
@@ -97,14 +97,14 @@ class ClassificationModule(pl.LightningModule):
     def __init__(
         self,
         net: nn.Module,
-        optim: Optim | Mapping[str, Any],
+        optim: OptimSettings | Mapping[str, Any],
         num_classes: int,
         channels_last: bool = False,
         check_finite_every_n_steps: int = 50,
     ) -> None:
         super().__init__()
         self.net = net
-        self.optim = optim if isinstance(optim, Optim) else parse(Optim, optim, "optim")
+        self.optim = optim if isinstance(optim, OptimSettings) else parse(OptimSettings, optim, "optim")
         self.channels_last = channels_last
         self.check_every = max(1, int(check_finite_every_n_steps))
         # accumulated on the device and logged once per epoch; ModuleDict keys may not be "train"

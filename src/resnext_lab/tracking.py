@@ -1,6 +1,6 @@
-"""Weights & Biases: whether runs go online, and the report run that carries a sweep's aggregated answer.
+"""Weights & Biases: whether runs go online, each job's run, and the report run that carries a sweep's answer.
 
-Every training job logs its own run (WandbLogger, in train.py). At the end of a sweep one more run,
+Every training job logs its own run (`wandb_logger`, a Lightning WandbLogger), in its sweep's group. At the end of a sweep one more run,
 `job_type=report` in the sweep's group, holds the ablation report as a `wandb.Table` and its plots as
 images, so the group's dashboard shows the answer beside the jobs; offline it waits for `wandb sync`.
 """
@@ -8,9 +8,13 @@ images, so the group's dashboard shows the answer beside the jobs; offline it wa
 from __future__ import annotations
 
 import os
+import secrets
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from resnext_lab.hardware import process_rank
 
 
 def has_credentials() -> bool:
@@ -33,6 +37,51 @@ def wandb_mode(setting: str = "auto") -> str:
     if setting != "auto":
         return setting
     return "online" if has_credentials() else "offline"
+
+
+def wandb_group(config: Any, sweep_dir: Any) -> str:
+    """The W&B group of a sweep's runs: `logger.wandb.group`, else the sweep folder under out_root ("runs" alone)."""
+    if config.logger.wandb.get("group"):
+        return str(config.logger.wandb.group)
+    if sweep_dir is None:
+        return "runs"
+    return Path(str(sweep_dir)).as_posix().split(f"{config.out_root}/", 1)[-1]
+
+
+def wandb_logger(
+    config: dict[str, Any], run_dir: Path, w: Any, group: str, name: str | None
+) -> tuple[Any, dict[str, Any]]:
+    """The run's WandbLogger (resuming the run id kept in `wandb_id`) and what results.json says of it.
+
+    `w`: the `logger.wandb` settings; `config`: the whole resolved config, which the run records."""
+    from pytorch_lightning.loggers import WandbLogger  # Lightning: only where a job trains
+
+    id_file = run_dir / "wandb_id"
+    run_id = id_file.read_text().strip() if id_file.exists() else secrets.token_hex(4)
+    if process_rank() == 0:  # WandbLogger starts no run on other ranks; their id would clobber this one
+        id_file.write_text(run_id)
+    mode = wandb_mode(w.mode)
+    logger = WandbLogger(
+        project=w.project,
+        entity=w.entity,
+        group=group,
+        name=name,
+        tags=list(w.tags),
+        job_type=w.job_type,
+        save_dir=str(run_dir),
+        id=run_id,
+        resume="allow",
+        mode=mode,
+        config=config,
+    )
+    return logger, {"id": run_id, "mode": mode, "project": w.project}
+
+
+def finish_wandb(exit_code: int) -> None:
+    """Close a W&B run left open by a failed job, or the next job of the sweep would log into it."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and wandb.run is not None:
+        wandb.finish(exit_code=exit_code)
 
 
 def log_report_run(

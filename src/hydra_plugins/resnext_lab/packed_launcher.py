@@ -38,55 +38,18 @@ from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job, setup_globals
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 
 from resnext_lab import interrupts
+from resnext_lab.cost import work
 from resnext_lab.errors import Stop, fail, stop
+from resnext_lab.files import output_fault
+from resnext_lab.hardware import resolve_devices
+from resnext_lab.results import record_lost_job
 
 log = logging.getLogger("resnext_lab.packed")
 
 CPU = -1  # the device of a worker that gets no GPU
-
-
-def visible_gpus() -> list[int]:
-    """The GPU indices this process may use, as CUDA_VISIBLE_DEVICES names them (all GPUs when unset)."""
-    env = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if env is not None:
-        names = [n.strip() for n in env.split(",") if n.strip()]
-        if not all(n.isdigit() for n in names):
-            fail(
-                f"hydra.launcher.devices=auto: CUDA_VISIBLE_DEVICES={env!r} names GPUs by UUID; "
-                "give hydra.launcher.devices=[0,1,...] as indices"
-            )
-        return [int(n) for n in names]
-    import torch  # only here: Hydra imports every launcher plugin for every command
-
-    return list(range(torch.cuda.device_count()))
-
-
-def resolve_devices(devices: Any) -> list[int]:
-    """`hydra.launcher.devices`: auto (every visible GPU; none on a CPU-only machine), cpu, or GPU indices."""
-    if devices == "auto":
-        return visible_gpus()
-    if devices == "cpu":
-        return []
-    if OmegaConf.is_config(devices):
-        devices = OmegaConf.to_container(devices)
-    if isinstance(devices, int) and not isinstance(devices, bool):
-        devices = [devices]
-    if (
-        not isinstance(devices, list)
-        or not devices
-        or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in devices)
-        or len(set(devices)) != len(devices)
-    ):
-        fail(f"hydra.launcher.devices={devices!r}: must be auto, cpu, or a list of distinct GPU indices like [0,1]")
-    visible = visible_gpus()
-    if visible and not set(devices) <= set(visible):
-        fail(f"hydra.launcher.devices={devices}: this machine's GPUs are {visible}")
-    if not visible:
-        log.warning(f"no GPU visible here: hydra.launcher.devices={devices} only sets the jobs' CUDA_VISIBLE_DEVICES")
-    return list(devices)
 
 
 class PackedLauncher(Launcher):
@@ -146,7 +109,6 @@ class PackedLauncher(Launcher):
         """The jobs' indices, most work first (`plan.work`), so that no worker idles at the end while one long
         job runs alone. A job that did not compose counts as no work; where one does not check
         (`sweep.skip_invalid`), the sweep's order."""
-        from resnext_lab.plan import work
 
         try:
             costs = [work(c) if c is not None else 0.0 for c in configs]
@@ -251,7 +213,6 @@ def _halt(workers: Sequence[_Worker], names: Sequence[str], signum: int, timeout
 
 def _fail_unwritable(err: OSError, folder: Path) -> None:
     """One line and exit 2 when `folder` cannot be written (disk full, read-only, ...); else the error itself."""
-    from resnext_lab.files import output_fault
 
     fault = output_fault(err, folder)
     if fault is None:
@@ -309,8 +270,6 @@ class _Worker:
         results.json when it has one (the sweep's table then reports it, as any failed training job), else
         as a failed JobReturn, which Hydra raises at the end of the sweep."""
         import cloudpickle
-
-        from resnext_lab.results import record_lost_job
 
         self.job = None
         try:

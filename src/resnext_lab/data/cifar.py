@@ -15,8 +15,8 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from resnext_lab.config import CIFAR10Settings, CIFAR100Settings
 from resnext_lab.data.in_memory import DEFAULT_DOWNLOAD_ROOT, InMemoryDataModule
+from resnext_lab.data.settings import CIFAR10Settings, CIFAR100Settings
 from resnext_lab.errors import DataError
 
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from resnext_lab.config import FashionMNISTSettings
 from resnext_lab.data.in_memory import DEFAULT_DOWNLOAD_ROOT, InMemoryDataModule
+from resnext_lab.data.settings import FashionMNISTSettings
 from resnext_lab.errors import DataError
 
 #: Debian's dataset-fashion-mnist installs the gzipped IDX files here.

@@ -20,9 +20,10 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from resnext_lab.config import ImageNetSettings, parse
+from resnext_lab.config import parse
 from resnext_lab.data.batches import eval_subset, split_indices
 from resnext_lab.data.in_memory import DEFAULT_DOWNLOAD_ROOT
+from resnext_lab.data.settings import ImageNetSettings
 from resnext_lab.errors import ConfigError, DataError
 
 MEAN = (0.485, 0.456, 0.406)

@@ -16,8 +16,9 @@ from typing import Any, ClassVar
 import pytorch_lightning as pl
 import torch
 
-from resnext_lab.config import DataSettings, parse
+from resnext_lab.config import parse
 from resnext_lab.data.batches import TensorBatches, crop_and_flip, eval_subset, normalize, split_indices
+from resnext_lab.data.settings import DataSettings
 from resnext_lab.errors import ConfigError, DataError
 
 #: Where data sets are downloaded when `data.root` is null (torchvision's usual `./data`).

@@ -6,11 +6,14 @@ so counting a sweep's params and FLOPs stays instant.
 
 from typing import Any
 
+from resnext_lab.errors import ConfigError
 from resnext_lab.models.complexity import complexity, flops, params, solve_width
-from resnext_lab.models.spec import ConfigError, ModelSpec, spec_from_config
+from resnext_lab.models.spec import BLOCKS, Model, ModelSpec, reference_spec, spec_from_config
 
 __all__ = [
+    "BLOCKS",
     "ConfigError",
+    "Model",
     "ModelSpec",
     "ResNeXt",
     "build",
@@ -18,6 +21,7 @@ __all__ = [
     "convert",
     "flops",
     "params",
+    "reference_spec",
     "solve_width",
     "spec_from_config",
 ]

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
-from resnext_lab.models.spec import ConfigError, ModelSpec
+from resnext_lab.errors import ConfigError
+
+if TYPE_CHECKING:
+    from resnext_lab.models.spec import ModelSpec
 
 
 class Layer(NamedTuple):

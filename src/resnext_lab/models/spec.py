@@ -2,8 +2,9 @@
 
 Both the builder (`network.py`) and the analytic complexity (`complexity.py`)
 read only this spec, so the params/FLOPs printed before training always describe
-the network that trains. `spec_from_config` turns a Hydra `model` node into a
-spec, validating every field first and solving `width: auto`.
+the network that trains. `Model` is the `model` config group's schema (its defaults and what each
+setting accepts, stated once); `spec_from_config` checks a node against it and turns it into a spec,
+solving `width: auto`.
 """
 
 from __future__ import annotations
@@ -12,12 +13,20 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+from resnext_lab.config import Rule, boolean, choice, group, integer, number, parse, setting
 from resnext_lab.errors import ConfigError
+from resnext_lab.models.complexity import solve_width
 
+#: The one list of each: templates, the paper's three block forms, what width=auto matches, initialisations.
 TEMPLATES = ("imagenet", "cifar")
 BLOCKS = ("grouped", "aggregated", "concat")
 MATCH = ("params", "flops")
 INITS = ("official", "per_path")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
 
 #: ImageNet template depths (paper Table 1 and the 200-layer net of Table 4).
 IMAGENET_STAGE_BLOCKS: dict[int, tuple[int, ...]] = {
@@ -28,6 +37,68 @@ IMAGENET_STAGE_BLOCKS: dict[int, tuple[int, ...]] = {
 }
 #: Number of stages of each template.
 NUM_STAGES = {"imagenet": 4, "cifar": 3}
+
+
+def _stage_blocks(v: Any) -> bool:
+    return v is None or (isinstance(v, list | tuple) and all(_is_int(b) and b >= 1 for b in v))
+
+
+def _tuple_or_none(v: Any) -> tuple[int, ...] | None:
+    return None if v is None else tuple(v)
+
+
+def _width(v: Any) -> bool:
+    return v == "auto" or (_is_int(v) and v >= 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Reference:
+    """`model.reference`: the network `width: auto` matches, at the same template and depth."""
+
+    cardinality: int = setting(1, integer(1), "its cardinality C")
+    width: int = setting(64, integer(1), "its width d")
+
+
+@dataclasses.dataclass(frozen=True)
+class Model:
+    """`model`: one point of the design space (conf/model/*.yaml extend these defaults)."""
+
+    template: str = setting("imagenet", choice(*TEMPLATES), "imagenet (paper Table 1) or cifar (Sec. 5.3)")
+    depth: int | None = setting(
+        50, integer(1, null=True), "imagenet: 50, 101, 152, 200; cifar: 9n+2; null: from stage_blocks"
+    )
+    stage_blocks: tuple[int, ...] | None = setting(
+        None,
+        Rule(_stage_blocks, "a list of integers >= 1, one per stage, or null", _tuple_or_none),
+        "blocks per stage (null: from depth); depth then follows",
+    )
+    cardinality: int = setting(1, integer(1), "C, the number of paths")
+    width: Any = setting(
+        64, Rule(_width, "an integer >= 1 or auto"), "d, one path's width in the first stage; auto: matched"
+    )
+    residual: bool = setting(True, boolean(), "the identity shortcuts (false: a plain network)")
+    block: str = setting(
+        "grouped", choice(*BLOCKS), "the paper's equivalent forms: grouped (c), aggregated (a), concat (b)"
+    )
+    num_classes: int = setting(1000, integer(1), "classes (the data set's, when it trains)")
+    in_channels: int = setting(3, integer(1), "image channels (the data set's, when it trains)")
+    image_size: int = setting(224, integer(1), "image side (the data set's, when it trains)")
+    width_scale: float = setting(1.0, number(0, open_low=True), "multiplies the stem (64) and block output widths")
+    stem_stride: int = setting(1, integer(1), "the cifar stem's stride (2 quarters every later layer's cost)")
+    init: str = setting(
+        "official",
+        choice(*INITS),
+        "official: N(0, 2/fan_out) ignoring groups (the official code's, torchvision's); per_path: each group its own conv",
+    )
+    zero_init_last_bn: bool = setting(
+        False, boolean(), "gamma = 0 on each block's last BN: every block starts as its shortcut"
+    )
+    reference: Reference = group(Reference)
+    match: str = setting("params", choice(*MATCH), "what width=auto matches to the reference: params or flops")
+
+
+#: The spec's defaults are the schema's (the imagenet template at depth 50).
+_DEFAULT = {f.name: f.default for f in dataclasses.fields(Model)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,19 +112,19 @@ class ModelSpec:
     they change neither params nor FLOPs, but they are part of what a run trained.
     """
 
-    template: str = "imagenet"
-    stage_blocks: tuple[int, ...] = (3, 4, 6, 3)
-    cardinality: int = 1
-    width: int = 64
-    residual: bool = True
-    block: str = "grouped"
-    num_classes: int = 1000
-    in_channels: int = 3
-    image_size: int = 224
-    width_scale: float = 1.0
-    init: str = "official"
-    zero_init_last_bn: bool = False
-    stem_stride: int = 1
+    template: str = _DEFAULT["template"]
+    stage_blocks: tuple[int, ...] = IMAGENET_STAGE_BLOCKS[_DEFAULT["depth"]]
+    cardinality: int = _DEFAULT["cardinality"]
+    width: int = _DEFAULT["width"]
+    residual: bool = _DEFAULT["residual"]
+    block: str = _DEFAULT["block"]
+    num_classes: int = _DEFAULT["num_classes"]
+    in_channels: int = _DEFAULT["in_channels"]
+    image_size: int = _DEFAULT["image_size"]
+    width_scale: float = _DEFAULT["width_scale"]
+    init: str = _DEFAULT["init"]
+    zero_init_last_bn: bool = _DEFAULT["zero_init_last_bn"]
+    stem_stride: int = _DEFAULT["stem_stride"]
 
     def __post_init__(self) -> None:
         if self.stem_stride != 1 and self.template != "cifar":
@@ -121,88 +192,60 @@ def stage_blocks_for(template: str, depth: int) -> tuple[int, ...]:
     return IMAGENET_STAGE_BLOCKS[depth]
 
 
-def _int_field(name: str, value: Any, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"model.{name}={value!r}: must be an integer >= {minimum}")
-    return value
+def spec_from_config(node: Mapping[str, Any] | None, **data: int) -> ModelSpec:
+    """A `model` node, checked against `Model`, as a spec.
 
-
-def _choice(name: str, value: Any, accepted: tuple[str, ...]) -> str:
-    if value not in accepted:
-        raise ConfigError(f"model.{name}={value!r}: must be one of {', '.join(accepted)}")
-    return value
-
-
-def _bool_field(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(f"model.{name}={value!r}: must be true or false")
-    return value
-
-
-def spec_from_config(cfg: Mapping[str, Any], **data: int) -> ModelSpec:
-    """Validate a `model` config node and turn it into a spec.
-
-    `data` may override `num_classes`, `in_channels` and `image_size`: the data a
-    network trains on fixes those. `width: auto` is solved against the node's
-    `reference` (by default C=1, d=64 of the same template and depth), matching
+    `data` may override `num_classes`, `in_channels` and `image_size`: the data a network trains on
+    fixes those. `width: auto` is solved against `reference` (same template and depth), matching
     `match` (params or flops).
     """
-    cfg = dict(cfg)
-    template = _choice("template", cfg.get("template", "imagenet"), TEMPLATES)
-    blocks_cfg = cfg.get("stage_blocks")
-    if blocks_cfg is not None:
-        blocks = tuple(blocks_cfg)
-        if len(blocks) != NUM_STAGES[template] or not all(
-            isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in blocks
-        ):
+    return spec_from_settings(parse(Model, node, "model"), **data)
+
+
+def spec_from_settings(m: Model, **data: int) -> ModelSpec:
+    """`spec_from_config` of a node already checked against `Model`."""
+    if m.stage_blocks is not None:
+        blocks = m.stage_blocks
+        if len(blocks) != NUM_STAGES[m.template]:
             raise ConfigError(
-                f"model.stage_blocks={list(blocks)}: the {template} template takes {NUM_STAGES[template]} integers >= 1"
+                f"model.stage_blocks={list(blocks)}: the {m.template} template takes {NUM_STAGES[m.template]} "
+                "integers >= 1"
             )
-        depth = cfg.get("depth")
-        if depth is not None and depth != 3 * sum(blocks) + 2:
+        if m.depth is not None and m.depth != 3 * sum(blocks) + 2:
             raise ConfigError(
-                f"model.depth={depth}: conflicts with model.stage_blocks={list(blocks)} "
+                f"model.depth={m.depth}: conflicts with model.stage_blocks={list(blocks)} "
                 f"(depth {3 * sum(blocks) + 2}); set one of them, or depth=null"
             )
+    elif m.depth is None:
+        raise ConfigError("model.depth=null: set model.depth or model.stage_blocks")
     else:
-        depth = cfg.get("depth")
-        if depth is None:
-            raise ConfigError("model.depth=null: set model.depth or model.stage_blocks")
-        blocks = stage_blocks_for(template, _int_field("depth", depth))
-    residual = _bool_field("residual", cfg.get("residual", True))
-    scale = cfg.get("width_scale", 1.0)
-    if isinstance(scale, bool) or not isinstance(scale, int | float) or not scale > 0:
-        raise ConfigError(f"model.width_scale={scale!r}: must be a number > 0")
-
+        blocks = stage_blocks_for(m.template, m.depth)
+    for key, value in data.items():
+        if not _is_int(value) or value < 1:
+            raise ConfigError(f"model.{key}={value!r}: must be an integer >= 1")
     fields = dict(
-        template=template,
+        template=m.template,
         stage_blocks=blocks,
-        cardinality=_int_field("cardinality", cfg.get("cardinality", 1)),
-        residual=residual,
-        block=_choice("block", cfg.get("block", "grouped"), BLOCKS),
-        num_classes=_int_field("num_classes", data.get("num_classes", cfg.get("num_classes", 1000))),
-        in_channels=_int_field("in_channels", data.get("in_channels", cfg.get("in_channels", 3))),
-        image_size=_int_field("image_size", data.get("image_size", cfg.get("image_size", 224))),
-        width_scale=float(scale),
-        init=_choice("init", cfg.get("init", "official"), INITS),
-        zero_init_last_bn=_bool_field("zero_init_last_bn", cfg.get("zero_init_last_bn", False)),
-        stem_stride=_int_field("stem_stride", cfg.get("stem_stride", 1)),
+        cardinality=m.cardinality,
+        residual=m.residual,
+        block=m.block,
+        num_classes=data.get("num_classes", m.num_classes),
+        in_channels=data.get("in_channels", m.in_channels),
+        image_size=data.get("image_size", m.image_size),
+        width_scale=m.width_scale,
+        init=m.init,
+        zero_init_last_bn=m.zero_init_last_bn,
+        stem_stride=m.stem_stride,
     )
-    width = cfg.get("width", 64)
-    if width == "auto":
-        from resnext_lab.models.complexity import solve_width
+    if m.width != "auto":
+        return ModelSpec(**fields, width=m.width)
+    ref = ModelSpec(**{**fields, "cardinality": m.reference.cardinality, "width": m.reference.width})
+    return dataclasses.replace(ref, cardinality=m.cardinality, width=solve_width(ref, m.cardinality, m.match))
 
-        ref_cfg = dict(cfg.get("reference") or {})
-        ref = ModelSpec(
-            **{
-                **fields,
-                "cardinality": _int_field("reference.cardinality", ref_cfg.get("cardinality", 1)),
-                "width": _int_field("reference.width", ref_cfg.get("width", 64)),
-            }
-        )
-        match = cfg.get("match", "params")
-        _choice("match", match, MATCH)
-        return dataclasses.replace(
-            ref, cardinality=fields["cardinality"], width=solve_width(ref, fields["cardinality"], match)
-        )
-    return ModelSpec(**fields, width=_int_field("width", width))
+
+def reference_spec(spec: ModelSpec, m: Model) -> ModelSpec | None:
+    """The network `spec`'s width was matched to (`width: auto` in `m`), else None: what train, plan and
+    the report compare a matched network's complexity with."""
+    if m.width != "auto":
+        return None
+    return dataclasses.replace(spec, cardinality=m.reference.cardinality, width=m.reference.width)

@@ -7,7 +7,8 @@ line `python -m resnext_lab.report SWEEP_DIR --experiment NAME --out DIR`.
 
 from resnext_lab.report.collect import group_cells, load_curves, load_results, results_frame
 from resnext_lab.report.stats import Difference, Summary, difference, holm, summarize, verdict, welch
-from resnext_lab.report.tables import experiment_file, load_table_def, render, validate_table, write_report
+from resnext_lab.report.table_def import experiment_file, load_table_def, validate_table
+from resnext_lab.report.tables import render, write_report
 
 __all__ = [
     "Difference",

@@ -17,7 +17,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from resnext_lab.errors import ConfigError
-from resnext_lab.report.tables import experiment_file, load_table_def, write_report
+from resnext_lab.job import table_at_scale
+from resnext_lab.report.ablation import to_terminal, write_ablation
+from resnext_lab.report.table_def import experiment_file, load_table_def
+from resnext_lab.report.tables import write_report
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -56,8 +59,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.scale and not args.experiment:
         parser.error("--scale needs --experiment")
     if args.table is None and args.experiment is None:
-        from resnext_lab.report.ablation import to_terminal, write_ablation
-
         try:
             report, written = write_ablation(
                 args.sweep_dir,
@@ -77,8 +78,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         if args.scale:
-            from resnext_lab.report.dashboard import table_at_scale
-
             table = table_at_scale(args.experiment, args.scale)
         else:
             table = load_table_def(args.table if args.table is not None else experiment_file(args.experiment))

@@ -19,7 +19,8 @@ import pandas as pd
 
 from resnext_lab.errors import ConfigError
 from resnext_lab.files import write_text_atomic
-from resnext_lab.report import stats
+from resnext_lab.overrides import RUN_INVARIANT, job_order, override_values, varying_keys
+from resnext_lab.report import plots, stats
 from resnext_lab.report.checks import ROW_EXCLUDED_FRACTION, exclusion_rule
 from resnext_lab.report.collect import UNREADABLE, load_results, metric_value
 from resnext_lab.report.contrasts import (
@@ -39,14 +40,12 @@ SEED = "seed"
 
 
 def _overrides(result: Mapping[str, Any]) -> dict[str, str]:
-    from resnext_lab.sweep import override_values
 
     return override_values(result.get("overrides") or [])
 
 
 def swept_keys(results: Sequence[Mapping[str, Any]]) -> list[str]:
     """The settings that differ between jobs, in command-line order, seed left out."""
-    from resnext_lab.sweep import RUN_INVARIANT, varying_keys
 
     return [k for k in varying_keys([_overrides(r) for r in results]) if k != SEED and k not in RUN_INVARIANT]
 
@@ -98,7 +97,6 @@ def group_jobs(
 ) -> tuple[list[str], list[Group]]:
     """(swept keys, groups in the order of their swept values, numbers numerically); completed jobs that
     the exclusion rule `exclude` removes are marked `_excluded` with its reason."""
-    from resnext_lab.sweep import job_order
 
     keys = swept_keys(results)
     ordered = [results[i] for i in job_order([r.get("overrides") or [] for r in results])]
@@ -374,7 +372,6 @@ def write_ablation(
 ) -> tuple[dict[str, Any], list[Path]]:
     """report.md, report.csv, per_seed.csv and the plots in `out_dir` (default <sweep>/report); the report
     and the files. `analysis`: the declared `test`, `exclude` and `alpha` (`ablation`)."""
-    from resnext_lab.report import plots
 
     sweep_dir = Path(sweep_dir)
     report = ablation(load_results(sweep_dir), baseline, min_effect, **analysis)

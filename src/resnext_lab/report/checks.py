@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from resnext_lab.config import EXCLUSION_RULES
+from resnext_lab.errors import ConfigError
 from resnext_lab.report.collect import load_curves, lookup
 
 #: the plateau criterion's defaults: the best validation error of the last WINDOW epochs improves on the best
@@ -87,8 +88,6 @@ def exclusion_rule(name: str | None) -> Callable[[Mapping[str, Any]], str | None
     if name is None:
         return None
     if name not in EXCLUSIONS:
-        from resnext_lab.errors import ConfigError
-
         raise ConfigError(f"report.exclude={name!r}: must be null or one of {', '.join(EXCLUSIONS)}")
     return EXCLUSIONS[name]
 

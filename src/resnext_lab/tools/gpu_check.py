@@ -1,7 +1,7 @@
 """`make gpu-check`: one command that checks and times the GPU path end to end, for a short slot on one GPU.
 
-    python -m resnext_lab.gpu_check                    # on a GPU: JSON + markdown in reports/gpu-check/
-    python -m resnext_lab.gpu_check --tiny --device cpu  # the same steps at tiny size (the tests run this)
+    python -m resnext_lab.tools.gpu_check                    # on a GPU: JSON + markdown in reports/gpu-check/
+    python -m resnext_lab.tools.gpu_check --tiny --device cpu  # the same steps at tiny size (the tests run this)
 
 It runs, in order, and writes what it measured after each step (a slot that ends early keeps the rest):
 1. `bench` eager, then compiled: our networks against torchvision's and the ResNet-50 family;
@@ -24,12 +24,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
+from resnext_lab.files import write_json_atomic, write_text_atomic
+from resnext_lab.results import load_sweep
+from resnext_lab.tools import bench
+
+ROOT = Path(__file__).resolve().parents[3]
 UNITS = {"s": 1.0, "min": 60.0, "h": 3600.0}
 
 
 def _settings(device: str, tiny: bool, compile: bool) -> Any:
-    from resnext_lab import bench
 
     return bench.settings_for(device, "tiny" if tiny else "full", compile)
 
@@ -74,7 +77,6 @@ def planned_seconds(text: str) -> float | None:
 
 
 def sweep_check(device: str, tiny: bool) -> dict[str, Any]:
-    from resnext_lab.results import load_sweep
 
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
     with tempfile.TemporaryDirectory() as tmp:
@@ -126,10 +128,7 @@ def summary_markdown(report: dict[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     import torch
 
-    from resnext_lab import bench
-    from resnext_lab.files import write_json_atomic, write_text_atomic
-
-    parser = argparse.ArgumentParser(prog="python -m resnext_lab.gpu_check", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m resnext_lab.tools.gpu_check", description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--tiny", action="store_true", help="tiny sizes (a CPU check that the command works)")
     parser.add_argument("--out", type=Path, default=Path("reports/gpu-check"))
@@ -139,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--device cuda: no CUDA device is visible here; use --device cpu --tiny")
     start = time.perf_counter()
     report: dict[str, Any] = {
-        "command": " ".join(["python -m resnext_lab.gpu_check", *(argv or sys.argv[1:])]),
+        "command": " ".join(["python -m resnext_lab.tools.gpu_check", *(argv or sys.argv[1:])]),
         "device": bench.device_info(args.device),
         "versions": bench.versions(),
     }

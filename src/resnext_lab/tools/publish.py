@@ -1,6 +1,6 @@
 """Publish a finished paper-table sweep: its table, plots and ablation report, with how it was measured.
 
-    python -m resnext_lab.report.publish residual --scale cpu [--sweep outputs/residual/cpu]
+    python -m resnext_lab.tools.publish residual --scale cpu [--sweep outputs/residual/cpu]
         [--reports reports/residual/cpu] [--out docs/results/cpu/residual] [--plan plan.txt]
 
 `make <table> SCALE=...` writes the table into reports/<table>/<scale> and the ablation report into the
@@ -25,6 +25,7 @@ from typing import Any
 
 from resnext_lab.errors import ConfigError
 from resnext_lab.hardware import cpu_name
+from resnext_lab.overrides import split_overrides
 from resnext_lab.report.checks import PLATEAU_METRIC, PLATEAU_TOL, PLATEAU_WINDOW, regime
 from resnext_lab.report.collect import lookup
 from resnext_lab.results import load_sweep
@@ -58,7 +59,6 @@ def wall_span(results: Sequence[Mapping[str, Any]]) -> tuple[float | None, float
 
 def _job_label(result: Mapping[str, Any]) -> str:
     """The job's own overrides, without those every job of a table shares (experiment, scale, out_root...)."""
-    from resnext_lab.sweep import split_overrides
 
     swept, fixed = split_overrides([str(o) for o in result.get("overrides") or []])
     return " ".join(swept + fixed) or str(result.get("_dir"))
@@ -225,7 +225,7 @@ def publish(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m resnext_lab.report.publish", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m resnext_lab.tools.publish", description=__doc__.splitlines()[0])
     parser.add_argument("experiment")
     parser.add_argument("--scale", default="cpu")
     parser.add_argument("--sweep", type=Path, help="default outputs/EXPERIMENT/SCALE")

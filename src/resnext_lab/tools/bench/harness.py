@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from resnext_lab.hardware import cpu_name, synchronize
+from resnext_lab.hardware import cpu_name, resolve_precision, synchronize
+from resnext_lab.results import versions as package_versions
 
 SCHEMA_VERSION = 1
 PACKAGES = ("torch", "torchvision", "pytorch-lightning", "torchmetrics")
@@ -95,7 +96,6 @@ def settings_for(
     channels_last trained faster on GPUs (the issue's figures: NCHW at about half the rate) and on
     our CPU too (docs/PERFORMANCE.md); `layout="contiguous"` is there to check that on other machines.
     """
-    from resnext_lab.hardware import resolve_precision
 
     cuda = device == "cuda"
     if bf16 is None:
@@ -310,7 +310,6 @@ def format_precisions(reports: dict[str, dict[str, Any]], peaks: dict[str, float
 
 
 def versions() -> dict[str, str | None]:
-    from resnext_lab.results import versions as package_versions
 
     out: dict[str, str | None] = {**package_versions(PACKAGES)}
     out["cuda"] = torch.version.cuda

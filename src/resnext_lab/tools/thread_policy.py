@@ -1,9 +1,9 @@
 """How to run a CPU sweep fastest: one job at a time with every core, or packed jobs of one thread each,
 in fp32 and in bf16. Each way runs the same real sweep (Fashion-MNIST) from nothing, and is timed end to end.
 
-    python -m resnext_lab.policy                       # `make thread-policy`; JSON in reports/policy/
-    python -m resnext_lab.policy --precisions 32-true  # one precision only
-    python -m resnext_lab.policy --policy packed --compile --overrides experiment=demo scale=cpu
+    python -m resnext_lab.tools.thread_policy                       # `make thread-policy`; JSON in reports/policy/
+    python -m resnext_lab.tools.thread_policy --precisions 32-true  # one precision only
+    python -m resnext_lab.tools.thread_policy --policy packed --compile --overrides experiment=demo scale=cpu
                                                        # eager against torch.compile, compilation included
 
 The sweep is `cpu`-scale sized (a 50-layer cifar-template network at 1/8 width and its 8-path counterpart,
@@ -25,7 +25,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from resnext_lab.files import write_json_atomic
+from resnext_lab.results import load_sweep
+
+ROOT = Path(__file__).resolve().parents[3]
 SWEEP = (
     "model.template=cifar",
     "model.depth=null",
@@ -75,7 +78,6 @@ def time_sweep(overrides: Sequence[str], launcher: Sequence[str], precision: str
         check=False,
     )
     wall = time.perf_counter() - start
-    from resnext_lab.results import load_sweep
 
     results = load_sweep(out)  # the sweep is out/policy, or out/<experiment>/<scale> with experiment=
     if proc.returncode != 0 or len(results) == 0:
@@ -89,14 +91,15 @@ def time_sweep(overrides: Sequence[str], launcher: Sequence[str], precision: str
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m resnext_lab.policy", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m resnext_lab.tools.thread_policy", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--precisions", default="32-true,bf16-mixed", help="comma-separated trainer.precision values")
     parser.add_argument("--overrides", nargs="*", default=list(SWEEP), help="the sweep (Hydra overrides)")
     parser.add_argument("--policy", choices=["all", *POLICIES], default="all", help="time only this policy")
     parser.add_argument("--compile", action="store_true", help="also time each policy with trainer.compile=true")
     parser.add_argument("--out", type=Path, default=Path("reports/policy") / f"{platform.node() or 'host'}.json")
     args = parser.parse_args(argv)
-    from resnext_lab.files import write_json_atomic
 
     rows: list[dict[str, object]] = []
     report = {

@@ -1,8 +1,8 @@
 """`task=plan` against the wall time of the same sweep, run for real: how far the plan is off on this machine.
 
-    python -m resnext_lab.bench.plan_check                        # the README's 15-job sweep, precision auto
-    python -m resnext_lab.bench.plan_check --precision 32-true --precision bf16-mixed
-    python -m resnext_lab.bench.plan_check -- model.cardinality=1,32 seed=0,1 trainer.max_epochs=2
+    python -m resnext_lab.tools.plan_check                        # the README's 15-job sweep, precision auto
+    python -m resnext_lab.tools.plan_check --precision 32-true --precision bf16-mixed
+    python -m resnext_lab.tools.plan_check -- model.cardinality=1,32 seed=0,1 trainer.max_epochs=2
 
 For each precision: `run.py -m task=plan` with a fresh step-time cache (so the plan calibrates, as it does the
 first time on a new machine), then the same sweep trained in a temporary folder, timed from start to exit.
@@ -83,7 +83,7 @@ def check(precision: str, overrides: Sequence[str], tmp: Path) -> dict[str, obje
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m resnext_lab.bench.plan_check", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m resnext_lab.tools.plan_check", description=__doc__.split("\n")[0])
     parser.add_argument("--precision", action="append", help="trainer.precision, repeatable (default: auto)")
     parser.add_argument("--out", type=Path, default=Path("reports/bench/plan_check.jsonl"), help="JSON lines file")
     parser.add_argument("overrides", nargs="*", help="the sweep's overrides (default: the README's 15-job sweep)")

@@ -1,4 +1,4 @@
-"""A W&B Report for one experiment's sweep: `python -m resnext_lab.report.dashboard EXP [--scale S]`.
+"""A W&B Report for one experiment's sweep: `python -m resnext_lab.tools.dashboard EXP [--scale S]`.
 
 The report shows the runs of the sweep's W&B group (`<experiment>/<scale>`, the
 sweep folder's name under `out_root`): validation error per epoch grouped by the
@@ -20,10 +20,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from resnext_lab.config import scales
 from resnext_lab.errors import ConfigError, first_line
+from resnext_lab.job import compose_experiment, scales
 from resnext_lab.tracking import has_credentials
 
 #: Parallel-coordinates axes: W&B summary keys written by every training run, then the error.
@@ -36,27 +36,6 @@ DESIGN_AXES = (
     ("model/flops", "FLOPs"),
 )
 ERROR = "test/top1_err"
-
-
-def compose_experiment(name: str, scale: str) -> DictConfig:
-    """The config `python run.py -m experiment=NAME scale=SCALE` composes (hydra node included)."""
-    from hydra.errors import HydraException
-
-    from resnext_lab.config import compose
-
-    try:
-        return compose([f"experiment={name}", f"scale={scale}"], hydra=True)
-    except HydraException as exc:
-        raise ConfigError(f"experiment={name} scale={scale}: cannot compose ({first_line(exc)})") from exc
-
-
-def table_at_scale(name: str, scale: str) -> dict[str, Any]:
-    """The `report:` table of an experiment as it composes at `scale` (its depths and widths resolved)."""
-    cfg = compose_experiment(name, scale)
-    table = cfg.get("report")
-    if not isinstance(table, DictConfig) or "rows" not in table:
-        raise ConfigError(f"experiment={name} scale={scale}: has no report: table")
-    return OmegaConf.to_container(table, resolve=True)  # type: ignore[return-value]
 
 
 def swept_fields(cfg: DictConfig) -> list[str]:
@@ -143,7 +122,7 @@ def offline_hint(cfg: DictConfig) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Build and save the report; 0 with its URL, 1 when W&B cannot be reached, 2 on a config error."""
     parser = argparse.ArgumentParser(
-        prog="python -m resnext_lab.report.dashboard",
+        prog="python -m resnext_lab.tools.dashboard",
         description="Build the W&B Report of an experiment's sweep (group <experiment>/<scale>).",
     )
     parser.add_argument("experiment", help="experiment name, e.g. table3")

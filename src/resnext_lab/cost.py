@@ -1,23 +1,13 @@
-"""task=plan: every job of a sweep with its complexity and estimated wall time, before anything trains.
-
-    python run.py -m task=plan model.cardinality=1,2,4,32,64 seed=0,1,2
-    python run.py -m task=plan experiment=table3 scale=paper plan.device=h100
-    make plan EXP=table3 SCALE=cpu
+"""What a job costs before it runs: its steps, its multiply-adds, and its wall time on this machine.
 
 Per job: epochs x (training steps + validation batches) + one test pass, plus a fixed cost per job
-(start-up, data, logging). Each step's time comes from one of two models:
-
-- `plan.device=here` (default): measured. A few training steps and evaluation batches of every
-  distinct network are timed on this machine, as the job will run them (precision, channels_last,
-  threads per job under the packed launcher), after warm-up steps, at the job's own batch (or on a line
-  through two smaller batches where that would take long), and cached in `~/.cache/resnext-lab/plan.json`.
-  The fixed cost per job and per worker process is measured too, once per machine, data set and logger:
-  the first job runs for real with one step of each kind, as a sweep of one job and of five (`overheads`).
-- `plan.device=h100|a100|v100`: from exact FLOPs and a stated achieved throughput (THROUGHPUT), with a
-  floor per step for the host's share (small networks cannot fill a GPU), for budgeting a cluster run.
-
-The sweep's wall time spreads the jobs over the launcher's slots (packed: jobs_per_device per device;
-local/slurm: all at once, or array_parallelism) longest first. Nothing is written but the cache.
+(start-up, data, logging). `calibrate` times a few training steps and evaluation batches of a network
+as the job will run them (precision, channels_last, threads per job under the packed launcher), after
+warm-up steps, at the job's own batch (or on a line through two smaller batches where that would take
+long), cached in `~/.cache/resnext-lab/plan.json`. `overheads` measures the fixed cost per job and per
+worker process once per machine, data set and logger: the first job runs for real with one step of
+each kind, as a sweep of one job and of five. `tasks/plan.py` prints the plan; the packed launcher
+orders a sweep's jobs by `work`.
 """
 
 from __future__ import annotations
@@ -27,15 +17,22 @@ import hashlib
 import json
 import math
 import os
+import platform
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from resnext_lab.errors import ConfigError
+from resnext_lab.config import plain
+from resnext_lab.hardware import synchronize
+from resnext_lab.job import check_job
+from resnext_lab.models import complexity
 
 #: (training images, test images) of each data set; the validation split comes out of the training images.
-SIZES = {
+DATASET_SIZES = {
     "fashion_mnist": (60_000, 10_000),
     "cifar10": (50_000, 10_000),
     "cifar100": (50_000, 10_000),
@@ -45,7 +42,6 @@ SIZES = {
 #: backward's two products), and the shortest step the host allows. ResNet-50 trains at about 3,000 img/s on one
 #: H100 in bf16 (MLPerf-class pipelines), 1,400 on an A100, 900 on a V100 (mixed precision): 4.1 GMACs x 6.
 THROUGHPUT = {"h100": (75.0, 0.003), "a100": (35.0, 0.004), "v100": (22.0, 0.005)}
-DEVICES = ("here", *THROUGHPUT)
 #: Seconds per job besides its steps (imports are paid once per worker; W&B, data, checkpoints per job),
 #: and per sweep process. Measured on the project's 2-core CPU: docs/PERFORMANCE.md.
 JOB_OVERHEAD_S, STARTUP_S = 6.0, 12.0
@@ -53,23 +49,6 @@ CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "resnex
 #: Steps are timed at the job's batch where CALIBRATION_BATCH images scaled up to it take at most FULL_BATCH_S,
 #: else at CALIBRATION_BATCH and half of it (calibrate). A new CALIBRATION_VERSION times every network again.
 CALIBRATION_BATCH, FULL_BATCH_S, WARMUP_STEPS, CALIBRATION_VERSION = 32, 1.0, 3, 3
-
-
-@dataclasses.dataclass
-class JobPlan:
-    overrides: list[str]
-    name: str
-    params: int
-    flops: int
-    deviation: float | None  # of the matched quantity from the width=auto reference
-    epochs: int
-    train_steps: int
-    eval_batches: int  # per epoch (validation), the test pass adds test_batches once
-    test_batches: int
-    seconds: float
-    devices: int = 1  # devices x nodes the job trains on (DDP)
-    overhead_s: float = JOB_OVERHEAD_S  # of the seconds, those besides the steps
-    startup_s: float = STARTUP_S  # per worker process, before its first job
 
 
 def _count(limit: Any, batches: int) -> int:
@@ -88,7 +67,7 @@ def world_size(trainer: Mapping[str, Any]) -> int:
 def steps(cfg: Mapping[str, Any]) -> tuple[int, int, int]:
     """(training steps per epoch, validation batches per epoch, test batches) of a composed job config."""
     data, trainer = cfg["data"], cfg["trainer"]
-    train_n, test_n = SIZES[data["name"]]
+    train_n, test_n = DATASET_SIZES[data["name"]]
     val_size = int(data.get("val_size") or 0)
     train = train_n - val_size
     if data.get("limit_train"):
@@ -108,9 +87,6 @@ def steps(cfg: Mapping[str, Any]) -> tuple[int, int, int]:
 def work(cfg: Mapping[str, Any]) -> float:
     """A job's multiply-adds in all (a training image counts 3x: forward and backward): what the packed
     launcher orders a sweep's jobs by, longest first, as `sweep_seconds` assumes."""
-    from resnext_lab.config import check_job, plain
-    from resnext_lab.models import complexity
-
     spec = check_job(cfg, check_data=False).spec
     nodes = {key: plain(cfg[key]) for key in ("data", "trainer")}
     train_steps, val_batches, test_batches = steps(nodes)
@@ -122,9 +98,7 @@ def work(cfg: Mapping[str, Any]) -> float:
 
 
 def _key(spec: Any, batch: int, precision: str, channels_last: bool, threads: int, device: str) -> str:
-    import platform
-
-    import torch
+    import torch  # here and below: a plan on GPU names or from the cache loads no torch
 
     gpu = torch.cuda.get_device_name(0) if device == "cuda" else None
     text = json.dumps(
@@ -162,8 +136,7 @@ def calibrate(
     import torch
     import torch.nn.functional as F
 
-    from resnext_lab.hardware import synchronize
-    from resnext_lab.models import build
+    from resnext_lab.models import build  # torch: only when a network is timed
 
     dev = torch.device(device)
     memory = torch.channels_last if channels_last else torch.contiguous_format
@@ -248,11 +221,6 @@ def overheads(
     in one process (the basic launcher) or, for a packed sweep, one packed worker (its spawn and imports count).
     The difference is four jobs' start-up, data, logging and checkpoints; the single sweep less one job is the
     process's imports and Hydra. Inside a calibration, and where it fails, the fixed JOB_OVERHEAD_S and STARTUP_S."""
-    import platform
-    import subprocess
-    import sys
-    import tempfile
-
     import torch
 
     if os.environ.get(_CALIBRATING):
@@ -323,200 +291,7 @@ def overheads(
     return per_job, cache[key][1]
 
 
-def _flop_step(flops: int, batch: int, device: str) -> tuple[float, float]:
+def flop_step(flops: int, batch: int, device: str) -> tuple[float, float]:
     tflops, floor = THROUGHPUT[device]
     train = max(6 * flops * batch / (tflops * 1e12), floor)
     return train, max(train / 3, floor / 2)
-
-
-def plan_jobs(
-    configs: Sequence[tuple[list[str], Any]], device: str, slots: int, threads: int, packed: bool = False
-) -> list[JobPlan]:
-    """One JobPlan per (overrides, composed config)."""
-    from resnext_lab.config import check_job, plain
-    from resnext_lab.hardware import resolve_precision
-    from resnext_lab.models import complexity
-
-    cache: dict[str, Any] = {}
-    if device == "here":
-        try:
-            cache = json.loads(CACHE.read_text())
-        except (OSError, ValueError):
-            cache = {}
-    plans = []
-    job_s, startup_s = JOB_OVERHEAD_S, STARTUP_S
-    if device == "here" and configs:
-        job_s, startup_s = overheads(configs[0][0], plain(configs[0][1]), cache, packed)
-    for overrides, cfg in configs:
-        spec = check_job(cfg, check_data=False).spec
-        c = complexity(spec)
-        resolved = plain(cfg)
-        train_steps, val_batches, test_batches = steps(resolved)
-        batch = int(resolved["data"]["batch_size"])
-        eval_batch = int(resolved["data"].get("eval_batch_size") or batch)
-        model = resolved["model"]
-        deviation = None
-        if model.get("width") == "auto":
-            ref = model.get("reference") or {}
-            match = model.get("match", "params")
-            ref_spec = dataclasses.replace(
-                spec, cardinality=int(ref.get("cardinality", 1)), width=int(ref.get("width", 64))
-            )
-            deviation = c[match] / complexity(ref_spec)[match] - 1
-        if device == "here":
-            where = _here(resolved["trainer"])
-            precision, _ = resolve_precision(str(resolved["trainer"]["precision"]), cuda=where == "cuda")
-            channels_last = resolved["trainer"].get("channels_last", "auto") in ("auto", True)
-            t_train, t_eval = calibrate(spec, batch, precision, channels_last, threads, cache, where)
-            t_eval *= eval_batch / batch
-        else:
-            t_train, t_eval = _flop_step(c["flops"], batch, device)
-        epochs = int(resolved["trainer"]["max_epochs"])
-        seconds = epochs * (train_steps * t_train + val_batches * t_eval) + test_batches * t_eval + job_s
-        plans.append(
-            JobPlan(
-                overrides,
-                spec.name,
-                c["params"],
-                c["flops"],
-                deviation,
-                epochs,
-                train_steps,
-                val_batches,
-                test_batches,
-                seconds,
-                world_size(resolved["trainer"]),
-                job_s,
-                startup_s,
-            )
-        )
-    if device == "here":
-        CACHE.parent.mkdir(parents=True, exist_ok=True)
-        CACHE.write_text(json.dumps(cache))
-    return plans
-
-
-def _here(trainer: Mapping[str, Any]) -> str:
-    """The device a job of this trainer node trains on here: cuda when one is visible and allowed, else cpu."""
-    import torch
-
-    cuda_ok = trainer.get("accelerator", "auto") in ("auto", "gpu", "cuda")
-    return "cuda" if cuda_ok and torch.cuda.is_available() else "cpu"
-
-
-def sweep_seconds(plans: Sequence[JobPlan], slots: int) -> float:
-    """Wall time of the jobs on `slots` parallel workers, each taking the longest job left (LPT)."""
-    finish = [plans[0].startup_s if plans else STARTUP_S] * max(1, slots)
-    for p in sorted(plans, key=lambda p: -p.seconds):
-        i = finish.index(min(finish))
-        finish[i] += p.seconds
-    return max(finish)
-
-
-def launcher_slots(hydra_cfg: Mapping[str, Any], jobs: int, assumed_gpus: bool = False) -> tuple[int, int, str]:
-    """(parallel jobs, CPU threads per job, description) of the sweep's launcher; `assumed_gpus`: for a named
-    device, the packed launcher's devices are that many GPUs (one when it would find none here)."""
-    launcher = hydra_cfg.get("launcher") or {}
-    target = str(launcher.get("_target_", ""))
-    cores = os.cpu_count() or 1
-    if "PackedLauncher" in target:
-        from hydra_plugins.resnext_lab.packed_launcher import resolve_devices
-
-        per = int(launcher.get("jobs_per_device", 2))
-        gpus = resolve_devices(launcher.get("devices", "auto"))
-        slots = min(jobs, per * max(1, len(gpus)))
-        where = f"{max(1, len(gpus))} GPU(s)" if assumed_gpus else f"{len(gpus)} GPU(s)" if gpus else "the CPU"
-        return slots, max(1, cores // slots), f"packed: {per} job(s) per device on {where}"
-    if "submitit" in target.lower():
-        parallel = int(launcher.get("array_parallelism") or jobs)
-        return min(jobs, parallel), cores, f"submitit: {min(jobs, parallel)} job(s) at once"
-    return 1, cores, "basic: one job after another"
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
-def render(plans: Sequence[JobPlan], device: str, slots: int, launcher: str, match: str = "params") -> str:
-    from resnext_lab.sweep import job_order
-
-    order = job_order([p.overrides for p in plans])
-    swept = _swept_names(plans)
-    w, n = max(len(s) for s in [*swept, "job"]) + 2, max(len(p.name) for p in plans) + 2
-    lines = [
-        f"{'job':<{w}}{'network':<{n}}{'params':>11}{'GFLOPs':>9}{'vs ref':>8}{'epochs':>7}{'steps':>7}{'estimate':>10}"
-    ]
-    for i in order:
-        p = plans[i]
-        dev = "-" if p.deviation is None else f"{100 * p.deviation:+.1f}%"
-        lines.append(
-            f"{swept[i]:<{w}}{p.name:<{n}}{p.params:>11,}{p.flops / 1e9:>9.3f}{dev:>8}{p.epochs:>7}"
-            f"{p.train_steps:>7}{_duration(p.seconds):>10}"
-        )
-    total = sweep_seconds(plans, slots)
-    job_sum = sum(p.seconds for p in plans)
-    device_hours = sum(p.seconds * p.devices for p in plans) / 3600
-    per_job = max(p.devices for p in plans)
-    if device == "here":
-        import platform
-
-        import torch
-
-        gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-        where = f"measured here ({gpu or platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
-        assumption = "step times timed on this machine (cached in " + str(CACHE) + ")"
-        overhead = (
-            f"{plans[0].overhead_s:.1f} s per job and {plans[0].startup_s:.1f} s per worker besides the "
-            "steps, measured by running the first job for one step"
-        )
-    else:
-        tflops, floor = THROUGHPUT[device]
-        where = f"{per_job} {device.upper()}{'s' if per_job > 1 else ''} per job"
-        overhead = f"{JOB_OVERHEAD_S:g} s per job and {STARTUP_S:g} s per worker besides the steps"
-        assumption = (
-            f"assumed {tflops:g} TFLOP/s achieved in training (6 FLOPs per multiply-add per image), "
-            f"at least {floor * 1e3:g} ms per step, packed jobs not slowing each other; small grouped "
-            "networks run far below it (a lower bound for them until measured: make gpu-check)"
-        )
-    lines += [
-        f"{len(plans)} jobs on {where}; {launcher}; {assumption}; {overhead}",
-        f"estimate: {_duration(total)} wall time for the sweep ({_duration(job_sum)} of job time"
-        + (f", {device_hours:.1f} {device.upper()}-hours" if device != "here" else "")
-        + ")",
-    ]
-    far = [swept[i] for i in order if plans[i].deviation is not None and abs(plans[i].deviation) > 0.05]
-    if far:
-        lines.append(f"warning: {match} more than 5% off the width=auto reference: {', '.join(far)}")
-    return "\n".join(lines)
-
-
-def _swept_names(plans: Sequence[JobPlan]) -> list[str]:
-    from resnext_lab.sweep import override_values, varying_keys
-
-    parsed = [override_values(p.overrides) for p in plans]
-    keys = varying_keys(parsed)
-    return [",".join(f"{k}={job.get(k)}" for k in keys) or "the job" for job in parsed]
-
-
-def plan_sweep(
-    configs: Sequence[tuple[list[str], Any]], settings: Mapping[str, Any], hydra_cfg: Mapping[str, Any]
-) -> str:
-    """The plan of a sweep (or of one run) as printed text."""
-    return estimate(configs, settings, hydra_cfg)[0]
-
-
-def estimate(
-    configs: Sequence[tuple[list[str], Any]], settings: Mapping[str, Any], hydra_cfg: Mapping[str, Any]
-) -> tuple[str, float]:
-    """The plan of a sweep as printed text, and its estimated wall time in seconds."""
-    device = settings.get("device", "here")
-    if device not in DEVICES:
-        raise ConfigError(f"plan.device={device!r}: must be one of {', '.join(DEVICES)}")
-    slots, threads, launcher = launcher_slots(hydra_cfg, len(configs), assumed_gpus=device != "here")
-    packed = "PackedLauncher" in str((hydra_cfg.get("launcher") or {}).get("_target_", ""))
-    plans = plan_jobs(configs, device, slots, threads, packed)
-    return render(plans, device, slots, launcher), sweep_seconds(plans, slots)

@@ -1,8 +1,8 @@
 """A soak: many tiny jobs through the packed launcher on this machine's CPU, to see that its long-lived workers
 do not grow from job to job (a leak would take a long sweep's memory, job after job).
 
-    python -m resnext_lab.soak                 # `make soak`: 50 jobs, 2 workers; one JSON line on stdout
-    python -m resnext_lab.soak --jobs 200      # longer
+    python -m resnext_lab.tools.soak                 # `make soak`: 50 jobs, 2 workers; one JSON line on stdout
+    python -m resnext_lab.tools.soak --jobs 200      # longer
 
 Each job is a real one (Fashion-MNIST, a 27k-parameter network, one epoch of 256 images, W&B offline and the
 CSV log), with its own seed. The packed launcher writes each finished job's worker RSS to
@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 TINY = (
     "model.width_scale=0.125",
     "model.cardinality=2",

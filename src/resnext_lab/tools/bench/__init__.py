@@ -1,8 +1,8 @@
 """Timed training steps: our networks against torchvision's, and a Lightning proxy epoch against a plain loop.
 
-    python -m resnext_lab.bench                          # cuda when present (full sizes), else cpu (small sizes)
-    python -m resnext_lab.bench --device cpu --size small
-    python -m resnext_lab.bench --device cuda --compile --out reports/bench/h100-compiled.json
+    python -m resnext_lab.tools.bench                          # cuda when present (full sizes), else cpu (small sizes)
+    python -m resnext_lab.tools.bench --device cpu --size small
+    python -m resnext_lab.tools.bench --device cuda --compile --out reports/bench/h100-compiled.json
 
 A step is forward, cross-entropy, backward and an SGD step. The networks compared
 run in one process with one precision (bf16 autocast on GPUs, fp32 on CPU) and one
@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from resnext_lab.bench.cases import (
+from resnext_lab.tools.bench.cases import (
     ALIGNMENT,
     CASES,
     TORCHVISION_PAIRS,
@@ -42,7 +42,7 @@ from resnext_lab.bench.cases import (
     proxy_row,
     torchvision_case,
 )
-from resnext_lab.bench.harness import (
+from resnext_lab.tools.bench.harness import (
     SCHEMA_VERSION,
     SIZES,
     BenchError,
@@ -57,7 +57,7 @@ from resnext_lab.bench.harness import (
     settings_for,
     versions,
 )
-from resnext_lab.bench.syncs import HostSyncs
+from resnext_lab.tools.bench.syncs import HostSyncs
 
 __all__ = [
     "CASES",
@@ -173,7 +173,7 @@ def default_out(device: str, size: str, compiled: bool) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m resnext_lab.bench", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m resnext_lab.tools.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument(
         "--size", choices=tuple(SIZES), help="tiny (a check that it runs), small (CPU default) or full (GPU default)"
@@ -206,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if set(cases) - set(CASES):
         parser.error(f"--only {args.only}: cases are {', '.join(CASES)}")
     size = args.size or ("full" if args.device == "cuda" else "small")
-    command = " ".join(["python -m resnext_lab.bench", *(argv if argv is not None else sys.argv[1:])])
+    command = " ".join(["python -m resnext_lab.tools.bench", *(argv if argv is not None else sys.argv[1:])])
     out = args.out or default_out(args.device, size, args.compile)
     out.parent.mkdir(parents=True, exist_ok=True)
     precisions = {"auto": [None], "fp32": [False], "bf16": [True], "both": [False, True]}[args.precision]

@@ -15,7 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from resnext_lab.bench.harness import (
+from resnext_lab.config import OptimSettings, parse
+from resnext_lab.hardware import synchronize
+from resnext_lab.job import compose
+from resnext_lab.models import ModelSpec, build, complexity, spec_from_config
+from resnext_lab.models.spec import IMAGENET_STAGE_BLOCKS
+from resnext_lab.tools.bench.harness import (
     Measurement,
     Row,
     Settings,
@@ -25,11 +30,7 @@ from resnext_lab.bench.harness import (
     paired_ratio,
     prepare,
 )
-from resnext_lab.bench.syncs import HostSyncs, _Audit
-from resnext_lab.config import Optim, compose, parse
-from resnext_lab.hardware import synchronize
-from resnext_lab.models import ModelSpec, build, complexity, spec_from_config
-from resnext_lab.models.spec import IMAGENET_STAGE_BLOCKS
+from resnext_lab.tools.bench.syncs import HostSyncs, _Audit
 
 #: torchvision builder -> the same architecture as a spec (equal parameter counts are checked before timing).
 TORCHVISION_PAIRS: dict[str, ModelSpec] = {
@@ -101,13 +102,13 @@ def cifar_row(settings: Settings) -> Row:
 # --- host synchronisation ----------------------------------------------------------------------------
 
 
-def proxy_config(**data: Any) -> tuple[dict[str, Any], dict[str, Any], Optim]:
+def proxy_config(**data: Any) -> tuple[dict[str, Any], dict[str, Any], OptimSettings]:
     """The default run's `model` and `data` nodes and its `optim` settings, composed from conf/ as run.py does."""
     from omegaconf import OmegaConf
 
     cfg = compose(["model=proxy", "data=fashion_mnist"])
     model, data_cfg = (OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "data"))
-    return model, {**data_cfg, **data}, parse(Optim, cfg.optim, "optim")  # type: ignore[dict-item]
+    return model, {**data_cfg, **data}, parse(OptimSettings, cfg.optim, "optim")  # type: ignore[dict-item]
 
 
 def _synthesize(dm: Any, n: int) -> None:
@@ -138,7 +139,7 @@ class PlainLoop:
     The batches are drawn from the datamodule's tensors when an epoch starts, wherever they live then.
     """
 
-    def __init__(self, net: nn.Module, dm: Any, optim: Optim, settings: Settings, epochs: int) -> None:
+    def __init__(self, net: nn.Module, dm: Any, optim: OptimSettings, settings: Settings, epochs: int) -> None:
         from resnext_lab.module import lr_factor, sgd
 
         self.net, self.dm, self.settings = net, dm, settings
@@ -228,7 +229,7 @@ def _proxy_trainer(settings: Settings, callbacks: list[pl.Callback], epochs: int
 
 
 def _alternate(
-    settings: Settings, dm: Any, make_net: Callable[[], nn.Module], optim: Optim, num_classes: int
+    settings: Settings, dm: Any, make_net: Callable[[], nn.Module], optim: OptimSettings, num_classes: int
 ) -> tuple[_Alternate, PlainLoop]:
     """1 + `proxy_epochs` epochs through Lightning, each after one plain-loop epoch, on the datamodule's tensors."""
     from resnext_lab.module import ClassificationModule
@@ -255,7 +256,7 @@ def _epoch_measurements(clock: _Alternate, images: int, params: int) -> tuple[Me
 
 
 def _count_syncs(
-    settings: Settings, dm: Any, make_net: Callable[[], nn.Module], optim: Optim, num_classes: int
+    settings: Settings, dm: Any, make_net: Callable[[], nn.Module], optim: OptimSettings, num_classes: int
 ) -> tuple[int, dict[str, int], dict[str, int]]:
     """Host syncs in the training steps of a second epoch (the first initialises lazily), Lightning and plain.
 

@@ -1,7 +1,0 @@
-"""`python -m resnext_lab.bench`."""
-
-import sys
-
-from resnext_lab.bench import main
-
-sys.exit(main())
