@@ -3,10 +3,8 @@
 python run.py                                   # train the default model (task=train)
 python run.py task=complexity model=resnet50    # params and FLOPs only
 python run.py -m model.cardinality=1,2,4,32,64  # a sweep at matched complexity
-python run.py -m +experiment=table3 scale=smoke # a paper table's sweep
+python run.py -m experiment=table3 scale=smoke  # a paper table's sweep (experiments/table3.yaml)
 """
-
-import sys
 
 from resnext_lab import interrupts
 
@@ -15,7 +13,7 @@ interrupts.install()  # Ctrl-C and SIGTERM end a run in one line, its job resuma
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from resnext_lab.cli import normalize_argv, run_task  # noqa: E402
+from resnext_lab.cli import run_task  # noqa: E402
 from resnext_lab.config import register  # noqa: E402
 
 register()  # the config schemas (each group's YAML extends its own) and the sweep resolvers
@@ -27,5 +25,4 @@ def main(cfg: DictConfig) -> object:
 
 
 if __name__ == "__main__":
-    sys.argv = normalize_argv(sys.argv)
     main()

@@ -10,11 +10,6 @@ from omegaconf import DictConfig, OmegaConf
 from resnext_lab.errors import ConfigError, fail
 
 
-def normalize_argv(argv: list[str]) -> list[str]:
-    """`+experiment=X` means `experiment=X`: the group is already in the defaults (as null)."""
-    return [a.replace("+experiment=", "experiment=", 1) if a.startswith("+experiment=") else a for a in argv]
-
-
 def complexity_task(cfg: DictConfig) -> dict[str, Any]:
     from resnext_lab.models.complexity import complexity
     from resnext_lab.models.spec import spec_from_config
