@@ -3,7 +3,7 @@
 python run.py                                   # train the default model (task=train)
 python run.py task=complexity model=resnet50    # params and FLOPs only
 python run.py -m model.cardinality=1,2,4,32,64  # a sweep at matched complexity
-python run.py -m +experiment=table3 scale=smoke # a paper table's sweep
+python run.py -m experiment=table3 scale=smoke  # a paper table's sweep (experiments/table3.yaml)
 """
 
 from resnext_lab import interrupts
