@@ -11,7 +11,7 @@ import pytest
 from hydra.core.object_type import ObjectType
 
 from hydra_plugins.resnext_lab.experiments import CHECKOUT_EXPERIMENTS, ExperimentsConfigSource
-from resnext_lab.config import compose
+from resnext_lab.job import compose
 
 ROOT = Path(__file__).resolve().parents[1]
 
