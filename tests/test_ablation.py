@@ -142,7 +142,9 @@ def test_failed_and_missing_jobs_are_shown_not_dropped(tmp_path: Path) -> None:
     assert _row(report, 2)["not completed"] == "1 failed"
     assert _row(report, 64)["not completed"] == "1 missing"
     assert _row(report, 2)["method"] == "paired"  # seeds 1 and 2 are shared
-    assert "[1 diverged]" in to_terminal(report)
+    assert [line for line in to_terminal(report).splitlines() if "model.cardinality=4 " in line][0].endswith(
+        "1 diverged"
+    )
 
 
 def test_baseline_and_min_effect_settings(tmp_path: Path) -> None:

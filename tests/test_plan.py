@@ -39,7 +39,7 @@ def test_plan_of_a_sweep_lists_every_job_and_writes_nothing_but_its_cache(tmp_pa
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("job "))
-    jobs = [line.split()[0] for line in lines[header + 1 : header + 7]]
+    jobs = [line.split()[0] for line in lines[header + 2 : header + 8]]  # under the header and its rule
     assert jobs == [f"model.cardinality={c},seed={s}" for c in (1, 2, 4) for s in (0, 1)]  # numeric order
     assert "6 jobs on measured here" in proc.stdout and "estimate: " in proc.stdout
     assert plan_check.estimate_seconds(proc.stdout) > 0  # what `make plan-check` compares with the real run

@@ -34,9 +34,9 @@ from resnext_lab.report import (  # noqa: E402
     load_curves,
     load_results,
     load_table_def,
-    render,
     results_frame,
     summarize,
+    table_markdown,
     validate_table,
     verdict,
     welch,
@@ -340,7 +340,7 @@ def _outcome(outcomes: list[Any], name: str) -> Any:
 
 
 def test_render_statistics_and_verdicts(sweep: Path) -> None:
-    markdown, frame = render(load_results(sweep), TABLE)
+    markdown, frame = table_markdown(load_results(sweep), TABLE)
     assert len(frame) == 7  # one line per cell, none dropped
     _, outcomes = analyse(load_results(sweep), validate_table(TABLE))
 
@@ -408,7 +408,7 @@ def test_declared_contrasts_complexity_multiple_and_exclusion(sweep: Path) -> No
             pd.DataFrame([{"epoch": 0, "step": 1, "train/loss": 3.0}]).to_csv(
                 job["_dir"] / "csv" / "metrics.csv", index=False
             )
-    markdown, frame = render(results, table)
+    markdown, frame = table_markdown(results, table)
     _, outcomes = analyse(results, validate_table(table))
     assert [(o.family, o.verdict) for o in outcomes] == [
         ("primary", "not interpretable"),
@@ -426,7 +426,7 @@ def test_declared_contrasts_complexity_multiple_and_exclusion(sweep: Path) -> No
 
 def test_omitted_cell_says_why_and_a_run_one_still_counts(sweep: Path) -> None:
     omitted = [{"match": {"model.cardinality": 32}, "why": "no integer d within 5% at this width"}]
-    markdown, frame = render(load_results(sweep), {**TABLE, "omitted": omitted})
+    markdown, frame = table_markdown(load_results(sweep), {**TABLE, "omitted": omitted})
     left_out = _record(frame, "50-layer", "32x4d")  # no job: left out on purpose
     assert left_out["state"] == "not run" and left_out["excluded"] == "not run: no integer d within 5% at this width"
     assert "not run: no integer d within 5% at this width" in markdown

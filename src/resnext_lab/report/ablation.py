@@ -17,6 +17,7 @@ from typing import Any
 
 import pandas as pd
 
+from resnext_lab import render
 from resnext_lab.errors import ConfigError
 from resnext_lab.files import write_text_atomic
 from resnext_lab.overrides import RUN_INVARIANT, job_order, override_values, varying_keys
@@ -264,6 +265,26 @@ def _pct(value: float | None) -> str:
     return delta_text(None if value is None else value / 100)
 
 
+#: The columns of report.md after the swept keys.
+MARKDOWN_COLUMNS = (
+    "C",
+    "d",
+    "params",
+    "Δparams",
+    "GFLOPs",
+    "ΔFLOPs",
+    "top-1 err",
+    "top-5 err",
+    "Δ top-1 [95% CI]",
+    "p",
+    "p (Holm)",
+    "TOST p (Holm)",
+    "verdict",
+    "seeds needed",
+    "not completed",
+)
+
+
 def to_markdown(report: Mapping[str, Any], title: str = "Ablation report") -> str:
     """The report as markdown: method, one row per group, excluded jobs, the warnings."""
     m = METRICS[0]
@@ -277,52 +298,33 @@ def to_markdown(report: Mapping[str, Any], title: str = "Ablation report") -> st
         "",
         *(markdown(outcomes, report["min_effect"], report["alpha"])[:1]),
         "",
-        "| "
-        + " | ".join(
-            [
-                *report["keys"],
-                "C",
-                "d",
-                "params",
-                "Δparams",
-                "GFLOPs",
-                "ΔFLOPs",
-                "top-1 err",
-                "top-5 err",
-                "Δ top-1 [95% CI]",
-                "p",
-                "p (Holm)",
-                "TOST p (Holm)",
-                "verdict",
-                "seeds needed",
-                "not completed",
-            ]
-        )
-        + " |",
-        "|" + "---|" * (len(report["keys"]) + 15),
     ]
+    columns = (*report["keys"], *MARKDOWN_COLUMNS)
+    rows = []
     for r in report["rows"]:
         top1 = f"{_fmt(r[m + ' mean'])} ± {_fmt(r[m + ' std'])} (n={r['n']})"
         top5 = f"{_fmt(r['test/top5_err mean'])} ± {_fmt(r['test/top5_err std'])}"
-        cells = [
-            *(str(r[k]) for k in report["keys"]),
-            _fmt(r["C"]),
-            _fmt(r["d"]),
-            _fmt(r["params"]),
-            _pct(r["params vs baseline %"]),
-            _fmt(None if r["flops"] is None else r["flops"] / 1e9, 3),
-            _pct(r["flops vs baseline %"]),
-            top1,
-            top5,
-            _delta(r),
-            _fmt(r["p"], 3),
-            _fmt(r["p (Holm)"], 3),
-            _fmt(r["TOST p (Holm)"], 3),
-            r["verdict"],
-            _fmt(r["seeds needed"]),
-            r["not completed"] or "-",
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
+        rows.append(
+            (
+                *(str(r[k]) for k in report["keys"]),
+                _fmt(r["C"]),
+                _fmt(r["d"]),
+                _fmt(r["params"]),
+                _pct(r["params vs baseline %"]),
+                _fmt(None if r["flops"] is None else r["flops"] / 1e9, 3),
+                _pct(r["flops vs baseline %"]),
+                top1,
+                top5,
+                _delta(r),
+                _fmt(r["p"], 3),
+                _fmt(r["p (Holm)"], 3),
+                _fmt(r["TOST p (Holm)"], 3),
+                r["verdict"],
+                _fmt(r["seeds needed"]),
+                r["not completed"] or "-",
+            )
+        )
+    lines += render.markdown(columns, rows)
     excluded = [
         f"{', '.join(f'{k}={r[k]}' for k in report['keys'])}: {r['excluded']}" for r in report["rows"] if r["excluded"]
     ]
@@ -342,23 +344,40 @@ def to_terminal(report: Mapping[str, Any]) -> str:
         f"ablation over seeds {', '.join(report['seeds'])} (test top-1 error %, Δ vs baseline, 95% CI, "
         f"Holm-adjusted p; min effect {effect}; exclusion {report['exclude'] or 'none'}):"
     ]
+    rows = []
     for r in report["rows"]:
-        name = ", ".join(f"{k}={r[k]}" for k in report["keys"]) or "all jobs"
-        text = (
-            f"  {name:<28} {_fmt(r[m + ' mean']):>6} ± {_fmt(r[m + ' std']):<5} n={r['n']}  "
-            f"params {_pct(r['params vs baseline %']):>7} FLOPs {_pct(r['flops vs baseline %']):>7}  "
-        )
-        if r["verdict"] == stats.BASELINE:
-            text += "baseline"
-        elif r["delta"] is not None:
-            text += f"Δ {_delta(r)}, p(Holm) {_fmt(r['p (Holm)'], 3)}: {r['verdict']}"
+        if r["verdict"] == stats.BASELINE or r["delta"] is None:
+            delta, p_holm = "", ""
         else:
-            text += r["verdict"]
-        if r["seeds needed"] is not None and r["verdict"] not in (stats.BETTER, stats.WORSE, stats.EQUIVALENT):
-            text += f"; seeds needed: {r['seeds needed']}"
-        if r["not completed"]:
-            text += f"  [{r['not completed']}]"
-        lines.append(text)
+            delta, p_holm = _delta(r), _fmt(r["p (Holm)"], 3)
+        needed = r["seeds needed"] is not None and r["verdict"] not in (stats.BETTER, stats.WORSE, stats.EQUIVALENT)
+        rows.append(
+            (
+                ", ".join(f"{k}={r[k]}" for k in report["keys"]) or "all jobs",
+                f"{_fmt(r[m + ' mean'])} ± {_fmt(r[m + ' std'])}",
+                r["n"],
+                _pct(r["params vs baseline %"]),
+                _pct(r["flops vs baseline %"]),
+                delta,
+                p_holm,
+                r["verdict"],
+                r["seeds needed"] if needed else "",
+                r["not completed"] or "",
+            )
+        )
+    columns = (
+        "group",
+        "top-1 err",
+        "n",
+        "Δparams",
+        "ΔFLOPs",
+        "Δ [95% CI]",
+        "p(Holm)",
+        "verdict",
+        "seeds needed",
+        "not completed",
+    )
+    lines.append(render.terminal(columns, rows, right=("top-1 err", "n", "Δparams", "ΔFLOPs", "p(Holm)")))
     lines += [f"warning: {w}" for w in report["warnings"]]
     return "\n".join(lines)
 

@@ -9,11 +9,13 @@ from typing import Any
 from resnext_lab.errors import ConfigError, fail, first_line
 from resnext_lab.files import output_fault
 from resnext_lab.overrides import job_order
+from resnext_lab.render import terminal
 from resnext_lab.report.ablation import to_terminal, write_ablation
 from resnext_lab.results import load_sweep
 from resnext_lab.tracking import log_report_run, wandb_group
 
 SWEEP_COLUMNS = ("job", "C", "d", "depth", "params", "GFLOPs", "test top-1 err %", "epochs", "status")
+NUMERIC = SWEEP_COLUMNS[1:-1]
 
 
 def _row(run_dir: Path, sweep_dir: Path, result: dict[str, Any]) -> tuple[str, ...]:
@@ -41,12 +43,7 @@ def summarize_sweep(sweep_dir: Path) -> list[str]:
         rows.append(_row(run_dir, sweep_dir, result))
         if result.get("status") != "completed":
             bad.append(f"{run_dir.relative_to(sweep_dir)}: {result.get('status')}: {result.get('error') or ''}")
-    widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(SWEEP_COLUMNS)]
-    lines = [
-        f"sweep {sweep_dir} ({len(rows)} jobs)",
-        "  ".join(c.ljust(w) for c, w in zip(SWEEP_COLUMNS, widths, strict=True)),
-    ]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in rows]
+    lines = [terminal(SWEEP_COLUMNS, rows, title=f"sweep {sweep_dir} ({len(rows)} jobs)", right=NUMERIC)]
     if bad:
         lines.append(f"{len(bad)} job(s) did not complete:")
         lines += [f"  {b}" for b in bad]

@@ -10,6 +10,7 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from resnext_lab import render
 from resnext_lab.report import stats
 from resnext_lab.report.collect import metric_value
 from resnext_lab.report.stats import Difference, SeedsNeeded
@@ -210,27 +211,35 @@ def markdown(outcomes: Sequence[Outcome], min_effect: float | None, alpha: float
             f" Seeds needed: per cell, to detect {min_effect:g} points with 80% power at alpha / family size, "
             "at the observed seed spread (and the ends of its 95% interval)."
         )
-    lines = [
-        how,
-        "",
-        "| Family | Contrast | Paper Δ | Δ [95% CI] | p | p (Holm) | TOST p (Holm) | Verdict | Paper ordering "
-        "| Seeds needed |",
-        "|---|---|---:|---:|---:|---:|---:|---|---|---:|",
-    ]
+    columns = (
+        "Family",
+        "Contrast",
+        "Paper Δ",
+        "Δ [95% CI]",
+        "p",
+        "p (Holm)",
+        "TOST p (Holm)",
+        "Verdict",
+        "Paper ordering",
+        "Seeds needed",
+    )
+    rows = []
     for o in outcomes:
         paper = "–" if o.cell.paper is None or o.reference.paper is None else f"{o.cell.paper - o.reference.paper:+.1f}"
         d = o.diff
-        cells = [
-            o.family,
-            o.name,
-            paper,
-            interval_text(o),
-            _p(d.p if d else None),
-            _p(o.p_adj),
-            _p(o.p_equiv_adj),
-            o.verdict,
-            o.paper,
-            o.seeds.text() if o.seeds else "–",
-        ]
-        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
-    return lines
+        rows.append(
+            (
+                o.family,
+                o.name,
+                paper,
+                interval_text(o),
+                _p(d.p if d else None),
+                _p(o.p_adj),
+                _p(o.p_equiv_adj),
+                o.verdict,
+                o.paper,
+                o.seeds.text() if o.seeds else "–",
+            )
+        )
+    right = ("Paper Δ", "Δ [95% CI]", "p", "p (Holm)", "TOST p (Holm)", "Seeds needed")
+    return [how, "", *render.markdown(columns, rows, right=right)]

@@ -19,6 +19,7 @@ from typing import Any
 
 import pandas as pd
 
+from resnext_lab import render
 from resnext_lab.errors import DataError
 from resnext_lab.files import write_text_atomic
 from resnext_lab.report import plots
@@ -49,6 +50,7 @@ COLUMNS = (
     "FLOPs",
     "ΔFLOPs",
 )
+RIGHT = ("Paper", "Measured mean ± std (n)", "Params", "Δparams", "FLOPs", "ΔFLOPs")
 
 
 def _omitted_why(cell: CellJobs, table: dict[str, Any]) -> str | None:
@@ -61,7 +63,7 @@ def _omitted_why(cell: CellJobs, table: dict[str, Any]) -> str | None:
     return None
 
 
-def render(results: Sequence[Mapping[str, Any]], table_def: Mapping[str, Any]) -> tuple[str, pd.DataFrame]:
+def table_markdown(results: Sequence[Mapping[str, Any]], table_def: Mapping[str, Any]) -> tuple[str, pd.DataFrame]:
     """The table as markdown and as a DataFrame (one row per cell, raw numbers, for table.csv)."""
     markdown, frame, _, _ = _render(results, validate_table(table_def), notes=[])
     return markdown, frame
@@ -119,9 +121,8 @@ def _render(
         f"{ROW_EXCLUDED_FRACTION:.0%} or more of its jobs to it is not interpretable. "
         f"Declared minimum effect: {_points(table['min_effect'])}.",
         "",
-        "| " + " | ".join(COLUMNS) + " |",
-        "|" + "|".join(["---"] * 3 + ["---:"] * 2 + ["---"] + ["---:"] * 4) + "|",
     ]
+    rows = []
     previous_row = None
     for record in frame.to_dict("records"):
         row_label = record["row"] if record["row"] != previous_row else ""
@@ -138,7 +139,8 @@ def _render(
             _human(record["flops"]),
             record["flops_text"],
         ]
-        lines.append("| " + " | ".join(_md_escape(str(v)) for v in values) + " |")
+        rows.append(values)
+    lines += render.markdown(COLUMNS, rows, right=RIGHT)
     lines += ["", "### Contrasts", "", *markdown(outcomes, table["min_effect"], table["alpha"])]
     excluded = [f"{c.row} / {c.label}, seed {seed}: {why}" for c in cells for seed, why in c.excluded]
     if excluded:
@@ -299,7 +301,3 @@ def _human(value: Any) -> str:
         if abs(value) >= scale:
             return f"{value / scale:.2f}{unit}"
     return f"{value:g}"
-
-
-def _md_escape(text: str) -> str:
-    return text.replace("|", "\\|")

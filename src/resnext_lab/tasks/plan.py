@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import platform
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -41,10 +40,11 @@ from resnext_lab.cost import (
     world_size,
 )
 from resnext_lab.errors import ConfigError, fail
-from resnext_lab.hardware import resolve_devices, resolve_precision
+from resnext_lab.hardware import cpu_name, resolve_devices, resolve_precision
 from resnext_lab.job import check_job
 from resnext_lab.models import complexity
 from resnext_lab.overrides import comparable, job_order, override_values, varying_keys
+from resnext_lab.render import terminal
 from resnext_lab.results import load_sweep
 
 #: Where a plan's step times come from: measured here, or a named GPU's stated throughput.
@@ -169,20 +169,24 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def render(plans: Sequence[JobPlan], device: str, slots: int, launcher: str, match: str = "params") -> str:
+def plan_text(plans: Sequence[JobPlan], device: str, slots: int, launcher: str, match: str = "params") -> str:
     order = job_order([p.overrides for p in plans])
     swept = _swept_names(plans)
-    w, n = max(len(s) for s in [*swept, "job"]) + 2, max(len(p.name) for p in plans) + 2
-    lines = [
-        f"{'job':<{w}}{'network':<{n}}{'params':>11}{'GFLOPs':>9}{'vs ref':>8}{'epochs':>7}{'steps':>7}{'estimate':>10}"
-    ]
-    for i in order:
-        p = plans[i]
-        dev = "-" if p.deviation is None else f"{100 * p.deviation:+.1f}%"
-        lines.append(
-            f"{swept[i]:<{w}}{p.name:<{n}}{p.params:>11,}{p.flops / 1e9:>9.3f}{dev:>8}{p.epochs:>7}"
-            f"{p.train_steps:>7}{_duration(p.seconds):>10}"
+    columns = ("job", "network", "params", "GFLOPs", "vs ref", "epochs", "steps", "estimate")
+    rows = [
+        (
+            swept[i],
+            plans[i].name,
+            f"{plans[i].params:,}",
+            f"{plans[i].flops / 1e9:.3f}",
+            "-" if plans[i].deviation is None else f"{100 * plans[i].deviation:+.1f}%",
+            plans[i].epochs,
+            plans[i].train_steps,
+            _duration(plans[i].seconds),
         )
+        for i in order
+    ]
+    lines = [terminal(columns, rows, right=columns[2:])]
     total = sweep_seconds(plans, slots)
     job_sum = sum(p.seconds for p in plans)
     device_hours = sum(p.seconds * p.devices for p in plans) / 3600
@@ -191,7 +195,7 @@ def render(plans: Sequence[JobPlan], device: str, slots: int, launcher: str, mat
         import torch  # a measured plan has timed networks with it already
 
         gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-        where = f"measured here ({gpu or platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+        where = f"measured here ({gpu or cpu_name()}, {os.cpu_count()} cores)"
         assumption = "step times timed on this machine (cached in " + str(CACHE) + ")"
         overhead = (
             f"{plans[0].overhead_s:.1f} s per job and {plans[0].startup_s:.1f} s per worker besides the "
@@ -234,7 +238,7 @@ def estimate(
     slots, threads, launcher = launcher_slots(hydra_cfg, len(configs), assumed_gpus=device != "here")
     packed = "PackedLauncher" in str((hydra_cfg.get("launcher") or {}).get("_target_", ""))
     plans = plan_jobs(configs, device, slots, threads, packed)
-    return render(plans, device, slots, launcher), sweep_seconds(plans, slots)
+    return plan_text(plans, device, slots, launcher), sweep_seconds(plans, slots)
 
 
 def plan_task(config: DictConfig, jobs: Sequence[tuple[list[str], Any]], hydra_cfg: Mapping[str, Any]) -> str:
