@@ -122,7 +122,9 @@ DEVICE_LIST = Rule(
 
 
 def setting(default: Any, rule: Rule, doc: str) -> Any:
-    """A schema field: its default, what it accepts and what it means (docs/SETTINGS.md lists them all)."""
+    """A schema field: its default (or REQUIRED), what it accepts and what it means (docs/SETTINGS.md lists them)."""
+    if default is dataclasses.MISSING:
+        return dataclasses.field(metadata={"rule": rule, "doc": doc})
     if isinstance(default, list):
         return dataclasses.field(default_factory=lambda: tuple(default), metadata={"rule": rule, "doc": doc})
     return dataclasses.field(default=default, metadata={"rule": rule, "doc": doc})
@@ -161,6 +163,9 @@ def parse(schema: type[S], node: Mapping[str, Any] | None, prefix: str) -> S:
     values = {}
     for name, f in fields.items():
         if name not in node:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                key = f"{prefix}.{name}" if prefix else name
+                raise ConfigError(f"{key}: missing; must be {f.metadata['rule'].accepted}")
             continue
         key = f"{prefix}.{name}" if prefix else name
         try:
@@ -170,11 +175,23 @@ def parse(schema: type[S], node: Mapping[str, Any] | None, prefix: str) -> S:
         if "schema" in f.metadata:
             values[name] = parse(f.metadata["schema"], value, key)
             continue
+        if "items" in f.metadata:
+            values[name] = _parse_items(f, value, key)
+            continue
         rule: Rule = f.metadata["rule"]
         if not rule.ok(value):
             raise ConfigError(f"{key}={value!r}: must be {rule.accepted}")
         values[name] = rule.convert(value)
     return schema(**values)
+
+
+def _parse_items(f: dataclasses.Field, value: Any, key: str) -> tuple[Any, ...] | None:
+    schema, minimum, null = f.metadata["items"], f.metadata["minimum"], f.metadata["null"]
+    if value is None and null:
+        return None
+    if not isinstance(value, list | tuple) or len(value) < minimum:
+        raise ConfigError(f"{key}={value!r}: must be {f.metadata['rule'].accepted}")
+    return tuple(parse(schema, item, f"{key}[{i}]") for i, item in enumerate(value))
 
 
 def default_of(f: dataclasses.Field) -> Any:
@@ -197,6 +214,20 @@ def with_default(schema: type, name: str, default: Any, doc: str | None = None) 
     """`schema`'s field `name`, with the same rule (and meaning, unless `doc` says more), at another default."""
     meta = schema.__dataclass_fields__[name].metadata
     return setting(default, meta["rule"], doc or meta["doc"])
+
+
+#: `setting(REQUIRED, ...)`: a field without a default, which a node must give.
+REQUIRED: Any = dataclasses.MISSING
+
+
+def items(schema: type, doc: str, *, minimum: int = 0, null: bool = False) -> Any:
+    """A schema field that is a list of `schema` nodes (each parsed under `key[i]`): at least `minimum` of them,
+    or null where `null` (the default then), else empty by default."""
+    accepted = f"a list of {minimum or 'zero'} or more {{{', '.join(f.name for f in dataclasses.fields(schema))}}}"
+    meta = {"items": schema, "minimum": minimum, "null": null, "rule": Rule(lambda v: True, accepted), "doc": doc}
+    if null:
+        return dataclasses.field(default=None, metadata=meta)
+    return dataclasses.field(default=() if minimum == 0 else dataclasses.MISSING, metadata=meta)
 
 
 def group(schema: type) -> Any:
