@@ -17,7 +17,8 @@ from scipy import stats as sps
 from resnext_lab.errors import ConfigError
 from resnext_lab.models import complexity, spec_from_config
 from resnext_lab.report.__main__ import main
-from resnext_lab.report.ablation import ablation, to_markdown, to_terminal, write_ablation
+from resnext_lab.report.ablation import ablation, write_ablation
+from resnext_lab.report.ablation_text import to_markdown, to_terminal
 from resnext_lab.report.collect import load_results
 from resnext_lab.report.stats import seeds_needed
 

@@ -9,7 +9,6 @@ import pytest
 from omegaconf import OmegaConf
 
 from resnext_lab.config import (
-    GROUPS,
     LoggerSettings,
     OptimSettings,
     RunSettings,
@@ -19,7 +18,7 @@ from resnext_lab.config import (
 )
 from resnext_lab.data.settings import DATA_SCHEMAS
 from resnext_lab.errors import ConfigError
-from resnext_lab.job import compose
+from resnext_lab.job import GROUPS, compose
 from resnext_lab.tools.settings_doc import settings_markdown
 
 ROOT = Path(__file__).resolve().parents[1]

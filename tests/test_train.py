@@ -30,11 +30,11 @@ import torch.nn.functional as F
 from conftest import ROOT, cli_env, find_job, job_dirs, tiny, wandb_records, wandb_summary, wandb_values
 from omegaconf import DictConfig, OmegaConf
 
-from resnext_lab.config import OptimSettings, parse, validate
+from resnext_lab.config import OptimSettings, parse
 from resnext_lab.data import build_datamodule
 from resnext_lab.errors import ConfigError
 from resnext_lab.hardware import resolve_precision
-from resnext_lab.job import compose
+from resnext_lab.job import compose, validate
 from resnext_lab.models import build, complexity, spec_from_config
 from resnext_lab.module import ClassificationModule, lr_factor, param_groups, scaled_lr
 
@@ -178,7 +178,7 @@ def test_smoke_sweep_writes_results_wandb_and_csv(smoke: tuple[subprocess.Comple
 
     table = proc.stdout[proc.stdout.index(f"sweep {sweep} (2 jobs)") :].splitlines()
     assert "test top-1 err %" in table[1]
-    assert sorted(line.split()[-1] for line in table[2:4]) == ["completed", "completed"]
+    assert sorted(line.split()[-1] for line in table[3:5]) == ["completed", "completed"]  # under the header's rule
     assert "did not complete" not in proc.stdout
     assert f"precision {used} ({why})" in proc.stderr
     # quiet: the warnings every job printed are gone (stated weights_only, a logging interval within the epoch)
@@ -186,9 +186,9 @@ def test_smoke_sweep_writes_results_wandb_and_csv(smoke: tuple[subprocess.Comple
         assert known not in proc.stderr, known
     # then the ablation report: one group per C (one seed: no CI yet), in <sweep>/report/
     report = proc.stdout[proc.stdout.index("ablation over seeds 0") :].splitlines()
-    assert report[1].split()[0] == "model.cardinality=1" and report[1].endswith("baseline")
-    assert report[2].split()[0] == "model.cardinality=2" and "(no CI: too few seeds)" in report[2]
-    assert report[2].endswith(": inconclusive")
+    assert report[3].split()[0] == "model.cardinality=1" and report[3].endswith("baseline")
+    assert report[4].split()[0] == "model.cardinality=2" and "(no CI: too few seeds)" in report[4]
+    assert report[4].endswith("inconclusive")
     assert {"report.md", "report.csv"} <= {p.name for p in (sweep / "report").iterdir()}
     # and the same answer in W&B: one report run in the sweep's group, read back with W&B's own reader
     (run_dir,) = (sweep / "report").glob("wandb/offline-run-*")
@@ -229,7 +229,7 @@ def test_closing_table_orders_jobs_by_their_swept_values(tmp_path: Path, capsys:
                 )
             )
     assert summarize_sweep(tmp_path) == []
-    rows = capsys.readouterr().out.splitlines()[2:]
+    rows = capsys.readouterr().out.splitlines()[3:]
     assert [row.split()[0] for row in rows] == [
         f"model.cardinality={c},seed={s}" for c in (1, 2, 4, 32, 64) for s in (0, 1)
     ]

@@ -8,12 +8,9 @@ YAML files only override. `parse(Schema, node, prefix)` checks a node against it
 the frozen settings; a bad value raises `ConfigError` with one line: the setting, the value and what
 is accepted.
 
-Types are checked here, not by OmegaConf at compose time: Hydra reports a compose-time type error
-as several lines and exit status 1, where a bad setting of this project is one line and exit 2. So
-the ConfigStore holds each schema's defaults as a plain node (Hydra still rejects an unknown key).
-
-This module is the bottom of the project: it imports nothing of it but `errors`, and neither torch
-nor Lightning. What joins settings, data and network into one checked job is `job.py`.
+Types are checked here, not by OmegaConf at compose time (Hydra's error is several lines and exit 1, a bad
+setting here one line and exit 2), so ConfigStore holds plain defaults. This module is the bottom of the
+project: it imports nothing of it but `errors`; `job.py` joins settings, data and network into one job.
 """
 
 from __future__ import annotations
@@ -89,7 +86,7 @@ def choice(*values: str) -> Rule:
     return Rule(lambda v: v in values, "one of " + ", ".join(values))
 
 
-def text(accepted: str, *, null: bool = False) -> Rule:
+def string(accepted: str, *, null: bool = False) -> Rule:
     """A name or path; Hydra reads `name=2024` or `name=nan` as a number, which names it as well."""
     return Rule(
         lambda v: (null and v is None) or (isinstance(v, str) and v != "") or _is_number(v),
@@ -133,7 +130,7 @@ def setting(default: Any, rule: Rule, doc: str) -> Any:
 S = TypeVar("S")
 
 
-def plain(node: Any) -> Any:
+def to_python(node: Any) -> Any:
     """An OmegaConf node as plain Python containers (resolved); anything else as it is."""
     from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -169,7 +166,7 @@ def parse(schema: type[S], node: Mapping[str, Any] | None, prefix: str) -> S:
             continue
         key = f"{prefix}.{name}" if prefix else name
         try:
-            value = plain(node[name])
+            value = to_python(node[name])
         except OmegaConfBaseException as err:  # an interpolation that does not resolve
             raise ConfigError(first_line(err)) from None
         if "schema" in f.metadata:
@@ -276,7 +273,7 @@ class TrainerSettings:
     devices: Any = setting(1, DEVICE_LIST, "devices per node")
     num_nodes: int = setting(1, integer(1), "nodes (SLURM)")
     strategy: str = setting(
-        "auto", text("a Lightning strategy name (auto, ddp, ddp_spawn, ...)"), "Lightning's strategy"
+        "auto", string("a Lightning strategy name (auto, ddp, ddp_spawn, ...)"), "Lightning's strategy"
     )
     sync_batchnorm: bool = setting(False, boolean(), "synchronise BN statistics across devices")
     max_epochs: int = setting(10, integer(1), "epochs")
@@ -305,14 +302,14 @@ class WandbSettings:
     """`logger.wandb`: Weights & Biases, offline unless credentials are set."""
 
     enabled: bool = setting(True, boolean(), "log each run to W&B")
-    project: str = setting("resnext-lab", text("a W&B project name"), "W&B project")
-    entity: str | None = setting(None, text("a W&B entity", null=True), "W&B entity (null: your default)")
+    project: str = setting("resnext-lab", string("a W&B project name"), "W&B project")
+    entity: str | None = setting(None, string("a W&B entity", null=True), "W&B entity (null: your default)")
     mode: str = setting("auto", choice(*WANDB_MODES), "auto: online with credentials, else offline; WANDB_MODE wins")
     group: str | None = setting(
-        None, text("a W&B group name", null=True), "null: the sweep's folder under out_root, or runs"
+        None, string("a W&B group name", null=True), "null: the sweep's folder under out_root, or runs"
     )
     tags: tuple[str, ...] = setting([], Rule(lambda v: isinstance(v, list | tuple), "a list of tags", tuple), "tags")
-    job_type: str = setting("train", text("a W&B job type"), "the runs' job type")
+    job_type: str = setting("train", string("a W&B job type"), "the runs' job type")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -363,7 +360,7 @@ class PlanSettings:
 
     device: str = setting(
         "here",
-        text("here or a GPU name (h100, a100, v100)"),
+        string("here or a GPU name (h100, a100, v100)"),
         "here: measured on this machine; a GPU name: from FLOPs at its stated throughput",
     )
 
@@ -373,16 +370,10 @@ class SweepSettings:
     """`sweep`: how `python run.py -m` treats invalid jobs, and long paper-table sweeps."""
 
     skip_invalid: bool = setting(
-        False,
-        boolean(),
-        "false: one invalid job stops the sweep before any starts "
-        "(exit 2); true: run the valid ones and record the invalid as failed",
+        False, boolean(), "false: one invalid job stops the sweep (exit 2); true: the valid ones run, the others fail"
     )
     confirm: bool = setting(
-        False,
-        boolean(),
-        "train a paper table's sweep that its plan prices above an hour on "
-        "this machine (false: print the plan and stop, exit 2)",
+        False, boolean(), "train a paper table priced above an hour here (false: print the plan and stop, exit 2)"
     )
 
 
@@ -395,34 +386,11 @@ class RunSettings:
     task: str = setting("train", choice(*TASKS), "train; complexity (params and FLOPs only); plan (time a sweep)")
     seed: int = setting(0, integer(0), "seeds the weights, the batch order and augmentation")
     deterministic: bool = setting(False, boolean(), "torch.use_deterministic_algorithms + cuDNN determinism")
-    name: str | None = setting(None, text("a sweep name", null=True), "the sweep's name: its folder is out_root/name")
-    out_root: str = setting("outputs", text("a folder path"), "where runs and sweeps are written")
+    name: str | None = setting(None, string("a sweep name", null=True), "the sweep's name: its folder is out_root/name")
+    out_root: str = setting("outputs", string("a folder path"), "where runs and sweeps are written")
     resume: bool = setting(True, boolean(), "a rerun skips completed jobs and resumes interrupted ones")
-    experiment_name: str | None = setting(None, text("an experiment name", null=True), "set by experiment files")
-    scale_name: str | None = setting(None, text("a scale name", null=True), "set by scale files")
+    experiment_name: str | None = setting(None, string("an experiment name", null=True), "set by experiment files")
+    scale_name: str | None = setting(None, string("a scale name", null=True), "set by scale files")
     plan: PlanSettings = group(PlanSettings)
     sweep: SweepSettings = group(SweepSettings)
     report: ReportSettings = group(ReportSettings)
-
-
-@dataclasses.dataclass(frozen=True)
-class Settings:
-    """A composed config's settings, checked: the top level and the optim, trainer and logger groups."""
-
-    run: RunSettings
-    optim: OptimSettings
-    trainer: TrainerSettings
-    logger: LoggerSettings
-
-
-#: group -> schema, as ConfigStore holds them (the model: models.spec.Model; the data sets:
-#: data.settings.DATA_SCHEMAS); the root's is `schema`.
-GROUPS: dict[str, type] = {"optim": OptimSettings, "trainer": TrainerSettings, "logger": LoggerSettings}
-
-
-def validate(cfg: Mapping[str, Any]) -> Settings:
-    """The top-level, `optim`, `trainer` and `logger` settings of a composed config."""
-    return Settings(
-        parse(RunSettings, cfg, ""),
-        *(parse(schema, cfg.get(name), name) for name, schema in GROUPS.items()),
-    )

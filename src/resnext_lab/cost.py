@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from resnext_lab.config import plain
+from resnext_lab.config import to_python
 from resnext_lab.hardware import synchronize
 from resnext_lab.job import check_job
 from resnext_lab.models import complexity
@@ -88,7 +88,7 @@ def work(cfg: Mapping[str, Any]) -> float:
     """A job's multiply-adds in all (a training image counts 3x: forward and backward): what the packed
     launcher orders a sweep's jobs by, longest first, as `sweep_seconds` assumes."""
     spec = check_job(cfg, check_data=False).spec
-    nodes = {key: plain(cfg[key]) for key in ("data", "trainer")}
+    nodes = {key: to_python(cfg[key]) for key in ("data", "trainer")}
     train_steps, val_batches, test_batches = steps(nodes)
     batch = int(nodes["data"]["batch_size"])
     eval_batch = int(nodes["data"].get("eval_batch_size") or batch)

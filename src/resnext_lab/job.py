@@ -21,7 +21,15 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from resnext_lab.config import GROUPS, RunSettings, Settings, defaults, parse, plain, validate
+from resnext_lab.config import (
+    LoggerSettings,
+    OptimSettings,
+    RunSettings,
+    TrainerSettings,
+    defaults,
+    parse,
+    to_python,
+)
 from resnext_lab.data.settings import DATA_SCHEMAS
 from resnext_lab.errors import ConfigError, first_line
 from resnext_lab.models import Model, ModelSpec, complexity, reference_spec
@@ -36,6 +44,29 @@ def scales() -> tuple[str, ...]:
     """The scale presets, `conf/scale/*.yaml`, `none` (no preset) last: the one list every tool offers."""
     names = sorted(p.stem for p in (CONF_DIR / "scale").glob("*.yaml"))
     return (*[n for n in names if n != "none"], *[n for n in names if n == "none"])
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """A composed config's settings, checked: the top level and the optim, trainer and logger groups."""
+
+    run: RunSettings
+    optim: OptimSettings
+    trainer: TrainerSettings
+    logger: LoggerSettings
+
+
+#: group -> schema, as ConfigStore holds them (the model: models.spec.Model; the data sets:
+#: data.settings.DATA_SCHEMAS); the root's is `schema`.
+GROUPS: dict[str, type] = {"optim": OptimSettings, "trainer": TrainerSettings, "logger": LoggerSettings}
+
+
+def validate(cfg: Mapping[str, Any]) -> Settings:
+    """The top-level, `optim`, `trainer` and `logger` settings of a composed config."""
+    return Settings(
+        parse(RunSettings, cfg, ""),
+        *(parse(schema, cfg.get(name), name) for name, schema in GROUPS.items()),
+    )
 
 
 def register() -> None:
@@ -106,11 +137,11 @@ def check_job(cfg: Mapping[str, Any], check_data: bool = True) -> Job:
     from resnext_lab.data.modules import build_datamodule  # Lightning and torch: not for every command
 
     settings = validate(cfg)
-    dm = build_datamodule(plain(cfg.get("data")))
+    dm = build_datamodule(to_python(cfg.get("data")))
     available = getattr(dm, "check_available", None)
     if check_data and available is not None:
         available()
-    model = parse(Model, plain(cfg.get("model")), "model")
+    model = parse(Model, to_python(cfg.get("model")), "model")
     spec = spec_from_settings(model, num_classes=dm.num_classes, in_channels=dm.in_channels, image_size=dm.image_size)
     return Job(settings, dm, spec, reference_spec(spec, model), model.match)
 

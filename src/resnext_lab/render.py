@@ -17,17 +17,18 @@ from rich.table import Table
 def terminal(
     columns: Sequence[str], rows: Iterable[Sequence[object]], *, title: str | None = None, right: Iterable[str] = ()
 ) -> str:
-    """The rows under their columns as plain text (no colour, never wrapped), for the terminal or a log;
-    the columns named in `right` are aligned right (numbers)."""
+    """The rows under their columns as plain text (no colour, never wrapped), for the terminal or a log, under
+    `title` on a line of its own; the columns named in `right` are aligned right (numbers)."""
     right = set(right)
-    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
     for column in columns:
         table.add_column(column, justify="right" if column in right else "left", no_wrap=True)
     for row in rows:
         table.add_row(*(str(v) for v in row))
     out = io.StringIO()
     Console(file=out, width=10_000, color_system=None, force_terminal=False).print(table)
-    return "\n".join(line.rstrip() for line in out.getvalue().rstrip("\n").splitlines())
+    lines = [line.rstrip() for line in out.getvalue().rstrip("\n").splitlines()]
+    return "\n".join([title, *lines] if title else lines)
 
 
 def markdown(columns: Sequence[str], rows: Iterable[Sequence[object]], *, right: Iterable[str] = ()) -> list[str]:

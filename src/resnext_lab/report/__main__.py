@@ -18,7 +18,8 @@ from pathlib import Path
 
 from resnext_lab.errors import ConfigError
 from resnext_lab.job import table_at_scale
-from resnext_lab.report.ablation import to_terminal, write_ablation
+from resnext_lab.report.ablation import write_ablation
+from resnext_lab.report.ablation_text import to_terminal
 from resnext_lab.report.table_def import experiment_file, load_table_def
 from resnext_lab.report.tables import write_report
 

@@ -10,7 +10,8 @@ from resnext_lab.errors import ConfigError, fail, first_line
 from resnext_lab.files import output_fault
 from resnext_lab.overrides import job_order
 from resnext_lab.render import terminal
-from resnext_lab.report.ablation import to_terminal, write_ablation
+from resnext_lab.report.ablation import write_ablation
+from resnext_lab.report.ablation_text import to_terminal
 from resnext_lab.results import load_sweep
 from resnext_lab.tracking import log_report_run, wandb_group
 

@@ -79,7 +79,7 @@ class Outcome:
             "paper_ordering": self.paper,
             "family_size": self.family_size,
             "seeds_needed": self.seeds.n if self.seeds else None,
-            "seeds_needed_range": self.seeds.text() if self.seeds else None,
+            "seeds_needed_range": self.seeds.describe() if self.seeds else None,
         }
 
 
@@ -238,7 +238,7 @@ def markdown(outcomes: Sequence[Outcome], min_effect: float | None, alpha: float
                 _p(o.p_equiv_adj),
                 o.verdict,
                 o.paper,
-                o.seeds.text() if o.seeds else "–",
+                o.seeds.describe() if o.seeds else "–",
             )
         )
     right = ("Paper Δ", "Δ [95% CI]", "p", "p (Holm)", "TOST p (Holm)", "Seeds needed")

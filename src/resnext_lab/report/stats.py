@@ -268,7 +268,7 @@ class SeedsNeeded:
     low: int | None
     high: int | None
 
-    def text(self) -> str:
+    def describe(self) -> str:
         def one(v: int | None) -> str:
             return f">{MAX_SEEDS}" if v is None else str(v)
 

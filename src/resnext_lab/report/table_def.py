@@ -22,9 +22,9 @@ from resnext_lab.config import (
     items,
     number,
     parse,
-    plain,
     setting,
-    text,
+    string,
+    to_python,
     with_default,
 )
 from resnext_lab.errors import ConfigError, first_line
@@ -52,7 +52,7 @@ MATCH = Rule(_mapping, "a non-empty mapping of results.json keys to values", dic
 class Cell:
     """One cell of a paper table: the jobs it selects, and the paper's number beside them."""
 
-    label: str = setting(REQUIRED, text("a cell label"), "the cell's name, e.g. 32x4d")
+    label: str = setting(REQUIRED, string("a cell label"), "the cell's name, e.g. 32x4d")
     match: dict[str, Any] = setting(REQUIRED, MATCH, "results.json keys and the values that select its jobs")
     paper: float | None = setting(None, Rule(_any_number, "a number or null", _to_float), "the paper's figure")
     complexity: float = setting(
@@ -66,8 +66,8 @@ class Cell:
 class Row:
     """A row of cells, each compared with the row's baseline cell unless `contrasts` say otherwise."""
 
-    label: str | None = setting(None, text("a row label", null=True), "the row's name (null: row N)")
-    baseline: str | None = setting(None, text("a cell label of the row", null=True), "the row's baseline cell")
+    label: str | None = setting(None, string("a row label", null=True), "the row's name (null: row N)")
+    baseline: str | None = setting(None, string("a cell label of the row", null=True), "the row's baseline cell")
     cells: tuple[Cell, ...] = items(Cell, "the row's cells", minimum=1)
 
 
@@ -75,9 +75,9 @@ class Row:
 class Contrast:
     """One declared contrast: `cell` against `vs`, tested with the others of its family under Holm."""
 
-    cell: str = setting(REQUIRED, text("a cell name"), "the cell (its label, or row / label where labels repeat)")
-    vs: str = setting(REQUIRED, text("a cell name"), "the cell it is compared with")
-    family: str = setting("primary", text("a family name"), "the Holm family")
+    cell: str = setting(REQUIRED, string("a cell name"), "the cell (its label, or row / label where labels repeat)")
+    vs: str = setting(REQUIRED, string("a cell name"), "the cell it is compared with")
+    family: str = setting("primary", string("a family name"), "the Holm family")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -85,7 +85,7 @@ class Omitted:
     """Cells a scale leaves out on purpose, and why."""
 
     match: dict[str, Any] = setting(REQUIRED, MATCH, "results.json keys of the cells left out")
-    why: str = setting(REQUIRED, text("a reason"), "why")
+    why: str = setting(REQUIRED, string("a reason"), "why")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -94,11 +94,11 @@ class TableSettings:
 
     open_keys: ClassVar[bool] = True  # baseline and the sweep's other report settings
 
-    title: str | None = setting(None, text("a title", null=True), "the table's title (null: the metric)")
-    metric: str = setting(REQUIRED, text("a key of results.json metrics, e.g. test/top1_err"), "the metric")
+    title: str | None = setting(None, string("a title", null=True), "the table's title (null: the metric)")
+    metric: str = setting(REQUIRED, string("a key of results.json metrics, e.g. test/top1_err"), "the metric")
     rows: tuple[Row, ...] = items(Row, "the table's rows", minimum=1)
     paired_by: str | None = setting(
-        None, text("a results.json key such as seed", null=True), "pair the seeds of two cells by this key"
+        None, string("a results.json key such as seed", null=True), "pair the seeds of two cells by this key"
     )
     x_axis: str = setting("params", choice(*X_AXES), "the complexity axis of the plots")
     omitted: tuple[Omitted, ...] = items(Omitted, "cells a scale leaves out on purpose", null=True)
@@ -114,7 +114,7 @@ class TableSettings:
 def validate_table(table_def: Mapping[str, Any]) -> dict[str, Any]:
     """Check a `report:` node against `TableSettings` and return it as a plain dict; a ConfigError names the
     bad field. Accepts an OmegaConf node as well as a dict."""
-    t = parse(TableSettings, plain(table_def), "report")
+    t = parse(TableSettings, to_python(table_def), "report")
     rows = [_row(i, row) for i, row in enumerate(t.rows)]
     if t.test == stats.EQUIVALENCE and t.min_effect is None:
         raise ConfigError("report.test=equivalence: needs report.min_effect, the equivalence margin (error points)")

@@ -27,7 +27,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from resnext_lab.config import plain
+from resnext_lab.config import to_python
 from resnext_lab.cost import (
     CACHE,
     JOB_OVERHEAD_S,
@@ -81,12 +81,12 @@ def plan_jobs(
     plans = []
     job_s, startup_s = JOB_OVERHEAD_S, STARTUP_S
     if device == "here" and configs:
-        job_s, startup_s = overheads(configs[0][0], plain(configs[0][1]), cache, packed)
+        job_s, startup_s = overheads(configs[0][0], to_python(configs[0][1]), cache, packed)
     for overrides, cfg in configs:
         job = check_job(cfg, check_data=False)
         spec = job.spec
         c = complexity(spec)
-        resolved = plain(cfg)
+        resolved = to_python(cfg)
         train_steps, val_batches, test_batches = steps(resolved)
         batch = int(resolved["data"]["batch_size"])
         eval_batch = int(resolved["data"].get("eval_batch_size") or batch)

@@ -148,7 +148,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     except Exception as err:  # recorded, never lost: see the module docstring
         _stop_if_unwritable(err, run_dir, lambda why: record("interrupted", why))
         status = "diverged" if isinstance(err, Diverged) else "failed"
-        error = one_line(err)
+        error = error_text(err)
         finish_wandb(exit_code=1)
         error_file = run_dir / ("error.txt" if rank == 0 else f"error.rank{rank}.txt")
         error_file.write_text(traceback.format_exc())
@@ -176,7 +176,7 @@ def _stop_if_unwritable(err: BaseException, run_dir: Path, record: Any = None) -
         finish_wandb(exit_code=1)
     if record is not None:
         with contextlib.suppress(OSError):
-            record(f"{why}: {one_line(err)}")
+            record(f"{why}: {error_text(err)}")
     fail(
         f"{why}: cannot write {run_dir}; what was written is kept and the job is resumable: {remedy}, then "
         f"{_how_to_resume(run_dir)}"
@@ -191,7 +191,7 @@ def _how_to_resume(run_dir: Path) -> str:
     return f"run the same command again with hydra.run.dir={run_dir}"
 
 
-def one_line(err: BaseException) -> str:
+def error_text(err: BaseException) -> str:
     """The error as results.json and the sweep table show it: user errors as worded, others with their type."""
     text = first_line(err)
     if isinstance(err, ConfigError | Diverged) or text == type(err).__name__:
@@ -290,7 +290,7 @@ def resume_point(run_dir: Path) -> tuple[Path | None, list[dict[str, str]]]:
             aside = folder / "set-aside" / f"{path.stem}-{time.strftime('%Y%m%d-%H%M%S')}{path.suffix}"
             aside.parent.mkdir(exist_ok=True)
             path.replace(aside)
-            error = one_line(err)
+            error = error_text(err)
             log.warning("%s does not load (%s): moved to %s", path, error, aside)
             set_aside.append({"path": str(aside.relative_to(run_dir)), "error": error})
     return None, set_aside

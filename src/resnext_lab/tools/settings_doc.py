@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from resnext_lab.config import GROUPS, RunSettings, default_of
+from resnext_lab.config import RunSettings, default_of
 from resnext_lab.data.settings import DATA_SCHEMAS
+from resnext_lab.job import GROUPS
 from resnext_lab.models import Model
 
 
