@@ -21,6 +21,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from resnext_lab import design_space
 from resnext_lab.config import (
     LoggerSettings,
     OptimSettings,
@@ -31,10 +32,10 @@ from resnext_lab.config import (
     to_python,
 )
 from resnext_lab.data.settings import DATA_SCHEMAS
-from resnext_lab.errors import ConfigError, first_line
+from resnext_lab.errors import ConfigError, fail, first_line
 from resnext_lab.models import Model, ModelSpec, complexity, reference_spec
 from resnext_lab.models.spec import spec_from_settings
-from resnext_lab.overrides import register_resolvers, split_overrides, sweep_jobs
+from resnext_lab.overrides import expand, register_resolvers, split_overrides, sweep_jobs
 
 #: conf/, the configs run.py composes
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
@@ -152,7 +153,10 @@ def check_sweep(config: DictConfig, config_name: str | None) -> list[tuple[list[
     With `sweep.skip_invalid=true` the invalid jobs are only listed: they run, fail at once, are recorded
     as failed, and the sweep exits 1 at the end. Returns the valid jobs' (overrides, composed config).
     """
-    jobs = sweep_jobs(config)
+    try:
+        jobs = design_space.jobs(config, expand) if design_space.is_design_sweep(config) else sweep_jobs(config)
+    except ConfigError as err:
+        fail(str(err))
     if not jobs:
         return []
     # where configs are found: a job composes with the command line's hydra.searchpath, as the launcher's will

@@ -141,17 +141,11 @@ def job_order(overrides: Sequence[Sequence[str]]) -> list[int]:
     return sorted(range(len(parsed)), key=lambda i: [_value_key(parsed[i].get(k, "")) for k in swept])
 
 
-def sweep_jobs(config: DictConfig) -> list[list[str]] | None:
-    """Every job's overrides, as Hydra's basic sweeper will launch them (None for sweeps it cannot expand).
-
-    The sweeper's `params` come first, then the command line's overrides; a later override of the same
-    key replaces the earlier; the jobs are the product of every key's values.
-    """
-    node = config.hydra.sweeper.get("params")
-    params = OmegaConf.to_container(node, resolve=True) if node is not None else {}
-    texts = [f"{k}={v}" for k, v in params.items()] + list(config.hydra.overrides.task)
+def expand(texts: Sequence[str]) -> list[list[str]] | None:
+    """The jobs of a list of overrides as Hydra's basic sweeper expands them (None for a sweep it cannot expand):
+    a later override of the same key replaces the earlier; the jobs are the product of every key's values."""
     choices: dict[str, list[str]] = {}
-    for override in OverridesParser.create().parse_overrides(texts):
+    for override in OverridesParser.create().parse_overrides(list(texts)):
         key = override.get_key_element()
         if override.is_sweep_override():
             if not override.is_discrete_sweep():
@@ -160,6 +154,14 @@ def sweep_jobs(config: DictConfig) -> list[list[str]] | None:
         else:
             choices[key] = [f"{key}={override.get_value_element_as_str()}"]
     return [list(job) for job in itertools.product(*choices.values())]
+
+
+def sweep_jobs(config: DictConfig) -> list[list[str]] | None:
+    """Every job's overrides, as Hydra's basic sweeper will launch them (None for sweeps it cannot expand):
+    the sweeper's `params` come first, then the command line's overrides."""
+    node = config.hydra.sweeper.get("params")
+    params = OmegaConf.to_container(node, resolve=True) if node is not None else {}
+    return expand([f"{k}={v}" for k, v in params.items()] + list(config.hydra.overrides.task))
 
 
 def hydra_quote(value: str) -> str:

@@ -9,7 +9,7 @@ where a wrong type must reach that check. (No `from __future__ import annotation
 executes this module outside sys.modules, where dataclasses cannot resolve string annotations.)
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -25,3 +25,23 @@ class PackedLauncherConf:
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="packed", node=PackedLauncherConf, provider="resnext_lab")
+
+
+@dataclass
+class DesignSpaceSweeperConf:
+    _target_: str = "hydra_plugins.resnext_lab.design_space_sweeper.DesignSpaceSweeper"
+    #: networks sampled from each space, within the band (resnext_lab/design_space.py checks every value)
+    networks: Any = 50
+    #: seeds the sampling; each space draws from its own generator
+    seed: Any = 0
+    #: {quantity: params | flops, low, high}: the complexity band every network must fall in
+    band: Any = field(default_factory=lambda: {"quantity": "flops", "low": 0, "high": 1e18})
+    #: {name: {blocks: [min, max], width: [min, max], cardinality: [C, ...]}}
+    spaces: Any = field(default_factory=dict)
+    #: other settings swept for every network, as the basic sweeper's params
+    params: Any = None
+
+
+ConfigStore.instance().store(
+    group="hydra/sweeper", name="design_space", node=DesignSpaceSweeperConf, provider="resnext_lab"
+)
