@@ -18,7 +18,7 @@ SWEEP  ?= outputs/demo/cpu
 # the paper's tables and figures that train
 EXPERIMENTS := table3 table4 residual fig5 fig7 table7 forms init
 
-.PHONY: help install lock settings notebook gpu-check thread-policy plan test test-all lint format demo publish table1 table2 report dashboard bench soak plan-check clean $(EXPERIMENTS)
+.PHONY: help install lock settings notebook gpu-check thread-policy plan test test-all lint format demo design-space publish table1 table2 report dashboard bench soak plan-check clean $(EXPERIMENTS)
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_ -]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  \033[1m%-22s\033[0m %s\n", $$1, $$2}'
@@ -96,6 +96,13 @@ endef
 
 $(EXPERIMENTS): ## run a paper table's sweep at SCALE (resumable), then its report in reports/<table>/<SCALE>
 	$(call run_table,$@,$(SCALE))
+
+design-space: ## sample networks from the ResNet and ResNeXt spaces at SCALE, train each once, compare their error EDFs
+	@status=0; $(PY) run.py -m experiment=design_space scale=$(SCALE) out_root=$(OUT) $(if $(CONFIRM),sweep.confirm=true) \
+	  $(ARGS) || status=$$?; \
+	case " $(ARGS) " in *" task=plan "*) exit $$status;; esac; \
+	case $$status in 2|130|143) exit $$status;; esac; \
+	$(PY) -m resnext_lab.report.design_space $(OUT)/design_space/$(SCALE) || status=$$?; exit $$status
 
 publish: ## copy a finished table (EXP, SCALE) with its machine, versions, commit, wall time and regime into docs/results/SCALE/EXP
 	$(PY) -m resnext_lab.tools.publish $(EXP) --scale $(SCALE) --sweep $(OUT)/$(EXP)/$(SCALE) \

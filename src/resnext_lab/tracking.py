@@ -87,8 +87,41 @@ def finish_wandb(exit_code: int) -> None:
 def log_report_run(
     report: Mapping[str, Any], images: Sequence[Path], out_dir: Path, wandb_cfg: Mapping[str, Any], group: str
 ) -> Path | None:
-    """One `job_type=report` run in `group` with the report's table and plots; its run folder (None: disabled)."""
+    """One `job_type=report` run in `group` with the ablation's table and plots; its run folder (None: disabled)."""
     import pandas as pd
+
+    per_seed = pd.DataFrame(report.get("per_seed") or [], columns=["group", "seed", "metric", "value", "excluded"])
+    config = {"swept": list(report["keys"]), "seeds": list(report["seeds"])}
+    config.update({k: report.get(k) for k in ("baseline", "min_effect", "test", "exclude", "alpha")})
+    return log_tables_run(
+        {
+            "ablation": pd.DataFrame(report["rows"]).drop(columns="_outcome", errors="ignore"),
+            "per_seed": per_seed.astype({"seed": str}),
+        },
+        images,
+        out_dir,
+        wandb_cfg,
+        group,
+        config=config,
+        summary={
+            "warnings": list(report["warnings"]),
+            "verdicts": {_label(r, report["keys"]): r["verdict"] for r in report["rows"]},
+        },
+    )
+
+
+def log_tables_run(
+    tables: Mapping[str, Any],
+    images: Sequence[Path],
+    out_dir: Path,
+    wandb_cfg: Mapping[str, Any],
+    group: str,
+    *,
+    config: Mapping[str, Any],
+    summary: Mapping[str, Any],
+) -> Path | None:
+    """One `job_type=report` run in `group`: each DataFrame of `tables` as a wandb.Table, each image under
+    plots/, `summary` in its summary; its run folder (None: W&B disabled)."""
     import wandb
 
     mode = wandb_mode(str(wandb_cfg.get("mode", "auto")))
@@ -102,39 +135,20 @@ def log_report_run(
         name=f"report: {group}",
         dir=str(out_dir),
         mode=mode,
-        config={
-            "swept": list(report["keys"]),
-            "seeds": list(report["seeds"]),
-            "baseline": report.get("baseline"),
-            "min_effect": report.get("min_effect"),
-            "test": report.get("test"),
-            "exclude": report.get("exclude"),
-            "alpha": report.get("alpha"),
-        },
+        config=dict(config),
         reinit="finish_previous",
         settings=wandb.Settings(silent=True),
     )
-    frame = pd.DataFrame(report["rows"]).drop(columns="_outcome", errors="ignore")
-    frame = frame.astype(object).where(lambda f: f.notna(), None)
-    table = wandb.Table(
-        columns=[str(c) for c in frame.columns],
-        data=[[_cell(v) for v in row] for row in frame.itertuples(index=False)],
-        allow_mixed_types=True,
-    )  # "seeds needed" is "12 [5, 140]", ">1000" or empty
-    per_seed = pd.DataFrame(report.get("per_seed") or [], columns=["group", "seed", "metric", "value", "excluded"])
-    run.log(
-        {
-            "ablation": table,
-            "per_seed": wandb.Table(dataframe=per_seed.astype({"seed": str})),
-            **{f"plots/{p.stem}": wandb.Image(str(p)) for p in images},
-        }
-    )
-    run.summary.update(
-        {
-            "warnings": list(report["warnings"]),
-            "verdicts": {_label(r, report["keys"]): r["verdict"] for r in report["rows"]},
-        }
-    )
+    logged: dict[str, Any] = {f"plots/{p.stem}": wandb.Image(str(p)) for p in images}
+    for name, frame in tables.items():
+        frame = frame.astype(object).where(lambda f: f.notna(), None)
+        logged[name] = wandb.Table(
+            columns=[str(c) for c in frame.columns],
+            data=[[_cell(v) for v in row] for row in frame.itertuples(index=False)],
+            allow_mixed_types=True,
+        )  # mixed: "seeds needed" is "12 [5, 140]", ">1000" or empty
+    run.log(logged)
+    run.summary.update(dict(summary))
     folder = Path(run.dir).parent
     run.finish()
     return folder
