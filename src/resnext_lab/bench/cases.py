@@ -139,16 +139,13 @@ class PlainLoop:
     """
 
     def __init__(self, net: nn.Module, dm: Any, optim: Optim, settings: Settings, epochs: int) -> None:
-        from resnext_lab.module import lr_factor, sgd
+        from resnext_lab.module import schedule, sgd
 
         self.net, self.dm, self.settings = net, dm, settings
         self.steps_per_epoch = len(dm.train_labels) // dm.settings.batch_size
         # the module's own optimiser (parameter groups, scaled lr), as Lightning's epochs get it
         self.optimizer = sgd(net, optim, dm.settings.batch_size)
-        per_epoch = max(1, self.steps_per_epoch)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: lr_factor(step / per_epoch, optim, epochs)
-        )
+        self.scheduler = schedule(self.optimizer, optim, self.steps_per_epoch, epochs)
         self.passes = 0
 
     def epoch(self, max_steps: int | None = None) -> None:
