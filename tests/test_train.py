@@ -36,7 +36,7 @@ from resnext_lab.errors import ConfigError
 from resnext_lab.hardware import resolve_precision
 from resnext_lab.job import compose, validate
 from resnext_lab.models import build, complexity, spec_from_config
-from resnext_lab.module import ClassificationModule, lr_factor, param_groups, scaled_lr
+from resnext_lab.module import ClassificationModule, param_groups, scaled_lr, schedule
 
 CONF = ROOT / "conf"
 GROUPS = ("model", "data", "optim", "trainer", "logger", "task", "scale")
@@ -490,20 +490,32 @@ def test_a_sweep_with_an_invalid_job_runs_nothing(run_cli: RunCli, tmp_path: Pat
 # --- the optimiser ---------------------------------------------------------------------------------------------
 
 
+def lr_factors(optim: OptimSettings, max_epochs: int, epochs: tuple[float, ...], per_epoch: int = 10) -> list[float]:
+    """The schedule's lr over the base lr at each of `epochs`, stepped per optimiser step as training does."""
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    scheduler = schedule(opt, optim, per_epoch, max_epochs)
+    factors = [opt.param_groups[0]["lr"]]
+    for _ in range(max_epochs * per_epoch):
+        opt.step()
+        scheduler.step()
+        factors.append(opt.param_groups[0]["lr"])
+    return [factors[round(e * per_epoch)] for e in epochs]
+
+
 def test_step_schedule_divides_at_milestones() -> None:
     optim = OptimSettings(schedule="step", milestones=(30, 60, 90), gamma=0.1)
-    factors = [lr_factor(e, optim, 100) for e in (0, 29.9, 30, 59, 60, 90, 99)]
+    factors = lr_factors(optim, 100, (0, 29.9, 30, 59, 60, 90, 99))
     assert factors == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.001, 0.001])
 
 
 def test_cosine_schedule_and_warmup() -> None:
     cosine = OptimSettings(schedule="cosine")
-    assert [lr_factor(e, cosine, 10) for e in (0, 5, 10)] == pytest.approx([1, 0.5, 0])
+    assert lr_factors(cosine, 10, (0, 5, 10)) == pytest.approx([1, 0.5, 0])
     warm = OptimSettings(schedule="cosine", warmup_epochs=2, warmup_start=0.1)
-    assert [lr_factor(e, warm, 12) for e in (0, 1, 2, 7, 12)] == pytest.approx([0.1, 0.55, 1, 0.5, 0])
+    assert lr_factors(warm, 12, (0, 1, 2, 7, 12)) == pytest.approx([0.1, 0.55, 1, 0.5, 0])
     step = OptimSettings(schedule="step", milestones=(3,), warmup_epochs=1, warmup_start=0.0)
-    assert [lr_factor(e, step, 5) for e in (0, 0.5, 1, 3)] == pytest.approx([0, 0.5, 1, 0.1])
-    assert lr_factor(3, OptimSettings(schedule="constant"), 5) == 1
+    assert lr_factors(step, 5, (0, 0.5, 1, 3)) == pytest.approx([0, 0.5, 1, 0.1])
+    assert lr_factors(OptimSettings(schedule="constant"), 5, (3,)) == [1]
 
 
 def test_no_decay_for_bn_and_biases() -> None:

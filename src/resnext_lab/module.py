@@ -7,6 +7,7 @@ Errors are logged as the paper reports them, in percent: `train/top1_err`,
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -47,17 +48,68 @@ def sgd(net: nn.Module, optim: OptimSettings, global_batch: int = 0) -> torch.op
     )
 
 
-def lr_factor(epoch: float, optim: OptimSettings, max_epochs: int) -> float:
-    """The learning-rate multiplier at a (fractional) epoch: warm-up, then the schedule."""
+def _first_step(epoch: float, steps_per_epoch: int) -> int | None:
+    """The first optimiser step `s` at which `s / steps_per_epoch >= epoch` (None: never)."""
+    if not math.isfinite(epoch):
+        return None
+    s = max(0, math.ceil(epoch * steps_per_epoch))
+    # the same comparison as the epochs it stands for, so that rounding cannot move a boundary by a step
+    while s > 0 and (s - 1) / steps_per_epoch >= epoch:
+        s -= 1
+    while s / steps_per_epoch < epoch:
+        s += 1
+    return s
+
+
+def schedule(
+    optimizer: torch.optim.Optimizer, optim: OptimSettings, steps_per_epoch: int, max_epochs: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """The run's learning-rate schedule, stepped once per optimiser step.
+
+    A linear warm-up from `optim.warmup_start` * lr over `optim.warmup_epochs` (fractional epochs allowed),
+    then `optim.schedule`: step (times gamma from each milestone epoch on, counting milestones inside the
+    warm-up), cosine (to zero at `max_epochs`, over the epochs after the warm-up) or constant. Epochs are
+    `step / steps_per_epoch`; a phase starts at the first step that reaches its epoch.
+    """
+    sched = torch.optim.lr_scheduler
+    per_epoch = max(1, steps_per_epoch)
     warmup = optim.warmup_epochs
-    if warmup > 0 and epoch < warmup:
-        return optim.warmup_start + (1 - optim.warmup_start) * epoch / warmup
+    pieces: list[sched.LRScheduler] = []
+    starts: list[int] = []  # the step at which each piece after the first takes over
+    end = _first_step(warmup, per_epoch) if warmup > 0 else 0  # the first step after the warm-up
+    if end != 0:
+        span = warmup * per_epoch  # the warm-up in steps, maybe fractional: factor start + (1 - start) * s / span
+        if optim.warmup_start > 0:
+            pieces.append(sched.LinearLR(optimizer, optim.warmup_start, 1.0, total_iters=span))
+        else:  # LinearLR cannot start at 0: step 0 at 0, then linear from step 1 on
+            pieces.append(sched.ConstantLR(optimizer, 0.0, total_iters=1))
+            if end is None or end > 1:
+                starts.append(1)
+                pieces.append(sched.LinearLR(optimizer, 1 / span, 1.0, total_iters=span - 1))
+        if end is None:  # a warm-up that never ends
+            return pieces[0] if len(pieces) == 1 else sched.SequentialLR(optimizer, pieces, starts)
+        starts.append(end)
     if optim.schedule == "step":
-        return optim.gamma ** sum(epoch >= m for m in optim.milestones)
-    if optim.schedule == "cosine":
-        span = max(max_epochs - warmup, 1e-8)
-        return 0.5 * (1 + math.cos(math.pi * min(max(epoch - warmup, 0.0) / span, 1.0)))
-    return 1.0
+        reached = (_first_step(m, per_epoch) for m in optim.milestones)
+        # milestones inside the warm-up all apply when it ends
+        pieces.append(sched.MultiStepLR(optimizer, [max(s - end, 0) for s in reached if s is not None], optim.gamma))
+    elif optim.schedule == "cosine":
+        steps = max_epochs * per_epoch - end
+        if math.isclose(end, warmup * per_epoch, rel_tol=1e-12, abs_tol=1e-12) and steps > 0:
+            pieces.append(sched.CosineAnnealingLR(optimizer, T_max=steps))
+        else:
+            # a warm-up ending between two steps (or after the run): the cosine starts at that fraction of a
+            # step, which CosineAnnealingLR, counted from the piece's first step, cannot express
+            span_epochs = max(max_epochs - warmup, 1e-8)
+
+            def cosine(k: int) -> float:
+                done = min(max((end + k) / per_epoch - warmup, 0.0) / span_epochs, 1.0)
+                return 0.5 * (1 + math.cos(math.pi * done))
+
+            pieces.append(sched.LambdaLR(optimizer, cosine))
+    else:
+        pieces.append(sched.ConstantLR(optimizer, 1.0, total_iters=0))
+    return pieces[0] if len(pieces) == 1 else sched.SequentialLR(optimizer, pieces, starts)
 
 
 class EpochErrors(Metric):
@@ -172,6 +224,11 @@ class ClassificationModule(pl.LightningModule):
         # a checkpoint written before best_val existed resumes with no best yet
         for key, value in self.best_val.state_dict(prefix="best_val.").items():
             checkpoint["state_dict"].setdefault(key, value)
+        # a checkpoint written when the schedule was one LambdaLR keeps only its step count: configure_optimizers
+        # brings the schedule to that step and puts its state in place of the old one
+        states = checkpoint.get("lr_schedulers") or []
+        if states and "lr_lambdas" in states[0] and "_schedulers" not in states[0]:
+            self._legacy_schedule = (states, int(states[0]["last_epoch"]))
 
     def on_test_epoch_end(self) -> None:
         self._log_errors("test")
@@ -182,9 +239,15 @@ class ClassificationModule(pl.LightningModule):
         optimizer = sgd(self.net, opt, global_batch)
         max_epochs = max(1, self.trainer.max_epochs or 1)
         steps_per_epoch = max(1, self.trainer.estimated_stepping_batches // max_epochs)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: lr_factor(step / steps_per_epoch, opt, max_epochs)
-        )
+        scheduler = schedule(optimizer, opt, steps_per_epoch, max_epochs)
+        legacy, self._legacy_schedule = getattr(self, "_legacy_schedule", None), None
+        if legacy is not None:
+            states, steps = legacy
+            with warnings.catch_warnings():  # stepped without optimiser steps, on purpose
+                warnings.simplefilter("ignore", UserWarning)
+                for _ in range(steps):
+                    scheduler.step()
+            states[0] = scheduler.state_dict()
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 

@@ -37,7 +37,6 @@ SEED = "seed"
 
 
 def _overrides(result: Mapping[str, Any]) -> dict[str, str]:
-
     return override_values(result.get("overrides") or [])
 
 

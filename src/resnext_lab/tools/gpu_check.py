@@ -33,7 +33,6 @@ UNITS = {"s": 1.0, "min": 60.0, "h": 3600.0}
 
 
 def _settings(device: str, tiny: bool, compile: bool) -> Any:
-
     return bench.settings_for(device, "tiny" if tiny else "full", compile)
 
 
@@ -77,7 +76,6 @@ def planned_seconds(text: str) -> float | None:
 
 
 def sweep_check(device: str, tiny: bool) -> dict[str, Any]:
-
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
     with tempfile.TemporaryDirectory() as tmp:
         plan, _ = _run([*sweep_args(device, tiny), "task=plan"], Path(tmp) / "plan", env)
@@ -140,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report: dict[str, Any] = {
         "command": " ".join(["python -m resnext_lab.tools.gpu_check", *(argv or sys.argv[1:])]),
         "device": bench.device_info(args.device),
-        "versions": bench.versions(),
+        "versions": bench.library_versions(),
     }
     cases = ["resnet50", "resnext50_32x4d", *([] if args.tiny else ["family"]), "proxy", "loop_overhead"]
     steps = [("bench_eager", lambda: bench.run(_settings(args.device, args.tiny, False), cases, log=_log))]

@@ -43,19 +43,19 @@ from resnext_lab.tools.bench.cases import (
     torchvision_case,
 )
 from resnext_lab.tools.bench.harness import (
+    BENCH_SIZES,
     SCHEMA_VERSION,
-    SIZES,
     BenchError,
+    BenchSettings,
     Row,
-    Settings,
     check_same_params,
     device_info,
     format_precisions,
     fraction_of_peak,
+    library_versions,
     load_average,
     matmul_peak,
     settings_for,
-    versions,
 )
 from resnext_lab.tools.bench.syncs import HostSyncs
 
@@ -65,7 +65,7 @@ __all__ = [
     "TORCHVISION_PAIRS",
     "BenchError",
     "HostSyncs",
-    "Settings",
+    "BenchSettings",
     "check_same_params",
     "device_info",
     "format_precisions",
@@ -76,11 +76,11 @@ __all__ = [
     "run",
     "settings_for",
     "torchvision_case",
-    "versions",
+    "library_versions",
 ]
 
 
-def run(settings: Settings, cases: Sequence[str] = CASES, log: Callable[[str], object] = print) -> dict[str, Any]:
+def run(settings: BenchSettings, cases: Sequence[str] = CASES, log: Callable[[str], object] = print) -> dict[str, Any]:
     """Measure `cases` (names from CASES) and return the report (what --out writes)."""
     unknown = sorted(set(cases) - set(CASES))
     if unknown:
@@ -117,7 +117,7 @@ def run(settings: Settings, cases: Sequence[str] = CASES, log: Callable[[str], o
         "started": started,
         "host": platform.node(),
         "device": device,
-        "versions": versions(),
+        "versions": library_versions(),
         "settings": dataclasses.asdict(settings),
         "load_average": [*load, load_average()],  # 1-min load at start and end: other work shares a CPU
         "results": [dataclasses.asdict(row) for row in rows],
@@ -176,7 +176,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m resnext_lab.tools.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument(
-        "--size", choices=tuple(SIZES), help="tiny (a check that it runs), small (CPU default) or full (GPU default)"
+        "--size",
+        choices=tuple(BENCH_SIZES),
+        help="tiny (a check that it runs), small (CPU default) or full (GPU default)",
     )
     parser.add_argument("--compile", action="store_true", help="torch.compile every network compared")
     parser.add_argument(

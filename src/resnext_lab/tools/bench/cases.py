@@ -16,14 +16,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from resnext_lab.config import OptimSettings, parse
+from resnext_lab.data import TensorBatches, build_datamodule
+from resnext_lab.errors import DataError
 from resnext_lab.hardware import synchronize
 from resnext_lab.job import compose
 from resnext_lab.models import ModelSpec, build, complexity, spec_from_config
 from resnext_lab.models.spec import IMAGENET_STAGE_BLOCKS
+from resnext_lab.module import ClassificationModule, schedule, sgd
 from resnext_lab.tools.bench.harness import (
+    BenchSettings,
     Measurement,
     Row,
-    Settings,
     check_same_params,
     measure_group,
     n_params,
@@ -48,7 +51,7 @@ CASES = (*TORCHVISION_PAIRS, "family", "alignment", "resnext29_8x64d", "proxy", 
 LIGHTNING = "Lightning: ClassificationModule + datamodule"
 
 
-def torchvision_case(name: str, settings: Settings) -> Row:
+def torchvision_case(name: str, settings: BenchSettings) -> Row:
     """Our build of a torchvision architecture against torchvision's own, eager vs eager or compiled vs compiled."""
     import torchvision
 
@@ -67,7 +70,7 @@ def torchvision_case(name: str, settings: Settings) -> Row:
     return Row(name, "torchvision", batch, size, flops, ours, theirs, paired_ratio(ours, theirs))
 
 
-def family_rows(settings: Settings, shapes: Sequence[tuple[int, int]] = FAMILY, case: str = "family") -> list[Row]:
+def family_rows(settings: BenchSettings, shapes: Sequence[tuple[int, int]] = FAMILY, case: str = "family") -> list[Row]:
     """ResNet-50 at each (C, d) of `shapes`, each against the first (ours): the family at matched complexity,
     or ("alignment") 8x14d against 8x16d, which does 15% more work with channels per group that are multiples of 8.
     """
@@ -92,7 +95,7 @@ def family_rows(settings: Settings, shapes: Sequence[tuple[int, int]] = FAMILY, 
     ]
 
 
-def cifar_row(settings: Settings) -> Row:
+def cifar_row(settings: BenchSettings) -> Row:
     batch, size = settings.cifar_batch, settings.cifar_image_size
     (ours,) = measure_group([(CIFAR.name, lambda: build(CIFAR))], batch, size, CIFAR.num_classes, settings)
     flops = complexity(dataclasses.replace(CIFAR, image_size=size))["flops"]
@@ -122,7 +125,6 @@ def _synthesize(dm: Any, n: int) -> None:
 
 def _load_or_synthesize(dm: Any, images: int | None) -> str:
     """Read Fashion-MNIST if it is here, else synthesize it."""
-    from resnext_lab.errors import DataError
 
     try:
         dm.setup("fit")
@@ -139,22 +141,15 @@ class PlainLoop:
     The batches are drawn from the datamodule's tensors when an epoch starts, wherever they live then.
     """
 
-    def __init__(self, net: nn.Module, dm: Any, optim: OptimSettings, settings: Settings, epochs: int) -> None:
-        from resnext_lab.module import lr_factor, sgd
-
+    def __init__(self, net: nn.Module, dm: Any, optim: OptimSettings, settings: BenchSettings, epochs: int) -> None:
         self.net, self.dm, self.settings = net, dm, settings
         self.steps_per_epoch = len(dm.train_labels) // dm.settings.batch_size
         # the module's own optimiser (parameter groups, scaled lr), as Lightning's epochs get it
         self.optimizer = sgd(net, optim, dm.settings.batch_size)
-        per_epoch = max(1, self.steps_per_epoch)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: lr_factor(step / per_epoch, optim, epochs)
-        )
+        self.scheduler = schedule(self.optimizer, optim, self.steps_per_epoch, epochs)
         self.passes = 0
 
     def epoch(self, max_steps: int | None = None) -> None:
-        from resnext_lab.data import TensorBatches
-
         dm, bf16, cl = self.dm, self.settings.bf16, self.settings.channels_last
         passes = self.passes
         batches = TensorBatches(
@@ -208,7 +203,7 @@ class _Alternate(pl.Callback):
         self._stop()
 
 
-def _proxy_trainer(settings: Settings, callbacks: list[pl.Callback], epochs: int, limit: int | None) -> pl.Trainer:
+def _proxy_trainer(settings: BenchSettings, callbacks: list[pl.Callback], epochs: int, limit: int | None) -> pl.Trainer:
     """A Trainer with the run's precision and autotuning; no validation, checkpoints, logger or progress bar."""
     cuda = settings.device == "cuda"
     return pl.Trainer(
@@ -229,10 +224,9 @@ def _proxy_trainer(settings: Settings, callbacks: list[pl.Callback], epochs: int
 
 
 def _alternate(
-    settings: Settings, dm: Any, make_net: Callable[[], nn.Module], optim: OptimSettings, num_classes: int
+    settings: BenchSettings, dm: Any, make_net: Callable[[], nn.Module], optim: OptimSettings, num_classes: int
 ) -> tuple[_Alternate, PlainLoop]:
     """1 + `proxy_epochs` epochs through Lightning, each after one plain-loop epoch, on the datamodule's tensors."""
-    from resnext_lab.module import ClassificationModule
 
     epochs = 1 + settings.proxy_epochs
     plain = PlainLoop(prepare(make_net(), settings), dm, optim, settings, epochs)
@@ -256,13 +250,12 @@ def _epoch_measurements(clock: _Alternate, images: int, params: int) -> tuple[Me
 
 
 def _count_syncs(
-    settings: Settings, dm: Any, make_net: Callable[[], nn.Module], optim: OptimSettings, num_classes: int
+    settings: BenchSettings, dm: Any, make_net: Callable[[], nn.Module], optim: OptimSettings, num_classes: int
 ) -> tuple[int, dict[str, int], dict[str, int]]:
     """Host syncs in the training steps of a second epoch (the first initialises lazily), Lightning and plain.
 
     Eager, with at most `audit_steps` steps: the count is about the loop and the module, not the network.
     """
-    from resnext_lab.module import ClassificationModule
 
     eager = dataclasses.replace(settings, compile=False)
     steps = min(len(dm.train_labels) // dm.settings.batch_size, settings.audit_steps)
@@ -281,9 +274,8 @@ def _count_syncs(
     return steps, lightning, dict(counter.sites)
 
 
-def proxy_row(settings: Settings) -> Row:
+def proxy_row(settings: BenchSettings) -> Row:
     """Epochs of the default proxy model on Fashion-MNIST: Lightning (module + datamodule) vs a plain loop."""
-    from resnext_lab.data import build_datamodule
 
     model_cfg, data_cfg, optim = proxy_config(batch_size=settings.proxy_batch, limit_train=settings.proxy_images)
     dm = build_datamodule(data_cfg)
@@ -314,7 +306,7 @@ def proxy_row(settings: Settings) -> Row:
     return Row("proxy_epoch", "proxy", settings.proxy_batch, dm.image_size, flops, ours, base, paired, extra)
 
 
-def loop_overhead_row(settings: Settings) -> Row:
+def loop_overhead_row(settings: BenchSettings) -> Row:
     """Host time per step of the training loop itself: the proxy's batches, optimiser and module, a one-layer net.
 
     With the network's work made negligible, what is left is what Lightning and the module
@@ -322,7 +314,6 @@ def loop_overhead_row(settings: Settings) -> Row:
     ahead of the kernels of earlier steps and stays hidden while it is shorter than a step's
     GPU time, unless something makes the host wait (see `HostSyncs`).
     """
-    from resnext_lab.data import build_datamodule
 
     _model_cfg, data_cfg, optim = proxy_config(batch_size=settings.proxy_batch)
     dm = build_datamodule(data_cfg)

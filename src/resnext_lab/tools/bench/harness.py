@@ -27,7 +27,7 @@ class BenchError(RuntimeError):
 
 
 @dataclasses.dataclass(frozen=True)
-class Settings:
+class BenchSettings:
     """One benchmark run: device, numerics, batch sizes and how long to time."""
 
     device: str = "cpu"
@@ -53,7 +53,7 @@ class Settings:
 
 #: `--size`: small keeps a CPU run to a few minutes (the defaults above); full is the issue's GPU setting;
 #: tiny runs every case on a step or two, a check that the benchmark works (the tests, `gpu_check --tiny`).
-SIZES: dict[str, dict[str, Any]] = {
+BENCH_SIZES: dict[str, dict[str, Any]] = {
     "tiny": dict(
         imagenet_batch=2,
         imagenet_large_batch=2,
@@ -90,7 +90,7 @@ def settings_for(
     layout: str = "channels_last",
     threads: int | None = 1,
     bf16: bool | None = None,
-) -> Settings:
+) -> BenchSettings:
     """The defaults of `size` on `device`: the precision `trainer.precision=auto` picks there; channels_last.
 
     channels_last trained faster on GPUs (the issue's figures: NCHW at about half the rate) and on
@@ -100,14 +100,14 @@ def settings_for(
     cuda = device == "cuda"
     if bf16 is None:
         bf16 = resolve_precision("auto", cuda)[0] == "bf16-mixed"
-    return Settings(
+    return BenchSettings(
         device=device,
         size=size,
         compile=compile,
         bf16=bf16,
         channels_last=layout == "channels_last",
         threads=None if cuda else threads,
-        **SIZES[size],
+        **BENCH_SIZES[size],
     )
 
 
@@ -182,7 +182,7 @@ def peak_memory(device: torch.device) -> Iterator[dict[str, float | None]]:
 # --- timing training steps -------------------------------------------------------------------------
 
 
-def prepare(net: nn.Module, settings: Settings) -> nn.Module:
+def prepare(net: nn.Module, settings: BenchSettings) -> nn.Module:
     """On the device, in the layout, compiled if asked: done identically to every network compared."""
     net = net.to(settings.device).train()
     if settings.channels_last:
@@ -190,7 +190,7 @@ def prepare(net: nn.Module, settings: Settings) -> nn.Module:
     return torch.compile(net) if settings.compile else net
 
 
-def make_step(net: nn.Module, x: Tensor, y: Tensor, settings: Settings) -> Callable[[], Tensor]:
+def make_step(net: nn.Module, x: Tensor, y: Tensor, settings: BenchSettings) -> Callable[[], Tensor]:
     """One training step on a fixed batch; returns the loss without reading it (no host sync)."""
     optimizer = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
 
@@ -210,7 +210,7 @@ def measure_group(
     batch: int,
     image_size: int,
     num_classes: int,
-    settings: Settings,
+    settings: BenchSettings,
     in_channels: int = 3,
 ) -> list[Measurement]:
     """Warm each network up (measuring its peak memory), then time them in alternating windows."""
@@ -309,8 +309,8 @@ def format_precisions(reports: dict[str, dict[str, Any]], peaks: dict[str, float
     return "\n".join(lines)
 
 
-def versions() -> dict[str, str | None]:
-
+def library_versions() -> dict[str, str | None]:
+    """The packages' versions as results.json records them, and the CUDA and cuDNN torch was built with."""
     out: dict[str, str | None] = {**package_versions(PACKAGES)}
     out["cuda"] = torch.version.cuda
     out["cudnn"] = str(torch.backends.cudnn.version()) if torch.backends.cudnn.is_available() else None
