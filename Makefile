@@ -16,7 +16,10 @@ ARGS   ?=
 LOCK   ?= requirements/lock.txt
 SWEEP  ?= outputs/demo/cpu
 # the paper's tables and figures that train
-EXPERIMENTS := table3 table4 residual fig5 fig7 table7 forms init
+# the paper tables that train: every experiments/<name>/ with its scales, but for the demo, the design-space
+# comparison (their own targets) and table4_top5 (rendered by table4's target from the same sweep)
+EXPERIMENTS := $(filter-out demo design_space table4_top5,$(patsubst experiments/%/,%,$(wildcard experiments/*/)))
+SCALES := $(filter-out none,$(patsubst conf/scale/%.yaml,%,$(wildcard conf/scale/*.yaml)))
 
 .PHONY: help install lock settings notebook gpu-check thread-policy plan test test-all lint format demo design-space publish table1 table2 report dashboard bench soak plan-check clean $(EXPERIMENTS)
 
@@ -24,7 +27,7 @@ help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_ -]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  \033[1m%-22s\033[0m %s\n", $$1, $$2}'
 	@printf "  \033[1m%-22s\033[0m %s\n" "$(EXPERIMENTS)" "" | sed 's/ *$$//'
 	@echo "                         each: run that paper table's sweep at SCALE (resumable), then its report in reports/<table>/<SCALE>"
-	@echo "  variables: SCALE=smoke|cpu|proxy|paper (default: proxy with a GPU, else cpu)  ARGS='extra Hydra overrides'  OUT=outputs"
+	@echo "  variables: SCALE=$(subst $(eval) ,|,$(SCALES)) (default: proxy with a GPU, else cpu)  ARGS='extra Hydra overrides'  OUT=outputs"
 	@echo "             CONFIRM=1: train a table that its plan (printed first) prices above an hour on this machine"
 
 install: ## create .venv, install the project (editable, dev tools, the versions in LOCK) and Fashion-MNIST where apt-get works
@@ -109,7 +112,7 @@ publish: ## copy a finished table (EXP, SCALE) with its machine, versions, commi
 	  $(if $(wildcard docs/results/$(SCALE)/$(EXP)/plan.txt),--plan docs/results/$(SCALE)/$(EXP)/plan.txt) $(ARGS)
 
 report: ## render every paper table that has results under OUT
-	@for exp in $(EXPERIMENTS); do for scale in smoke cpu proxy paper; do \
+	@for exp in $(EXPERIMENTS); do for scale in $(SCALES); do \
 	  if [ -d $(OUT)/$$exp/$$scale ]; then $(PY) -m resnext_lab.report $(OUT)/$$exp/$$scale --experiment $$exp --scale $$scale --out reports/$$exp/$$scale || exit $$?; fi; \
 	done; done
 

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from resnext_lab.errors import ConfigError
-from resnext_lab.job import table_at_scale
+from resnext_lab.job import scales, table_at_scale
 from resnext_lab.report.ablation import write_ablation
 from resnext_lab.report.ablation_text import to_terminal
 from resnext_lab.report.table_def import experiment_file, load_table_def
@@ -36,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     source.add_argument("--experiment", help="experiment name: reads experiments/NAME.yaml")
     parser.add_argument(
         "--scale",
-        help="with --experiment: the table as NAME composes at this scale (smoke, proxy, paper), whose presets "
+        help=f"with --experiment: the table as NAME composes at this scale ({', '.join(s for s in scales() if s != 'none')}), whose presets "
         "may build smaller depths and widths than the paper's",
     )
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: SWEEP_DIR/report)")
