@@ -1,10 +1,11 @@
-"""The packed launcher's config, a structured config in Hydra's ConfigStore (as Hydra's own launcher plugins
-register theirs), so that `hydra/launcher=packed` resolves in any Hydra app that has this package installed:
+"""The packed launcher's and the design-space sweeper's configs, structured configs in Hydra's ConfigStore (as
+Hydra's own plugins register theirs), so that `hydra/launcher=packed` and `hydra/sweeper=design_space` resolve
+in any Hydra app that has this package installed:
 
     python run.py -m hydra/launcher=packed experiment=table3 scale=proxy
     python run.py -m hydra/launcher=packed hydra.launcher.jobs_per_device=4 hydra.launcher.devices=[0,1] ...
 
-Its values are checked by the launcher itself (one error line naming the setting), so the fields are untyped
+Their values are checked by the plugins themselves (one error line naming the setting), so the fields are untyped
 where a wrong type must reach that check. (No `from __future__ import annotations` here: Hydra's plugin scan
 executes this module outside sys.modules, where dataclasses cannot resolve string annotations.)
 """
