@@ -4,6 +4,7 @@ in any Hydra app that has this package installed:
 
     python run.py -m hydra/launcher=packed experiment=table3 scale=proxy
     python run.py -m hydra/launcher=packed hydra.launcher.jobs_per_device=4 hydra.launcher.devices=[0,1] ...
+    python run.py -m experiment=design_space scale=cpu hydra.sweeper.networks=20
 
 Their values are checked by the plugins themselves (one error line naming the setting), so the fields are untyped
 where a wrong type must reach that check. (No `from __future__ import annotations` here: Hydra's plugin scan
