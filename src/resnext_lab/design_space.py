@@ -104,7 +104,9 @@ class Network:
 
 def population(node: Mapping[str, Any]) -> tuple[Population, dict[str, Space]]:
     """The sweeper node checked: its settings and each space's."""
-    pop = parse(Population, {k: v for k, v in to_python(node).items() if k not in ("_target_", "params")}, "hydra.sweeper")
+    pop = parse(
+        Population, {k: v for k, v in to_python(node).items() if k not in ("_target_", "params")}, "hydra.sweeper"
+    )
     spaces = {str(name): parse(Space, space, f"hydra.sweeper.spaces.{name}") for name, space in pop.spaces.items()}
     return pop, spaces
 
