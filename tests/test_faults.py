@@ -179,6 +179,60 @@ def test_sigterm_during_a_job_is_one_line_and_resumable(start_cli: Any, tmp_path
     assert results(job)["status"] == "interrupted"
 
 
+_LOST_INTERRUPT = """
+import gc, os, signal, sys, time
+import pytorch_lightning as pl
+import torch
+from resnext_lab import interrupts
+from resnext_lab.callbacks import StopOnSignal, ctrl_c_as_interrupt
+
+class Dropper:  # Python prints, then drops, an exception raised in a finaliser
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.5)  # the handler runs here, inside __del__
+
+class Tiny(pl.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.layer = torch.nn.Linear(4, 2)
+    def training_step(self, batch, batch_idx):
+        if self.global_step == 3:
+            Dropper()  # finalised at once: the signal's KeyboardInterrupt is lost
+        return self.layer(batch[0]).sum()
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(64, 4)), batch_size=4)
+interrupts.install()
+callbacks = [StopOnSignal()] if sys.argv[1] == "with" else []
+trainer = pl.Trainer(max_epochs=10, callbacks=callbacks, logger=False, enable_checkpointing=False,
+                     enable_progress_bar=False, enable_model_summary=False)
+with interrupts.job_running():
+    try:
+        with ctrl_c_as_interrupt(trainer):
+            trainer.fit(Tiny(), data)
+    except KeyboardInterrupt:
+        print("interrupted at step", trainer.global_step)
+        sys.exit(130)
+print("completed at step", trainer.global_step)
+"""
+
+
+@pytest.mark.parametrize("callback", ["with", "without"])
+def test_a_signal_whose_interrupt_python_drops_still_stops_the_job(tmp_path: Path, callback: str) -> None:
+    """The KeyboardInterrupt of a signal that lands in a finaliser is printed and dropped by Python: without
+    StopOnSignal the job trains on to the end (what a packed sweep once recorded as "completed" after Ctrl-C)."""
+    script = tmp_path / "lost.py"
+    script.write_text(_LOST_INTERRUPT)
+    env = {**cli_env(tmp_path), "PYTHONPATH": str(ROOT / "src")}
+    proc = subprocess.run([sys.executable, str(script), callback], env=env, capture_output=True, text=True, timeout=120)
+    assert "Exception ignored in" in proc.stderr, proc.stderr[-3000:]  # the interrupt was dropped
+    if callback == "with":
+        assert proc.returncode == 130 and "interrupted at step 4" in proc.stdout, proc.stdout + proc.stderr[-3000:]
+    else:
+        assert proc.returncode == 0 and "completed at step 160" in proc.stdout, proc.stdout + proc.stderr[-3000:]
+
+
 # --- a table never starts blind -------------------------------------------------------------------------------
 
 

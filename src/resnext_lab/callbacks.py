@@ -1,6 +1,6 @@
 """Around a job's Lightning Trainer: callbacks and plugins (throughput per epoch, the logging interval, the
 checkpoint a rerun resumes from, written so that it cannot tear), the CSV log a resumed run appends to,
-Ctrl-C recorded as an interruption, and the known-harmless warnings filtered.
+Ctrl-C recorded as an interruption (and never lost: StopOnSignal), and the known-harmless warnings filtered.
 
 Hydra's callbacks (output folder checks, the sweep's closing table) live in `sweep.py`:
 Hydra loads them for every command, and importing Lightning would cost seconds each time.
@@ -27,6 +27,7 @@ from lightning_fabric.plugins import TorchCheckpointIO
 from pytorch_lightning.callbacks import TQDMProgressBar
 from pytorch_lightning.loggers import CSVLogger
 
+from resnext_lab import interrupts
 from resnext_lab.files import write_atomic
 from resnext_lab.hardware import process_rank, synchronize
 
@@ -69,6 +70,18 @@ class Throughput(pl.Callback):
         images = self._images * trainer.world_size
         pl_module.log("perf/epoch_time_s", self._seconds)
         pl_module.log("perf/images_per_s", images / max(self._seconds, 1e-9))
+
+
+class StopOnSignal(pl.Callback):
+    """Stop at the next batch once SIGINT or SIGTERM has arrived, as Ctrl-C would. The signal's own
+    KeyboardInterrupt normally stops the job where it is; this catches the one Python drops, raised inside a
+    finaliser (interrupts.py), which would otherwise let the job train on to "completed"."""
+
+    def _check(self, *args: Any) -> None:
+        if signum := interrupts.pending():
+            raise interrupts.Interrupted(signum)
+
+    on_train_batch_end = on_validation_batch_end = on_test_batch_end = _check
 
 
 class TimedProgressBar(TQDMProgressBar):

@@ -4,7 +4,9 @@ While a job runs (`job_running`) a signal raises `Interrupted` there: a Keyboard
 handles as Ctrl-C, so the job stops at once, is recorded as interrupted (resumable) and says how to resume.
 Anywhere else (composing, checking, between jobs) the run prints one line and exits: nothing was running.
 The first signal wins: a second one (Ctrl-C pressed again, the copy every process of the group gets) is
-ignored while the first is handled.
+ignored while the first is handled. Python drops an exception raised inside a finaliser (`__del__`, a weakref
+callback) after printing it, so the raise can be lost; a job checks `pending()` at every batch as well
+(callbacks.StopOnSignal).
 """
 
 from __future__ import annotations
@@ -55,6 +57,11 @@ def job_running() -> Iterator[None]:
         yield
     finally:
         _state["jobs"] -= 1
+
+
+def pending() -> int:
+    """The signal received in this process, 0 when none: a job still running after one stops at its next batch."""
+    return _state["received"]
 
 
 def received() -> int:

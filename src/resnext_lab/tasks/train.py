@@ -26,6 +26,7 @@ from resnext_lab.callbacks import (
     AtomicCheckpointIO,
     EpochLogInterval,
     LastCheckpoint,
+    StopOnSignal,
     Throughput,
     TimedProgressBar,
     csv_logger,
@@ -318,7 +319,7 @@ def _trainer(t: Any, deterministic: bool, run_dir: Path, precision: str, benchma
         enable_model_summary=False,
         enable_checkpointing=False,  # LastCheckpoint writes the one checkpoint a rerun needs
         logger=loggers or False,
-        callbacks=[LastCheckpoint(run_dir / CHECKPOINT), Throughput(), EpochLogInterval(), *bar],
+        callbacks=[LastCheckpoint(run_dir / CHECKPOINT), Throughput(), EpochLogInterval(), StopOnSignal(), *bar],
         plugins=[AtomicCheckpointIO()],
         default_root_dir=str(run_dir),
     )
