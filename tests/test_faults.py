@@ -237,7 +237,10 @@ def test_a_signal_whose_interrupt_python_drops_still_stops_the_job(tmp_path: Pat
 
 
 def test_a_table_priced_above_an_hour_prints_its_plan_and_waits_for_confirm(run_cli: RunCli, tmp_path: Path) -> None:
-    proc = run_cli("-m", "experiment=forms", "scale=smoke", "trainer.max_epochs=1000000", f"out_root={tmp_path}")
+    # the plan times the step and measures the per-job overhead (two short sweeps): minutes on a loaded machine
+    proc = run_cli(
+        "-m", "experiment=forms", "scale=smoke", "trainer.max_epochs=1000000", f"out_root={tmp_path}", timeout=900
+    )
     assert proc.returncode == 2, show(proc)
     assert "estimate:" in proc.stdout and "ResNeXt" in proc.stdout, show(proc)
     (line,) = errors(proc.stderr)

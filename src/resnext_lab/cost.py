@@ -208,6 +208,8 @@ _OVERHEAD_KEYS = (
     "trainer.limit_test_batches",
     "sweep.confirm",
 )
+#: A calibration sweep (1 then 5 one-step jobs) that takes longer than this is abandoned for the fixed figures.
+OVERHEAD_TIMEOUT_S = 600
 #: Set in a calibration's own sweep, so that its plan (a paper table prints one) does not calibrate again.
 _CALIBRATING = "RESNEXT_LAB_PLAN_CALIBRATING"
 
@@ -220,7 +222,8 @@ def overheads(
     job for real with one training step, validation and test batch, as sweeps of 1 and of 5 jobs, W&B offline,
     in one process (the basic launcher) or, for a packed sweep, one packed worker (its spawn and imports count).
     The difference is four jobs' start-up, data, logging and checkpoints; the single sweep less one job is the
-    process's imports and Hydra. Inside a calibration, and where it fails, the fixed JOB_OVERHEAD_S and STARTUP_S."""
+    process's imports and Hydra. Inside a calibration, and where it fails or takes over OVERHEAD_TIMEOUT_S, the
+    fixed JOB_OVERHEAD_S and STARTUP_S."""
     import torch
 
     if os.environ.get(_CALIBRATING):
@@ -267,21 +270,25 @@ def overheads(
     with tempfile.TemporaryDirectory() as tmp:
         for seeds in ("0", "0,1,2,3,4"):
             start = time.perf_counter()
-            proc = subprocess.run(
-                [
-                    sys.executable,
-                    str(root / "run.py"),
-                    "-m",
-                    *base,
-                    f"seed={seeds}",
-                    f"out_root={tmp}",
-                    f"name=overhead{len(seconds)}",
-                ],
-                cwd=root,
-                env=env,
-                capture_output=True,
-                text=True,
-            )
+            try:
+                proc = subprocess.run(
+                    [
+                        sys.executable,
+                        str(root / "run.py"),
+                        "-m",
+                        *base,
+                        f"seed={seeds}",
+                        f"out_root={tmp}",
+                        f"name=overhead{len(seconds)}",
+                    ],
+                    cwd=root,
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    timeout=OVERHEAD_TIMEOUT_S,
+                )
+            except subprocess.TimeoutExpired:  # a machine this slow is priced with the fixed figures, not cached
+                return JOB_OVERHEAD_S, STARTUP_S
             if proc.returncode != 0:  # the job itself will say why; the plan keeps the fixed figures
                 cache[key] = [JOB_OVERHEAD_S, STARTUP_S]
                 return JOB_OVERHEAD_S, STARTUP_S

@@ -197,9 +197,14 @@ def plan_text(plans: Sequence[JobPlan], device: str, slots: int, launcher: str, 
         gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
         where = f"measured here ({gpu or cpu_name()}, {os.cpu_count()} cores)"
         assumption = "step times timed on this machine (cached in " + str(CACHE) + ")"
+        measured = (plans[0].overhead_s, plans[0].startup_s) != (JOB_OVERHEAD_S, STARTUP_S)  # else the fallback
         overhead = (
-            f"{plans[0].overhead_s:.1f} s per job and {plans[0].startup_s:.1f} s per worker besides the "
-            "steps, measured by running the first job for one step"
+            f"{plans[0].overhead_s:.1f} s per job and {plans[0].startup_s:.1f} s per worker besides the steps, "
+            + (
+                "measured by running the first job for one step"
+                if measured
+                else "the fixed figures: running the first job for one step failed or took too long here"
+            )
         )
     else:
         tflops, floor = THROUGHPUT[device]
