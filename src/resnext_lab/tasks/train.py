@@ -13,8 +13,9 @@ import contextlib
 import logging
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytorch_lightning as pl
 import torch
@@ -138,15 +139,10 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         _fit(cfg, run_dir, job, model_info, outcome)
         status, error = "completed", None
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: recorded, resumable, and the run ends (interrupts.py)
-        finish_wandb(exit_code=255)
-        with contextlib.suppress(OSError):  # a full disk must not hide the interrupt
-            record("interrupted", f"interrupted by {interrupts.name()}")
-        stop(
-            f"interrupted ({interrupts.name()}): job {run_dir} is resumable: {_how_to_resume(run_dir)} to resume it "
-            "from its last checkpoint",
-            interrupts.status(),
-        )
+        _interrupted(run_dir, record)
     except Exception as err:  # recorded, never lost: see the module docstring
+        if interrupts.pending():  # the signal's interrupt came out as another error (raised inside a library)
+            _interrupted(run_dir, record)
         _stop_if_unwritable(err, run_dir, lambda why: record("interrupted", why))
         status = "diverged" if isinstance(err, Diverged) else "failed"
         error = error_text(err)
@@ -163,6 +159,18 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if rank == 0 and status == "completed":
         print_summary(result, run_dir)
     return result
+
+
+def _interrupted(run_dir: Path, record: Callable[[str, str | None], Any]) -> NoReturn:
+    """Record the job as interrupted (resumable) and end the run or sweep with the signal's status."""
+    finish_wandb(exit_code=255)
+    with contextlib.suppress(OSError):  # a full disk must not hide the interrupt
+        record("interrupted", f"interrupted by {interrupts.name()}")
+    stop(
+        f"interrupted ({interrupts.name()}): job {run_dir} is resumable: {_how_to_resume(run_dir)} to resume it "
+        "from its last checkpoint",
+        interrupts.status(),
+    )
 
 
 def _stop_if_unwritable(err: BaseException, run_dir: Path, record: Any = None) -> None:
