@@ -22,7 +22,7 @@ import torch
 from conftest import ROOT, cli_env, find_job, tiny
 
 from resnext_lab.callbacks import AtomicCheckpointIO
-from resnext_lab.files import output_fault
+from resnext_lab.files import output_fault, write_json_atomic
 from resnext_lab.tasks.train import resume_point
 from resnext_lab.tools.soak import rss_growth
 
@@ -117,6 +117,20 @@ def test_a_checkpoint_that_does_not_fit_leaves_the_previous_one(small_disk: Path
     assert raised.value.errno == errno.ENOSPC
     assert torch.load(path, weights_only=True)["epoch"] == 1
     assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]  # no temporary file left behind
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o077])
+def test_files_written_whole_get_the_modes_the_umask_gives(tmp_path: Path, umask: int) -> None:
+    """results.json and checkpoints are written through a temporary file: others read them as they would any file."""
+    previous = os.umask(umask)
+    try:
+        results_file = write_json_atomic(tmp_path / "results.json", {"status": "completed"})
+        checkpoint = tmp_path / "last.ckpt"
+        AtomicCheckpointIO().save_checkpoint({"epoch": 1}, checkpoint)
+    finally:
+        os.umask(previous)
+    for path in (results_file, checkpoint):
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask, oct(path.stat().st_mode)
 
 
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT, errno.EROFS])
