@@ -10,8 +10,10 @@ import json
 import math
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -65,6 +67,38 @@ def test_local_launcher_runs_a_sweep_in_parallel_jobs(tmp_path: Path) -> None:
     # each job ran as its own submitit process (one log folder each), both at once
     assert len([p for p in (sweep / ".submitit").iterdir() if any(p.glob("*_result.pkl"))]) == 2
     assert max(s for s, _ in spans) <= min(e for _, e in spans)
+
+
+def test_ctrl_c_stops_a_local_sweep_in_one_line_and_its_jobs_record_it(start_cli: Any, tmp_path: Path) -> None:
+    """The terminal's Ctrl-C reaches the sweep, submitit's job controllers and the jobs: one line, exit 130, no
+    traceback, and each job recorded as interrupted (resumable) rather than killed by its controller."""
+    sweep = tmp_path / "stopped"
+    proc = start_cli(
+        "-m",
+        "hydra/launcher=local",
+        "hydra.launcher.gpus_per_node=0",
+        f"out_root={tmp_path}",
+        "name=stopped",
+        *tiny("model.cardinality=1,2", "trainer.max_epochs=200"),
+    )
+
+    def statuses() -> list[str]:
+        return sorted(json.loads(p.read_text())["status"] for p in sweep.glob("*/results.json"))
+
+    deadline = time.monotonic() + 180
+    while statuses() != ["running", "running"]:
+        assert time.monotonic() < deadline and proc.poll() is None, statuses()
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=60) == 130
+    deadline = time.monotonic() + 60
+    while statuses() != ["interrupted", "interrupted"] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    output = (tmp_path / "started-0.log").read_text()
+    assert "Traceback" not in output, output[-3000:]
+    (line,) = [line for line in output.splitlines() if line.startswith(("interrupted", "error"))]
+    assert line.startswith("interrupted (SIGINT): the sweep's running jobs") and "run the same command" in line
+    assert statuses() == ["interrupted", "interrupted"]
 
 
 # --- DDP over two CPU processes ------------------------------------------------------------------
@@ -230,6 +264,26 @@ def test_slurm_preset_builds_the_requested_job_array(fake_slurm: Path, monkeypat
     again = delayed._checkpoint_function()
     assert again is not None and again.args == delayed.args
     assert again.args[0] == ["model.cardinality=2"] and again.args[2] == 1  # overrides, job number
+
+
+def test_a_slurm_job_that_stops_the_sweep_is_said_in_one_line(
+    fake_slurm: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A job's one-line stop (errors.Stop: a full disk, a bad setting) comes back as its result; the sweep's
+    process says it and exits with its status, instead of submitit's traceback."""
+    from hydra.utils import instantiate
+    from submitit.slurm.slurm import SlurmJob
+
+    from resnext_lab.errors import Stop
+
+    cfg = compose([*SLURM, f"hydra.sweep.dir={fake_slurm / 'sweep'}"])
+    launcher = instantiate(cfg.hydra.launcher)
+    launcher.config = cfg
+    line = "error: the disk is full: cannot write /scratch/sweep/model.cardinality=2; ..."
+    monkeypatch.setattr(SlurmJob, "results", lambda self: [Stop(line, 2)] if self.job_id.endswith("_1") else ["done"])
+    with pytest.raises(Stop) as stopped:
+        launcher.launch([["model.cardinality=1"], ["model.cardinality=2"]], initial_job_idx=0)
+    assert stopped.value.code == 2 and capsys.readouterr().err.splitlines() == [line]
 
 
 def test_slurm_tasks_follow_the_devices_of_each_run() -> None:

@@ -1,0 +1,93 @@
+"""Hydra's submitit launchers (`hydra/launcher=local`, `hydra/launcher=slurm`) with the project's one-line stops.
+
+A job that must end the sweep (an output folder that cannot be written, SIGINT or SIGTERM, a bad setting: see
+`resnext_lab.errors.Stop`) raises a SystemExit. In a submitit job that leaves no result, and the sweep's process
+ended in submitit's UncompletedJobError and a traceback. Here the job returns its Stop as its result, and the
+sweep's process, once every job has ended, prints the first one's line and exits with its status, as the basic
+and packed launchers do. Where the disk is full submitit cannot write a result at all: the sweep's process finds
+that out itself (files.output_fault) and says so in one line.
+
+Ctrl-C. Local jobs run under submitit's job controllers, which on Ctrl-C kill their job a second after asking it
+to stop, before it has recorded anything, and print tracebacks. Here the controllers ignore SIGINT (a shell trap
+before they start); each job handles the terminal's Ctrl-C as the basic launcher's would (recorded as interrupted,
+resumable), and the sweep's process says so in one line. SLURM jobs do not see the terminal's Ctrl-C: the sweep's process stops
+waiting, says that they go on, and how to stop them.
+conf/hydra/launcher/{local,slurm}.yaml select these classes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from hydra.core.utils import JobReturn
+from hydra_plugins.hydra_submitit_launcher import submitit_launcher
+
+from resnext_lab import interrupts
+from resnext_lab.errors import Stop, fail, stop
+from resnext_lab.files import output_fault
+
+_IGNORE_INT = "trap '' INT"
+
+
+class _OneLineStops(submitit_launcher.BaseSubmititLauncher):
+    def __call__(self, *args: Any, **kwargs: Any) -> JobReturn | Stop:  # type: ignore[override]
+        try:
+            return super().__call__(*args, **kwargs)
+        except Stop as stopped:  # the job printed its line in its own log; the sweep's process says it again
+            return stopped
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        from submitit.core.utils import UncompletedJobError
+
+        assert self.config is not None
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        try:
+            with interrupts.job_running():  # Ctrl-C while the jobs run: _interrupted
+                returns = super().launch(job_overrides, initial_job_idx)
+        except KeyboardInterrupt:
+            self._interrupted(sweep_dir)
+        except UncompletedJobError as err:  # on a full disk submitit cannot write the job's result either
+            fault = output_fault(err, sweep_dir)
+            if fault is None:
+                raise
+            fail(f"{fault[0]}: cannot write {sweep_dir}: {fault[1]}, then run the same command again")
+        stopped = [r for r in returns if isinstance(r, Stop)]
+        if stopped:
+            stop(stopped[0].line, int(stopped[0].code or 2))
+        return returns
+
+    def _interrupted(self, sweep_dir: Path) -> None:
+        """SLURM's jobs run on, where the terminal's Ctrl-C does not reach them."""
+        stop(
+            f"interrupted ({interrupts.name()}): this process stopped waiting; the sweep's SLURM jobs go on "
+            f"(squeue --me lists them, scancel stops them) and write to {sweep_dir}: run the same command again "
+            "once they have ended",
+            interrupts.status(),
+        )
+
+
+class LocalLauncher(_OneLineStops, submitit_launcher.LocalLauncher):
+    _EXECUTOR = "local"
+
+    def __call__(self, *args: Any, **kwargs: Any) -> JobReturn | Stop:  # type: ignore[override]
+        # in the job's own process, as run.py does (not on SLURM, where submitit's handlers requeue pre-empted jobs)
+        interrupts.install()
+        return super().__call__(*args, **kwargs)
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        setup = list(self.params.get("setup") or [])
+        self.params["setup"] = setup if _IGNORE_INT in setup else [_IGNORE_INT, *setup]  # controllers ignore Ctrl-C
+        return super().launch(job_overrides, initial_job_idx)
+
+    def _interrupted(self, sweep_dir: Path) -> None:
+        stop(
+            f"interrupted ({interrupts.name()}): the sweep's running jobs got it too and record themselves as "
+            f"interrupted in {sweep_dir}; finished jobs are kept: run the same command again to resume",
+            interrupts.status(),
+        )
+
+
+class SlurmLauncher(_OneLineStops, submitit_launcher.SlurmLauncher):
+    _EXECUTOR = "slurm"
