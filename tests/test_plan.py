@@ -52,6 +52,26 @@ def test_plan_of_a_sweep_lists_every_job_and_writes_nothing_but_its_cache(tmp_pa
     assert "per worker besides the steps, measured by running the first job for one step" in proc.stdout
 
 
+def test_the_calibration_sweeps_of_a_plan_print_no_plan_of_their_own(tmp_path: Path) -> None:
+    """The per-job overhead is the difference between a 1-job and a 5-job sweep of a table's first job. A plan
+    inside them would time the step in the first sweep only (the second finds it cached), and the difference
+    came out near 0 s per job where it is about 1 s here."""
+    env = {**cli_env(tmp_path), "XDG_CACHE_HOME": str(tmp_path / "cache"), cost._CALIBRATING: "1"}
+    one_step = [f"trainer.limit_{k}_batches=1" for k in ("train", "val", "test")]
+    proc = subprocess.run(
+        [sys.executable, "run.py", "-m", "experiment=forms", "scale=smoke", "model.block=grouped", "seed=0"]
+        + ["trainer.max_epochs=1", *one_step, f"out_root={tmp_path / 'out'}"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "estimate:" not in proc.stdout, proc.stdout[-3000:]
+    assert not (tmp_path / "cache" / "resnext-lab").exists()  # no step was timed
+
+
 def test_plan_for_a_cluster_states_its_assumption(tmp_path: Path) -> None:
     proc = run_plan(tmp_path, "experiment=table3", "scale=paper", "plan.device=h100")
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -34,6 +34,7 @@ from resnext_lab.cost import (
     STARTUP_S,
     THROUGHPUT,
     calibrate,
+    calibrating,
     flop_step,
     overheads,
     steps,
@@ -261,6 +262,8 @@ CONFIRM_ABOVE_S = 3600
 def plan_before_training(config: DictConfig, jobs: list[tuple[list[str], DictConfig]], sweep_dir: Path) -> None:
     """A paper table's sweep prints its plan, timed on this machine, before its first job; one priced above an
     hour stops there (exit 2) unless sweep.confirm=true. A rerun prices the jobs it has left."""
+    if calibrating():  # one of the plan's own calibration sweeps: their one-step jobs need no plan
+        return
     done = {
         tuple(comparable(r.get("overrides") or [])) for r in load_sweep(sweep_dir) if r.get("status") == "completed"
     }
