@@ -18,6 +18,7 @@ from resnext_lab.errors import ConfigError
 from resnext_lab.models import complexity
 from resnext_lab.models.spec import spec_from_config
 from resnext_lab.report.design_space import EDFSettings, analyse, edf, ks_statistic, quantile, weights
+from resnext_lab.report.design_space import main as design_space_main
 
 MODEL = {"template": "cifar", "stem_stride": 2, "width_scale": 0.25, "depth": None}
 DATA = {"name": "fashion_mnist"}
@@ -86,6 +87,20 @@ def test_two_spaces_that_differ_are_told_apart_and_two_that_do_not_are_not() -> 
     assert (low <= same["curves"]["a"] + 1e-9).all() and (same["curves"]["a"] <= high + 1e-9).all()
 
 
+def test_the_permutation_p_comes_with_its_monte_carlo_interval_which_more_resamples_narrow() -> None:
+    rng = np.random.default_rng(2)
+    flops = np.exp(rng.uniform(np.log(4e6), np.log(1.2e7), 60))
+    frame = pd.DataFrame({"space": ["a"] * 30 + ["b"] * 30, "flops": flops})
+    frame = frame.assign(error=np.r_[rng.normal(15.5, 1, 30), rng.normal(15, 1, 30)])  # near the threshold
+    widths = []
+    for resamples in (200, 2000):
+        ks = analyse(frame, EDFSettings(bins=3, resamples=resamples), "flops")["ks"]
+        low, high = ks["p_mc"]
+        assert low <= ks["p"] <= high and 0 < low < high < 1, ks
+        widths.append(high - low)
+    assert widths[1] < widths[0] / 2  # about 1/sqrt(10) as wide
+
+
 def test_a_population_runs_through_run_py_and_ends_in_its_report(tmp_path: Path) -> None:
     """2 spaces x 6 networks, sampled by the design-space sweeper, each an ordinary job, then the EDF report."""
     out = tmp_path / "out"
@@ -110,6 +125,10 @@ def test_a_population_runs_through_run_py_and_ends_in_its_report(tmp_path: Path)
     assert len(pd.read_csv(report / "networks.csv")) == 12
     assert "normalised KS D =" in proc.stdout and "KS test" in (report / "report.md").read_text()
     assert list((report / "wandb").glob("offline-run-*"))  # the W&B report run, offline
+    # the report again with more resamples: it names the number it used
+    assert design_space_main([str(sweep), "--resamples", "50"]) == 0
+    assert "; 50 resamples" in (report / "report.md").read_text()
+    assert design_space_main([str(sweep), "--resamples", "5"]) == 2  # one line: report.design_space.resamples=5
     # a rerun finds every network done
     again = subprocess.run(cmd, cwd=tmp_path, env=cli_env(tmp_path), capture_output=True, text=True)
     assert again.returncode == 0 and "skipping" in again.stderr + again.stdout

@@ -150,13 +150,15 @@ def analyse(frame: pd.DataFrame, settings: EDFSettings, quantity: str) -> dict[s
         qa, qb = quantile(a.errors, a.w, q), quantile(b.errors, b.w, q)
         quantiles.append({"q": q, a.name: qa, b.name: qb, "difference": qb - qa, "low": low, "high": high})
     p = (1 + beyond) / (1 + settings.resamples)
+    # the permutation p is itself an estimate: the Clopper-Pearson 95% interval of its Monte Carlo error
+    mc = scipy_stats.binomtest(int(beyond), settings.resamples).proportion_ci(0.95)
     return {
         "spaces": names,
         "counts": {s.name: int(len(s.errors)) for s in spaces},
         "used": {s.name: int((s.w > 0).sum()) for s in spaces},
         "edges": edges.tolist(),
         "shared_bins": shared,
-        "ks": {"D": d, "p": p, "resamples": settings.resamples},
+        "ks": {"D": d, "p": p, "resamples": settings.resamples, "p_mc": [float(mc.low), float(mc.high)]},
         "ks_raw": {"D": float(raw.statistic), "p": float(raw.pvalue)},
         "quantiles": quantiles,
         "curves": curves,
@@ -275,7 +277,8 @@ def to_markdown(result: Mapping[str, Any], settings: EDFSettings, notes: Sequenc
                 (
                     "complexity-normalised EDFs, permutation within bins",
                     f"{result['ks']['D']:.3f}",
-                    _p(result["ks"]["p"]),
+                    f"{_p(result['ks']['p'])} (Monte Carlo 95%: {_p(result['ks']['p_mc'][0])}-"
+                    f"{_p(result['ks']['p_mc'][1])})",
                 ),
                 ("raw errors, scipy.stats.ks_2samp", f"{result['ks_raw']['D']:.3f}", _p(result["ks_raw"]["p"])),
             ],
@@ -341,7 +344,8 @@ def to_terminal(result: Mapping[str, Any]) -> str:
     return "\n".join(
         [
             f"design spaces {a} (n={result['used'][a]}) vs {b} (n={result['used'][b]}): normalised KS D = "
-            f"{result['ks']['D']:.3f}, permutation p = {_p(result['ks']['p'])}; {result['verdict']}",
+            f"{result['ks']['D']:.3f}, permutation p = {_p(result['ks']['p'])} (Monte Carlo 95%: "
+            f"{_p(result['ks']['p_mc'][0])}-{_p(result['ks']['p_mc'][1])}); {result['verdict']}",
             render.terminal(("F", f"error {b} - {a} [95% CI]"), rows, right=("F",)),
         ]
     )
@@ -352,6 +356,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m resnext_lab.report.design_space", description=__doc__.split("\n")[0]
     )
     parser.add_argument("sweep_dir", type=Path)
+    parser.add_argument(
+        "--resamples",
+        type=int,
+        help="bootstrap and permutation resamples instead of the sweep's report.design_space.resamples "
+        "(a closer permutation p; the report names the number it used)",
+    )
     args = parser.parse_args(argv)
     multirun = args.sweep_dir / "multirun.yaml"
     if not multirun.is_file():
@@ -360,10 +370,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from omegaconf import OmegaConf
 
     cfg = OmegaConf.load(multirun)
+    node = to_python(OmegaConf.select(cfg, "report.design_space")) or {}
+    if args.resamples is not None:
+        node = {**node, "resamples": args.resamples}
     try:
         result, written = write_design_space_report(
             args.sweep_dir,
-            OmegaConf.select(cfg, "report.design_space"),
+            node,
             str(OmegaConf.select(cfg, "hydra.sweeper.band.quantity") or "flops"),
         )
     except ConfigError as err:
