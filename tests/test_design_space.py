@@ -99,6 +99,9 @@ def test_the_permutation_p_comes_with_its_monte_carlo_interval_which_more_resamp
         assert low <= ks["p"] <= high and 0 < low < high < 1, ks
         widths.append(high - low)
     assert widths[1] < widths[0] / 2  # about 1/sqrt(10) as wide
+    # a level inside that interval: which permutations were drawn would decide, so nothing is decided
+    on_edge = analyse(frame, EDFSettings(bins=3, resamples=2000, alpha=ks["p"]), "flops")
+    assert on_edge["verdict"].startswith("undecided: the normalised KS permutation p"), on_edge["verdict"]
 
 
 def test_a_population_runs_through_run_py_and_ends_in_its_report(tmp_path: Path) -> None:

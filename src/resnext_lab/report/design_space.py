@@ -163,13 +163,18 @@ def analyse(frame: pd.DataFrame, settings: EDFSettings, quantity: str) -> dict[s
         "quantiles": quantiles,
         "curves": curves,
         "frame": frame,
-        "verdict": _verdict(names, p, quantiles, settings.alpha),
+        "verdict": _verdict(names, p, (float(mc.low), float(mc.high)), quantiles, settings.alpha),
         "alpha": settings.alpha,
         "quantity": quantity,
     }
 
 
-def _verdict(names: list[str], p: float, quantiles: list[dict[str, Any]], alpha: float) -> str:
+def _verdict(names: list[str], p: float, p_mc: Sequence[float], quantiles: list[dict[str, Any]], alpha: float) -> str:
+    if p_mc[0] <= alpha <= p_mc[1]:  # the verdict would hang on which permutations were drawn
+        return (
+            f"undecided: the normalised KS permutation p = {p:.4f} cannot be told from {alpha:g} (its Monte Carlo "
+            f"95% interval {p_mc[0]:.4f}-{p_mc[1]:.4f} includes it)"
+        )
     if p >= alpha:
         return f"the two spaces do not differ (normalised KS permutation p = {p:.3f} >= {alpha:g})"
     median = min(quantiles, key=lambda r: abs(r["q"] - 0.5))
