@@ -69,8 +69,12 @@ def test_local_launcher_runs_a_sweep_in_parallel_jobs(tmp_path: Path) -> None:
     assert max(s for s, _ in spans) <= min(e for _, e in spans)
 
 
-def test_ctrl_c_stops_a_local_sweep_in_one_line_and_its_jobs_record_it(start_cli: Any, tmp_path: Path) -> None:
-    """The terminal's Ctrl-C reaches the sweep, submitit's job controllers and the jobs: one line, exit 130, no
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_ctrl_c_stops_a_local_sweep_in_one_line_and_its_jobs_record_it(
+    start_cli: Any, tmp_path: Path, how: str
+) -> None:
+    """The terminal's Ctrl-C reaches the sweep, submitit's job controllers and the jobs; `timeout` or `kill`
+    reaches the sweep's process alone, which passes it on. Either way: one line, exit 130 or 143, no
     traceback, and each job recorded as interrupted (resumable) rather than killed by its controller."""
     sweep = tmp_path / "stopped"
     proc = start_cli(
@@ -89,15 +93,20 @@ def test_ctrl_c_stops_a_local_sweep_in_one_line_and_its_jobs_record_it(start_cli
     while statuses() != ["running", "running"]:
         assert time.monotonic() < deadline and proc.poll() is None, statuses()
         time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGINT)
-    assert proc.wait(timeout=60) == 130
+    if how == "ctrl-c":
+        os.killpg(proc.pid, signal.SIGINT)
+    else:
+        proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == (130 if how == "ctrl-c" else 143)
     deadline = time.monotonic() + 60
     while statuses() != ["interrupted", "interrupted"] and time.monotonic() < deadline:
         time.sleep(0.2)
     output = (tmp_path / "started-0.log").read_text()
     assert "Traceback" not in output, output[-3000:]
     (line,) = [line for line in output.splitlines() if line.startswith(("interrupted", "error"))]
-    assert line.startswith("interrupted (SIGINT): the sweep's running jobs") and "run the same command" in line
+    name = "SIGINT" if how == "ctrl-c" else "SIGTERM"
+    assert line.startswith(f"interrupted ({name}): the sweep's running jobs are stopped"), line
+    assert "run the same command" in line
     assert statuses() == ["interrupted", "interrupted"]
 
 

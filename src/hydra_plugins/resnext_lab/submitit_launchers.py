@@ -9,17 +9,21 @@ that out itself (files.output_fault) and says so in one line.
 
 Ctrl-C. Local jobs run under submitit's job controllers, which on Ctrl-C kill their job a second after asking it
 to stop, before it has recorded anything, and print tracebacks. Here the controllers ignore SIGINT (a shell trap
-before they start); each job handles the terminal's Ctrl-C as the basic launcher's would (recorded as interrupted,
-resumable), and the sweep's process says so in one line. SLURM jobs do not see the terminal's Ctrl-C: the sweep's process stops
-waiting, says that they go on, and how to stop them.
+before they start); each job handles Ctrl-C as the basic launcher's would (recorded as interrupted, resumable),
+and the sweep's process says so in one line; a SIGINT or SIGTERM to the sweep's process alone is passed on to
+its jobs. SLURM jobs do not see the terminal's Ctrl-C: the sweep's process stops waiting, says that they go on,
+and how to stop them.
 conf/hydra/launcher/{local,slurm}.yaml select these classes.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from hydra.core.utils import JobReturn
 from hydra_plugins.hydra_submitit_launcher import submitit_launcher
@@ -58,7 +62,7 @@ class _OneLineStops(submitit_launcher.BaseSubmititLauncher):
             stop(stopped[0].line, int(stopped[0].code or 2))
         return returns
 
-    def _interrupted(self, sweep_dir: Path) -> None:
+    def _interrupted(self, sweep_dir: Path) -> NoReturn:
         """SLURM's jobs run on, where the terminal's Ctrl-C does not reach them."""
         stop(
             f"interrupted ({interrupts.name()}): this process stopped waiting; the sweep's SLURM jobs go on "
@@ -81,12 +85,34 @@ class LocalLauncher(_OneLineStops, submitit_launcher.LocalLauncher):
         self.params["setup"] = setup if _IGNORE_INT in setup else [_IGNORE_INT, *setup]  # controllers ignore Ctrl-C
         return super().launch(job_overrides, initial_job_idx)
 
-    def _interrupted(self, sweep_dir: Path) -> None:
+    def _interrupted(self, sweep_dir: Path) -> NoReturn:
+        """Ctrl-C reached the jobs too; a signal to this process alone (`timeout`, `kill`) is passed on as
+        Ctrl-C to every process under it (the controllers ignore it, each job records itself)."""
+        for pid in _descendants(os.getpid()):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGINT)
         stop(
-            f"interrupted ({interrupts.name()}): the sweep's running jobs got it too and record themselves as "
+            f"interrupted ({interrupts.name()}): the sweep's running jobs are stopped and record themselves as "
             f"interrupted in {sweep_dir}; finished jobs are kept: run the same command again to resume",
             interrupts.status(),
         )
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process under `pid`, read from /proc (none where there is no /proc)."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):  # gone meanwhile
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        children = parents.get(todo.pop(), [])
+        found += children
+        todo += children
+    return found
 
 
 class SlurmLauncher(_OneLineStops, submitit_launcher.SlurmLauncher):
