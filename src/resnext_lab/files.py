@@ -8,7 +8,9 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NoReturn
+
+from resnext_lab.errors import fail
 
 
 def write_atomic(path: str | Path, write: Callable[[IO[bytes]], object]) -> Path:
@@ -75,3 +77,12 @@ def output_fault(err: BaseException, folder: Path) -> tuple[str, str] | None:
         known = _UNWRITABLE.get(probe.errno or 0)
         return known or (f"it cannot be written ({probe.strerror or type(probe).__name__})", "make it writable")
     return None
+
+
+def fail_unwritable(err: BaseException, folder: Path) -> NoReturn:
+    """One line and exit 2 when `err` means that `folder` cannot be written (disk full, read-only, ...); else
+    the error itself, raised again."""
+    fault = output_fault(err, folder)
+    if fault is None:
+        raise err
+    fail(f"{fault[0]}: cannot write {folder}: {fault[1]}, then run the same command again")

@@ -43,7 +43,7 @@ from omegaconf import DictConfig, open_dict
 from resnext_lab import interrupts
 from resnext_lab.cost import work
 from resnext_lab.errors import Stop, fail, stop
-from resnext_lab.files import output_fault
+from resnext_lab.files import fail_unwritable
 from resnext_lab.hardware import resolve_devices
 from resnext_lab.results import record_lost_job
 
@@ -139,7 +139,7 @@ class PackedLauncher(Launcher):
             # ray launchers send it to their workers: Singleton.get_state/set_state
             payload.write_bytes(cloudpickle.dumps((self, Singleton.get_state())))
         except OSError as err:
-            _fail_unwritable(err, payload.parent)
+            fail_unwritable(err, payload.parent)
         names = _swept(job_overrides)
         workers = [
             _Worker(k, device, threads, sweep_dir / ".packed" / f"worker-{k}.log", payload)
@@ -209,15 +209,6 @@ def _halt(workers: Sequence[_Worker], names: Sequence[str], signum: int, timeout
                 w.conn.recv_bytes()
             w.job = None
     return [names[w.last] for w in busy]
-
-
-def _fail_unwritable(err: OSError, folder: Path) -> None:
-    """One line and exit 2 when `folder` cannot be written (disk full, read-only, ...); else the error itself."""
-
-    fault = output_fault(err, folder)
-    if fault is None:
-        raise err
-    fail(f"{fault[0]}: cannot write {folder}: {fault[1]}, then run the same command again")
 
 
 def _record_rss(sweep_dir: Path, worker: _Worker, job: int, done: int) -> None:

@@ -5,7 +5,7 @@ A job that must end the sweep (an output folder that cannot be written, SIGINT o
 ended in submitit's UncompletedJobError and a traceback. Here the job returns its Stop as its result, and the
 sweep's process, once every job has ended, prints the first one's line and exits with its status, as the basic
 and packed launchers do. Where the disk is full submitit cannot write a result at all: the sweep's process finds
-that out itself (files.output_fault) and says so in one line.
+that out itself (files.fail_unwritable) and says so in one line.
 
 Ctrl-C. Local jobs run under submitit's job controllers, which on Ctrl-C kill their job a second after asking it
 to stop, before it has recorded anything, and print tracebacks. Here the controllers ignore SIGINT (a shell trap
@@ -29,8 +29,8 @@ from hydra.core.utils import JobReturn
 from hydra_plugins.hydra_submitit_launcher import submitit_launcher
 
 from resnext_lab import interrupts
-from resnext_lab.errors import Stop, fail, stop
-from resnext_lab.files import output_fault
+from resnext_lab.errors import Stop, stop
+from resnext_lab.files import fail_unwritable
 
 _IGNORE_INT = "trap '' INT"
 
@@ -53,10 +53,7 @@ class _OneLineStops(submitit_launcher.BaseSubmititLauncher):
         except KeyboardInterrupt:
             self._interrupted(sweep_dir)
         except UncompletedJobError as err:  # on a full disk submitit cannot write the job's result either
-            fault = output_fault(err, sweep_dir)
-            if fault is None:
-                raise
-            fail(f"{fault[0]}: cannot write {sweep_dir}: {fault[1]}, then run the same command again")
+            fail_unwritable(err, sweep_dir)
         stopped = [r for r in returns if isinstance(r, Stop)]
         if stopped:
             stop(stopped[0].line, int(stopped[0].code or 2))

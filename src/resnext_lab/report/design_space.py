@@ -152,18 +152,19 @@ def analyse(frame: pd.DataFrame, settings: EDFSettings, quantity: str) -> dict[s
     p = (1 + beyond) / (1 + settings.resamples)
     # the permutation p is itself an estimate: the Clopper-Pearson 95% interval of its Monte Carlo error
     mc = scipy_stats.binomtest(int(beyond), settings.resamples).proportion_ci(0.95)
+    p_mc = [float(mc.low), float(mc.high)]
     return {
         "spaces": names,
         "counts": {s.name: int(len(s.errors)) for s in spaces},
         "used": {s.name: int((s.w > 0).sum()) for s in spaces},
         "edges": edges.tolist(),
         "shared_bins": shared,
-        "ks": {"D": d, "p": p, "resamples": settings.resamples, "p_mc": [float(mc.low), float(mc.high)]},
+        "ks": {"D": d, "p": p, "resamples": settings.resamples, "p_mc": p_mc},
         "ks_raw": {"D": float(raw.statistic), "p": float(raw.pvalue)},
         "quantiles": quantiles,
         "curves": curves,
         "frame": frame,
-        "verdict": _verdict(names, p, (float(mc.low), float(mc.high)), quantiles, settings.alpha),
+        "verdict": _verdict(names, p, p_mc, quantiles, settings.alpha),
         "alpha": settings.alpha,
         "quantity": quantity,
     }
