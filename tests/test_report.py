@@ -579,6 +579,33 @@ def test_notebook_executes_on_fake_sweep(
     assert len(images) == 3
 
 
+def test_plot_labels_name_the_network_trained(tmp_path: Path) -> None:
+    """A scale that builds the paper's "50-layer" cells with 29 layers: the legend and the bars say 29 layers."""
+    from resnext_lab.report import group_cells
+    from resnext_lab.report.plots import bars_figure, curves_figure
+
+    for card in (1, 32):
+        for seed in (1, 2):
+            job = tmp_path / f"job{card}_{seed}"
+            _write_job(job, 29, card, seed, 10.0 + seed, with_csv=True)
+    rows = [
+        {
+            **row,
+            "cells": [
+                {**cell, "match": {**cell["match"], "model.depth": {50: 29, 101: 56}[cell["match"]["model.depth"]]}}
+                for cell in row["cells"]
+            ],
+        }
+        for row in TABLE["rows"]
+    ]
+    cells = group_cells(load_results(tmp_path), validate_table({**TABLE, "rows": rows}))
+    legend = [t.get_text() for t in curves_figure(cells, "test/top1_err").axes[0].get_legend().get_texts()]
+    assert "1x64d (50-layer), trained: 29 layers, 1x64d" in legend
+    assert "32x4d (50-layer), trained: 29 layers, 32x4d" in legend
+    ticks = [t.get_text() for t in bars_figure(cells, "test/top1_err").axes[0].get_xticklabels()]
+    assert "32x4d\n(50-layer)\ntrained: 29 layers, 32x4d" in ticks
+
+
 def test_curves_of_one_epoch_are_drawn(tmp_path: Path) -> None:
     """One epoch gives one point per series: it must show inside the axes (a line of one point draws nothing)."""
     from resnext_lab.report import group_cells

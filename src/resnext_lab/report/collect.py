@@ -144,6 +144,21 @@ class CellJobs:
                 return value
         return None
 
+    def trained(self) -> str:
+        """The network as this scale built it: layers, C x d, and what sets it apart (no shortcuts, a block form).
+
+        A cell is named after the paper's network; a scale may build a smaller one (the paper's
+        50 layers as 29), so tables and plots show this beside the paper's name.
+        """
+        depth, c, d = (self.first_model_value(k) for k in ("depth", "cardinality", "width"))
+        if depth is None:
+            return "–"
+        text = f"{depth} layers, {c}x{d}d"
+        if self.first_model_value("residual") is False:
+            text += ", no shortcuts"
+        block = self.first_model_value("block")
+        return text + (f", {block}" if block not in (None, "grouped") else "")
+
 
 def matches(result: Mapping[str, Any], match: Mapping[str, Any]) -> bool:
     """Whether every match key of a cell equals the result's value at that dotted path."""

@@ -202,10 +202,14 @@ def _colours(n: int) -> list[tuple[float, ...]]:
 
 
 def _cell_name(cell: CellJobs, cells: Sequence[CellJobs], sep: str = " ") -> str:
-    """The cell label, prefixed by its row when the table has several rows."""
-    if len({c.row for c in cells}) > 1:
-        return f"{cell.label}{sep}({cell.row})"
-    return cell.label
+    """The cell label, followed by its row when the table has several rows, then the network trained.
+
+    The label and row are the paper's names ("ResNet-50", "50-layer"); a scale may train a smaller
+    network (29 layers), which a plot must say as the table does.
+    """
+    name = f"{cell.label}{sep}({cell.row})" if len({c.row for c in cells}) > 1 else cell.label
+    trained = cell.trained()
+    return name if trained == "–" else f"{name}{',' if sep == ' ' else ''}{sep}trained: {trained}"
 
 
 def _absent_text(cell: CellJobs) -> str:

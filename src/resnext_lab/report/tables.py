@@ -172,7 +172,7 @@ def _cell_record(cell: CellJobs, cells: Sequence[CellJobs], table: dict[str, Any
     return {
         "row": cell.row,
         "cell": cell.label,
-        "trained": _trained(cell),
+        "trained": cell.trained(),
         "paper": cell.paper,
         "mean": summary.mean,
         "std": summary.std,
@@ -194,18 +194,6 @@ def _cell_record(cell: CellJobs, cells: Sequence[CellJobs], table: dict[str, Any
 
 def _points(value: float | None) -> str:
     return "none" if value is None else f"{value:g} points"
-
-
-def _trained(cell: CellJobs) -> str:
-    """The network as this scale built it: layers, C x d, and what sets it apart (no shortcuts, a block form)."""
-    depth, c, d = (cell.first_model_value(k) for k in ("depth", "cardinality", "width"))
-    if depth is None:
-        return "–"
-    text = f"{depth} layers, {c}x{d}d"
-    if cell.first_model_value("residual") is False:
-        text += ", no shortcuts"
-    block = cell.first_model_value("block")
-    return text + (f", {block}" if block not in (None, "grouped") else "")
 
 
 def seed_frame(cells: Sequence[CellJobs], metrics: Sequence[str]) -> pd.DataFrame:
