@@ -314,9 +314,10 @@ class WandbSettings:
 
 @dataclasses.dataclass(frozen=True)
 class LoggerSettings:
-    """`logger`: the CSV log (csv/metrics.csv, read by the reports) and W&B."""
+    """`logger`: the CSV log (csv/metrics.csv, read by the reports), TensorBoard and W&B."""
 
     csv: bool = setting(True, boolean(), "write csv/metrics.csv (the reports read it)")
+    tensorboard: bool = setting(False, boolean(), "write TensorBoard event files in tensorboard/ (`make board`)")
     wandb: WandbSettings = group(WandbSettings)
 
 
