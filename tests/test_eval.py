@@ -74,6 +74,21 @@ def test_a_sweep_rescored_is_what_the_report_reads(sweep: Path, run_cli, tmp_pat
     assert "Metric: `eval/train/top1_err`" in report.stdout
     for residual in (True, False):
         assert f"| {values[residual]['eval/train/top1_err']:.2f} (n=1) |" in report.stdout
+    # the sweep's own ablation report (no table) on the same metric
+    ablation = subprocess.run(
+        [sys.executable, "-m", "resnext_lab.report", str(sweep), "--metric", "eval/train/top1_err"]
+        + ["--out", str(tmp_path / "ablation")],
+        cwd=ROOT,
+        env=cli_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert ablation.returncode == 0, ablation.stderr[-3000:]
+    assert "ablation over seeds 0 (eval/train/top1_err," in ablation.stdout
+    for residual in (True, False):
+        line = next(x for x in ablation.stdout.splitlines() if x.startswith(f"model.residual={residual}"))
+        assert line.split()[1] == f"{values[residual]['eval/train/top1_err']:.2f}"
 
 
 def _quoted(path: Path) -> str:

@@ -26,11 +26,16 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+from omegaconf import OmegaConf
+
 from resnext_lab import render
 from resnext_lab.errors import ConfigError
 from resnext_lab.evaluation import with_evaluations
 from resnext_lab.files import write_text_atomic
-from resnext_lab.overrides import RUN_INVARIANT, override_values
+from resnext_lab.overrides import RUN_INVARIANT, override_values, register_resolvers
+from resnext_lab.report.contrasts import Outcome, Side, evaluate, interval_text, markdown
+from resnext_lab.report.stats import summarize
 from resnext_lab.results import load_sweep
 
 GROUPS = ("model", "data", "optim", "trainer")
@@ -96,10 +101,6 @@ def _flatten(node: Mapping[str, Any], prefix: str) -> dict[str, str]:
 def run_settings(result: Mapping[str, Any]) -> dict[str, str]:
     """What a run computed, as flat text: its config's groups, else (no .hydra/config.yaml) its overrides and the
     network its results.json records."""
-    from omegaconf import OmegaConf
-
-    from resnext_lab.overrides import register_resolvers
-
     path = Path(result["_dir"]) / ".hydra" / "config.yaml"
     settings: dict[str, str] = {}
     try:
@@ -246,8 +247,6 @@ def find_cell(text: str, groups: Sequence[Cell]) -> int:
 
 
 def _mean_sd(values: Sequence[float]) -> str:
-    from resnext_lab.report.stats import summarize
-
     s = summarize(values)
     if s.mean is None:
         return "-"
@@ -278,10 +277,8 @@ def table(columns: Sequence[str], groups: Sequence[Cell], metric: str) -> tuple[
 
 def contrast(
     pairs: Sequence[tuple[str, str]], groups: Sequence[Cell], min_effect: float | None, alpha: float
-) -> list[Any]:
+) -> list[Outcome]:
     """Each (A, B) tested as A minus B, paired by seed where they share seeds, Holm over them all (one family)."""
-    from resnext_lab.report.contrasts import Side, evaluate
-
     sides = []
     for a, b in pairs:
         ia, ib = find_cell(a, groups), find_cell(b, groups)
@@ -336,8 +333,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     for note in notes:
         print(f"warning: {note}", file=sys.stderr)
     if outcomes:
-        from resnext_lab.report.contrasts import interval_text
-
         for o in outcomes:
             p = "-" if o.p_adj is None else f"{o.p_adj:.3g}"
             print(f"contrast {o.name}: Δ {interval_text(o)}, p (Holm) {p}: {o.verdict}")
@@ -352,15 +347,11 @@ def write(
     head: list[str],
     rows: list[list[str]],
     notes: list[str],
-    outcomes: list[Any],
+    outcomes: list[Outcome],
     sweeps: list[str],
     args: Any,
 ) -> list[Path]:
     """compare.md (the table, the warnings, the contrasts) and compare.csv (the table)."""
-    import pandas as pd
-
-    from resnext_lab.report.contrasts import markdown
-
     lines = [
         f"# Comparison: {args.metric}",
         "",

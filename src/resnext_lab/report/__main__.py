@@ -42,7 +42,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--metric",
-        help="with --table or --experiment: the metric instead of the table's, e.g. eval/test/top1_err (task=eval)",
+        help="the metric compared instead of the table's (or the ablation's test/top1_err), e.g. eval/test/top1_err "
+        "(scored again by task=eval)",
     )
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: SWEEP_DIR/report)")
     parser.add_argument("--baseline", help="ablation report: the group compared against, as key=value")
@@ -64,8 +65,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = args.out if args.out is not None else args.sweep_dir / "report"
     if args.scale and not args.experiment:
         parser.error("--scale needs --experiment")
-    if args.metric and args.table is None and args.experiment is None:
-        parser.error("--metric needs --table or --experiment")
     if args.table is None and args.experiment is None:
         try:
             report, written = write_ablation(
@@ -76,6 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 test=args.test,
                 exclude=args.exclude,
                 alpha=args.alpha,
+                **({"metric": args.metric} if args.metric else {}),
             )
         except ConfigError as exc:
             print(f"error: {exc}", file=sys.stderr)
@@ -89,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             table = table_at_scale(args.experiment, args.scale)
         else:
             table = load_table_def(args.table if args.table is not None else experiment_file(args.experiment))
-        written = write_report(args.sweep_dir, {**table, "metric": args.metric or table["metric"]}, out)
+        written = write_report(args.sweep_dir, {**table, "metric": args.metric} if args.metric else table, out)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

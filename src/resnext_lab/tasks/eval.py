@@ -130,7 +130,8 @@ def find_checkpoint(value: Any) -> tuple[Path, Path]:
     path = Path(str(value)).expanduser()
     if path.is_dir():
         if not (path / evaluation.RESULTS).is_file():
-            raise ConfigError(f"ckpt_path={value}: no results.json in this folder: not a run's folder")
+            hint = "; a sweep's folder: score each of its runs with -m" if evaluation.run_folders(path) else ""
+            raise ConfigError(f"ckpt_path={value}: no results.json in this folder: not a run's folder{hint}")
         path = path / evaluation.CHECKPOINT
         if not path.is_file():
             raise ConfigError(f"ckpt_path={value}: the run has no {evaluation.CHECKPOINT} (it saved no epoch)")
