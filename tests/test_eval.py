@@ -38,7 +38,7 @@ def test_eval_reproduces_the_runs_test_error(sweep: Path, run_cli, tmp_path: Pat
         assert scored["metrics"][f"eval/test/{name}"] == pytest.approx(recorded[f"test/{name}"], abs=1e-6)
     entry = scored["evaluations"]["eval/test"]
     assert entry["precision"]["used"] == "32-true" and entry["data"]["as_trained"] is True
-    assert entry["checkpoint"]["epoch"] == 1 and entry["git_commit"] == entry["run_git_commit"]
+    assert entry["checkpoint"]["epochs"] == 1 and entry["git_commit"] == entry["run_git_commit"]
     # the validation split: what the run's last validation measured
     done = run_cli("task=eval", f"ckpt_path={_quoted(run)}", "data.split=val", f"out_root={tmp_path}")
     assert done.returncode == 0, done.stderr[-3000:]
@@ -108,6 +108,7 @@ BAD = {
         "data=imagenet: its images are 28x28x3 in 5 classes; the checkpoint's network",
     ),
     "bad split": (["ckpt_path=RUN", "data.split=dev"], "data.split='dev': must be one of test, val, train"),
+    "not a checkpoint": (["ckpt_path=RUN/results.json"], "results.json: not a checkpoint that loads"),
 }
 
 

@@ -85,9 +85,11 @@ def eval_task(cfg: DictConfig) -> dict[str, Any]:
     module = ClassificationModule(
         build(spec), job.settings.optim, spec.num_classes, t.channels_last is not False, t.check_finite_every_n_steps
     )
-    _load_weights(module.net, ckpt, spec.name)
+    checkpoint = _load_checkpoint(ckpt)
+    _load_weights(module.net, checkpoint, ckpt, spec.name)
     quiet()
-    limit = {"test": t.limit_test_batches, "val": t.limit_val_batches, "train": t.limit_train_batches}[split]
+    limits = {"test": t.limit_test_batches, "val": t.limit_val_batches, "train": t.limit_train_batches}
+    limit = t.limit_test_batches if "trainer.limit_test_batches" in keys else limits[split]  # as the run read it
     trainer = pl.Trainer(
         accelerator=t.accelerator,
         devices=1,
@@ -109,7 +111,7 @@ def eval_task(cfg: DictConfig) -> dict[str, Any]:
     }
     entry = {
         "metrics": metrics,
-        "checkpoint": {"path": str(ckpt), "epoch": _checkpoint_epoch(ckpt)},
+        "checkpoint": {"path": str(ckpt), "epochs": _epochs(checkpoint)},
         "data": {**_plain(dataclasses.asdict(dm.settings)), "split": split, "as_trained": as_trained},
         "precision": {"used": precision, "why": why},
         "git_commit": results.git_commit(),
@@ -212,12 +214,20 @@ def _check_fits(dm: Any, spec: Any, name: str) -> None:
         )
 
 
-def _load_weights(net: torch.nn.Module, ckpt: Path, name: str) -> None:
-    """The checkpoint's network weights into `net`; one line when they are not this network's."""
+def _load_checkpoint(ckpt: Path) -> dict[str, Any]:
+    """The checkpoint, read once; one line when it does not load or holds no weights."""
     try:
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]  # our own file (tasks/train)
-    except Exception as err:  # torn, not a checkpoint, not a dict: whatever torch says
+        checkpoint = torch.load(ckpt, map_location="cpu", weights_only=False)  # our own file (tasks/train)
+    except Exception as err:  # torn, not a checkpoint at all: whatever torch says
         raise ConfigError(f"ckpt_path={ckpt}: not a checkpoint that loads ({first_line(err)})") from None
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
+        raise ConfigError(f"ckpt_path={ckpt}: not a Lightning checkpoint (it holds no state_dict)")
+    return checkpoint
+
+
+def _load_weights(net: torch.nn.Module, checkpoint: dict[str, Any], ckpt: Path, name: str) -> None:
+    """The checkpoint's network weights into `net`; one line when they are not this network's."""
+    state = checkpoint["state_dict"]
     weights = {k.removeprefix("net.").replace("_orig_mod.", ""): v for k, v in state.items() if k.startswith("net.")}
     expected = net.state_dict()
     missing = sorted(set(expected) - set(weights))
@@ -235,9 +245,9 @@ def _load_weights(net: torch.nn.Module, ckpt: Path, name: str) -> None:
     net.load_state_dict(weights)
 
 
-def _checkpoint_epoch(ckpt: Path) -> int | None:
+def _epochs(checkpoint: dict[str, Any]) -> int | None:
     """The epochs the checkpoint had trained (its `epoch` counts from 0)."""
-    epoch = torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True).get("epoch")
+    epoch = checkpoint.get("epoch")
     return None if epoch is None else int(epoch) + 1
 
 
