@@ -52,7 +52,7 @@ def test_one_row_per_cell_with_only_the_settings_that_differ(sweeps: list[Path],
     header = next(line for line in done.stdout.splitlines() if line.startswith("row"))
     assert header.split()[:4] == ["row", "model.residual", "trainer.precision", "n"]  # seed and the rest: the same
     assert done.stdout.count("\nrow ") == 1  # one table
-    assert "warning: the compared runs differ in precision: 32-true (rows 1, 2); bf16-mixed (rows 3, 4)" in done.stderr
+    assert "warning: the compared runs differ in precision: 32-true (rows 1, 3); bf16-mixed (rows 2, 4)" in done.stderr
     assert "differ in commit" not in done.stderr
     with (tmp_path / "out" / "compare.csv").open() as handle:
         assert len(list(csv.DictReader(handle))) == 4

@@ -177,7 +177,7 @@ def select(runs: Iterable[Run], where: Sequence[str]) -> list[Run]:
 
 
 def cells(runs: Sequence[Run], by: Sequence[str]) -> tuple[list[str], list[Cell]]:
-    """(the settings the rows differ in, the cells in the order first seen)."""
+    """(the settings the rows differ in, the cells ordered by their values of those settings)."""
     known = {k for r in runs for k in r.settings}
     for key in by:
         if key not in known:
@@ -189,7 +189,15 @@ def cells(runs: Sequence[Run], by: Sequence[str]) -> tuple[list[str], list[Cell]
         found.setdefault(label, Cell(dict(label), [])).runs.append(run)
     groups = list(found.values())
     columns = list(by) or sorted({k for g in groups for k in g.label if len({h.label.get(k, "-") for h in groups}) > 1})
-    return columns, groups
+    return columns, sorted(groups, key=lambda g: [_order(g.label.get(c, "-")) for c in columns])
+
+
+def _order(text: str) -> tuple[int, float, str]:
+    """Numbers by value, before any text; text as written."""
+    try:
+        return (0, float(text), "")
+    except ValueError:
+        return (1, 0.0, text)
 
 
 def warnings(groups: Sequence[Cell], by: Sequence[str]) -> list[str]:
