@@ -126,3 +126,21 @@ def test_bad_input_is_one_line_and_exit_2(case: str, sweep: Path, run_cli, tmp_p
     assert len(errors) == 1 and expected in errors[0], done.stderr[-3000:]
     assert "Traceback" not in done.stderr
     assert not (run / "eval.json").exists()
+
+
+def test_scorings_of_one_run_that_end_at_once_are_all_kept(tmp_path: Path) -> None:
+    """Eight processes record eight prefixes in one eval.json at the same moment: none is lost."""
+    from resnext_lab import evaluation
+
+    script = (
+        "import sys; from resnext_lab import evaluation; "
+        "evaluation.record(sys.argv[1], sys.argv[2], {'metrics': {sys.argv[2] + '/top1_err': 1.0}})"
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(tmp_path), f"eval/split{i}"], cwd=ROOT, env=cli_env(tmp_path)
+        )
+        for i in range(8)
+    ]
+    assert all(p.wait(timeout=120) == 0 for p in procs)
+    assert sorted(evaluation.load(tmp_path)) == [f"eval/split{i}" for i in range(8)]

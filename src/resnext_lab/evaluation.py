@@ -14,10 +14,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock
+
 from resnext_lab.files import write_json_atomic
 from resnext_lab.overrides import hydra_quote
 
 FILE = "eval.json"
+LOCK = ".eval.json.lock"
 RESULTS = "results.json"
 CHECKPOINT = "checkpoints/last.ckpt"
 
@@ -33,10 +36,12 @@ def load(run_dir: str | Path) -> dict[str, Any]:
 
 
 def record(run_dir: str | Path, prefix: str, entry: Mapping[str, Any]) -> Path:
-    """Add (or replace) the scoring under `prefix` in the run's eval.json, written atomically."""
-    evaluations = {**load(run_dir), prefix: dict(entry)}
-    metrics = {k: v for e in evaluations.values() for k, v in (e.get("metrics") or {}).items()}
-    return write_json_atomic(Path(run_dir) / FILE, {"metrics": metrics, "evaluations": evaluations})
+    """Add (or replace) the scoring under `prefix` in the run's eval.json, written atomically; scorings of one run
+    that end at once (a packed sweep over its splits) take turns, so that none is lost."""
+    with FileLock(Path(run_dir) / LOCK):
+        evaluations = {**load(run_dir), prefix: dict(entry)}
+        metrics = {k: v for e in evaluations.values() for k, v in (e.get("metrics") or {}).items()}
+        return write_json_atomic(Path(run_dir) / FILE, {"metrics": metrics, "evaluations": evaluations})
 
 
 def with_evaluations(result: Mapping[str, Any]) -> dict[str, Any]:
