@@ -21,7 +21,7 @@ SWEEP  ?= outputs/demo/cpu
 EXPERIMENTS := $(filter-out demo design_space table4_top5,$(patsubst experiments/%/,%,$(wildcard experiments/*/)))
 SCALES := $(filter-out none,$(patsubst conf/scale/%.yaml,%,$(wildcard conf/scale/*.yaml)))
 
-.PHONY: help install lock settings notebook gpu-check thread-policy plan test test-all lint format demo design-space publish table1 table2 report dashboard bench soak plan-check clean $(EXPERIMENTS)
+.PHONY: help install lock settings notebook gpu-check thread-policy plan test test-all lint format demo design-space publish table1 table2 report dashboard board compare bench soak plan-check clean $(EXPERIMENTS)
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_ -]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  \033[1m%-22s\033[0m %s\n", $$1, $$2}'
@@ -50,6 +50,15 @@ lock: ## regenerate requirements/lock.txt: the newest releases installed into a 
 	  echo "# Install the newest releases instead: make install LOCK="; \
 	  .lock-venv/bin/python -m pip freeze --all --exclude-editable | grep -v '^resnext-lab'; } > requirements/lock.txt.tmp
 	mv requirements/lock.txt.tmp requirements/lock.txt && rm -rf .lock-venv
+
+# the port `make board` serves TensorBoard on (localhost only)
+PORT   ?= 6006
+
+board: ## serve TensorBoard on localhost:PORT (6006) for every run below OUT that ran with logger=tensorboard
+	$(VENV)/bin/tensorboard --logdir $(OUT) --host localhost --port $(PORT)
+
+compare: ## compare the runs of every sweep below OUT (one or more folders): one row per cell, only what differs; ARGS='--by model.init'
+	$(PY) -m resnext_lab.compare $(OUT) $(ARGS)
 
 notebook: ## open notebooks/analysis.ipynb in Jupyter on the sweep SWEEP (default outputs/demo/cpu)
 	RESNEXT_SWEEP=$(SWEEP) $(VENV)/bin/jupyter notebook notebooks/analysis.ipynb

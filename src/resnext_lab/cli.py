@@ -15,7 +15,7 @@ from resnext_lab.tasks.plan import plan_task
 
 
 def run_task(cfg: DictConfig, jobs: Sequence[tuple[list[str], Any]] | None = None) -> Any:
-    """Run `cfg.task`; a user error prints one line and exits 2, a failed training run exits 1.
+    """Run `cfg.task` (train, eval, plan, complexity); a user error prints one line and exits 2, a failed training run exits 1.
 
     `jobs`: for task=plan, every job of the sweep as (overrides, composed config); the sweep's callback
     passes them before any job is launched (a plan prices the sweep as a whole). Alone, the plan is the
@@ -27,6 +27,10 @@ def run_task(cfg: DictConfig, jobs: Sequence[tuple[list[str], Any]] | None = Non
         if cfg.task == "plan":
             hydra = cfg.hydra if "hydra" in cfg else HydraConfig.get()
             return plan_task(cfg, jobs or [(list(hydra.overrides.task), cfg)], hydra)
+        if cfg.task == "eval":
+            from resnext_lab.tasks.eval import eval_task  # torch and Lightning: for scoring only
+
+            return eval_task(cfg)
         if cfg.task == "train":
             from resnext_lab.tasks.train import RunFailed, train_task  # torch and Lightning: for training only
 

@@ -24,7 +24,7 @@ from resnext_lab.errors import ConfigError, first_line
 SCHEDULES = ("step", "cosine", "constant")
 PRECISIONS = ("auto", "32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "64-true")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu", "hpu")
-TASKS = ("train", "complexity", "plan")
+TASKS = ("train", "complexity", "plan", "eval")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 #: `report.exclude`: the rules report/checks.py codes
 EXCLUSION_RULES = ("first_epoch_above_chance",)
@@ -314,9 +314,10 @@ class WandbSettings:
 
 @dataclasses.dataclass(frozen=True)
 class LoggerSettings:
-    """`logger`: the CSV log (csv/metrics.csv, read by the reports) and W&B."""
+    """`logger`: the CSV log (csv/metrics.csv, read by the reports), TensorBoard and W&B."""
 
     csv: bool = setting(True, boolean(), "write csv/metrics.csv (the reports read it)")
+    tensorboard: bool = setting(False, boolean(), "write TensorBoard event files in tensorboard/ (`make board`)")
     wandb: WandbSettings = group(WandbSettings)
 
 
@@ -383,7 +384,7 @@ class RunSettings:
 
     open_keys: ClassVar[bool] = True  # the groups, hydra, and an experiment's own keys
 
-    task: str = setting("train", choice(*TASKS), "train; complexity (params and FLOPs only); plan (time a sweep)")
+    task: str = setting("train", choice(*TASKS), "train; complexity (params, FLOPs); plan (a sweep's cost); eval")
     seed: int = setting(0, integer(0), "seeds the weights, the batch order and augmentation")
     deterministic: bool = setting(False, boolean(), "torch.use_deterministic_algorithms + cuDNN determinism")
     name: str | None = setting(None, string("a sweep name", null=True), "the sweep's name: its folder is out_root/name")

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, open_dict, read_write
 
 from resnext_lab.cli import run_task
 from resnext_lab.errors import ConfigError, fail
+from resnext_lab.evaluation import expand_sweep
 from resnext_lab.folders import hold_folder, release_folder, unwritable
 from resnext_lab.job import check_job, check_sweep, scales
 from resnext_lab.overrides import RUN_INVARIANT, hydra_quote, split_overrides
@@ -55,6 +56,11 @@ class OutputFolder(HydraCallback):
             raise SystemExit(0)
         sweep_dir = str(config.hydra.sweep.dir)
         self._check(config, sweep_dir)
+        if config.get("task") == "eval":  # ckpt_path=SWEEP_DIR: one job per run of that sweep
+            expanded = expand_sweep(list(config.hydra.overrides.task))
+            if expanded is not None:
+                with read_write(config.hydra):
+                    config.hydra.overrides.task = expanded
         if config.get("task") == "train":
             if Path(sweep_dir).is_dir():  # a sweep that runs there refuses this one before the checks
                 hold_folder(Path(sweep_dir))

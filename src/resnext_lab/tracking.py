@@ -1,4 +1,5 @@
-"""Weights & Biases: whether runs go online, each job's run, and the report run that carries a sweep's answer.
+"""Weights & Biases: whether runs go online, each job's run, and the report run that carries a sweep's answer;
+and each job's TensorBoard logger (`logger.tensorboard`), the offline viewer beside W&B's `wandb beta leet`.
 
 Every training job logs its own run (`wandb_logger`, a Lightning WandbLogger), in its sweep's group. At the end of a sweep one more run,
 `job_type=report` in the sweep's group, holds the ablation report as a `wandb.Table` and its plots as
@@ -75,6 +76,14 @@ def wandb_logger(
         config=config,
     )
     return logger, {"id": run_id, "mode": mode, "project": w.project}
+
+
+def tensorboard_logger(run_dir: Path) -> Any:
+    """TensorBoard's event files in `run_dir`/tensorboard, under the metric names of csv/metrics.csv and W&B; a
+    resumed run adds its events to the same folder. `make board OUT=...` serves every run below OUT."""
+    from pytorch_lightning.loggers import TensorBoardLogger  # Lightning: only where a job trains
+
+    return TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="", default_hp_metric=False)
 
 
 def finish_wandb(exit_code: int) -> None:

@@ -34,6 +34,7 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
+import psutil
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job, setup_globals
 from hydra.plugins.launcher import Launcher
@@ -217,10 +218,9 @@ def _record_rss(sweep_dir: Path, worker: _Worker, job: int, done: int) -> None:
     import json
 
     try:
-        status = Path(f"/proc/{worker.process.pid}/status").read_text()
-    except OSError:  # not Linux, or the worker is gone
+        rss_kb = psutil.Process(worker.process.pid).memory_info().rss // 1024
+    except psutil.Error:  # the worker is gone
         return
-    rss_kb = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), None)
     line = json.dumps({"job": job, "worker": worker.number, "pid": worker.process.pid, "rss_kb": rss_kb, "done": done})
     with contextlib.suppress(OSError), (sweep_dir / ".packed" / "rss.jsonl").open("a") as out:
         out.write(line + "\n")

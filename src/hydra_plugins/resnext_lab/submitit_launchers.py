@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+import psutil
 from hydra.core.utils import JobReturn
 from hydra_plugins.hydra_submitit_launcher import submitit_launcher
 
@@ -96,20 +97,12 @@ class LocalLauncher(_OneLineStops, submitit_launcher.LocalLauncher):
 
 
 def _descendants(pid: int) -> list[int]:
-    """Every process under `pid`, read from /proc (none where there is no /proc)."""
-    parents: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):  # gone meanwhile
-            continue
-        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, todo = [], [pid]
-    while todo:
-        children = parents.get(todo.pop(), [])
-        found += children
-        todo += children
-    return found
+    """Every process under `pid`, children first (psutil: /proc on Linux, the kernel's own calls elsewhere); none
+    once `pid` is gone."""
+    try:
+        return [child.pid for child in psutil.Process(pid).children(recursive=True)]
+    except psutil.Error:
+        return []
 
 
 class SlurmLauncher(_OneLineStops, submitit_launcher.SlurmLauncher):

@@ -1,4 +1,5 @@
-"""Command line: `python -m resnext_lab.report SWEEP_DIR [--table FILE.yaml | --experiment NAME [--scale S]] [--out DIR]`.
+"""Command line: `python -m resnext_lab.report SWEEP_DIR [--table FILE.yaml | --experiment NAME [--scale S]] [--metric M]
+[--out DIR]`.
 
 With a table (a paper table's `report:` node) it renders that table beside the paper's numbers;
 without, the sweep's ablation report (report/ablation.py): groups, deltas, Holm-adjusted verdicts,
@@ -39,6 +40,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help=f"with --experiment: the table as NAME composes at this scale ({', '.join(s for s in scales() if s != 'none')}), whose presets "
         "may build smaller depths and widths than the paper's",
     )
+    parser.add_argument(
+        "--metric",
+        help="the metric compared instead of the table's (or the ablation's test/top1_err), e.g. eval/test/top1_err "
+        "(scored again by task=eval)",
+    )
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: SWEEP_DIR/report)")
     parser.add_argument("--baseline", help="ablation report: the group compared against, as key=value")
     parser.add_argument(
@@ -69,6 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 test=args.test,
                 exclude=args.exclude,
                 alpha=args.alpha,
+                **({"metric": args.metric} if args.metric else {}),
             )
         except ConfigError as exc:
             print(f"error: {exc}", file=sys.stderr)
@@ -82,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             table = table_at_scale(args.experiment, args.scale)
         else:
             table = load_table_def(args.table if args.table is not None else experiment_file(args.experiment))
-        written = write_report(args.sweep_dir, table, out)
+        written = write_report(args.sweep_dir, {**table, "metric": args.metric} if args.metric else table, out)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -54,6 +54,7 @@ class Group:
     jobs: list[dict[str, Any]]
     missing: int = 0  # seeds the sweep ran for other groups but that this group has no job for
     excluded: list[tuple[Any, str]] = dataclasses.field(default_factory=list)  # (seed, reason) of excluded jobs
+    metric: str = METRICS[0]  # what the report compares (eval/...: a metric task=eval scored again)
 
     @property
     def label(self) -> str:
@@ -65,7 +66,7 @@ class Group:
         return [
             j
             for j in self.jobs
-            if j.get("status") == "completed" and metric_value(j, METRICS[0]) is not None and not j.get("_excluded")
+            if j.get("status") == "completed" and metric_value(j, self.metric) is not None and not j.get("_excluded")
         ]
 
     def values_of(self, metric: str) -> tuple[list[float], list[Any]]:
@@ -89,7 +90,9 @@ class Group:
 
 
 def group_jobs(
-    results: Sequence[Mapping[str, Any]], exclude: Callable[[Mapping[str, Any]], str | None] | None = None
+    results: Sequence[Mapping[str, Any]],
+    exclude: Callable[[Mapping[str, Any]], str | None] | None = None,
+    metric: str = METRICS[0],
 ) -> tuple[list[str], list[Group]]:
     """(swept keys, groups in the order of their swept values, numbers numerically); completed jobs that
     the exclusion rule `exclude` removes are marked `_excluded` with its reason."""
@@ -101,8 +104,8 @@ def group_jobs(
         values = _overrides(r)
         key = tuple(values.get(k, "") for k in keys)
         job = dict(r)
-        group = groups.setdefault(key, Group(dict(zip(keys, key, strict=True)), []))
-        if exclude is not None and job.get("status") == "completed" and metric_value(job, METRICS[0]) is not None:
+        group = groups.setdefault(key, Group(dict(zip(keys, key, strict=True)), [], metric=metric))
+        if exclude is not None and job.get("status") == "completed" and metric_value(job, metric) is not None:
             job["_excluded"] = exclude(job)
             if job["_excluded"]:
                 group.excluded.append((job.get(SEED), job["_excluded"]))
@@ -151,18 +154,18 @@ def ablation(
     test: str = stats.DIFFERENCE,
     exclude: str | None = None,
     alpha: float = stats.ALPHA,
+    metric: str = METRICS[0],
 ) -> dict[str, Any]:
     """The report as data: swept keys, one record per group, warnings, per-seed values and the method.
 
-    Every group is compared with its baseline group; the comparisons are one family (Holm); the
+    Every group is compared with its baseline group on `metric`; the comparisons are one family (Holm); the
     exclusion rule `exclude` (declared in `report.exclude`) is applied to every job alike.
     """
     results = [r for r in results]
     if not results:
         raise ConfigError("no results.json in the sweep folder: nothing to report")
     rule = exclusion_rule(exclude)
-    keys, groups = group_jobs(results, rule)
-    metric = METRICS[0]
+    keys, groups = group_jobs(results, rule, metric)
     bases = [baseline_of(g, groups, keys, baseline) for g in groups]
     sides = {id(g): _side(g, metric, _interpretable(g)) for g in groups}
     pairs = [
@@ -183,7 +186,7 @@ def ablation(
             "params": g.model.get("params"),
             "flops": g.model.get("flops"),
         }
-        for m in METRICS:
+        for m in dict.fromkeys((metric, *METRICS)):
             s = summarize(g.values_of(m)[0])
             record[f"{m} mean"], record[f"{m} std"] = s.mean, s.std
         for size in ("params", "flops"):
@@ -213,6 +216,7 @@ def ablation(
         "test": test,
         "exclude": exclude,
         "alpha": alpha,
+        "metric": metric,
         "seeds": sorted({str(r.get(SEED)) for r in results}),
         "per_seed": _per_seed(groups),
     }
@@ -235,7 +239,11 @@ def _contrast_fields(o: Outcome | None, state: str) -> dict[str, Any]:
 
 
 def _per_seed(groups: Sequence[Group]) -> list[dict[str, Any]]:
-    return [r for g in groups for r in per_seed({"group": g.label}, g.jobs, g.excluded, METRICS)]
+    return [
+        r
+        for g in groups
+        for r in per_seed({"group": g.label}, g.jobs, g.excluded, [*dict.fromkeys((g.metric, *METRICS))])
+    ]
 
 
 def write_ablation(

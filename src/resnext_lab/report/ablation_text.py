@@ -55,14 +55,21 @@ MARKDOWN_COLUMNS = (
 )
 
 
+def _measured(report: Mapping[str, Any]) -> str:
+    """What the report compares: test top-1 error, or the metric it was asked for (`--metric`)."""
+    m = report.get("metric", METRICS[0])
+    return "test top-1 error %" if m == METRICS[0] else f"{m}"
+
+
 def to_markdown(report: Mapping[str, Any], title: str = "Ablation report") -> str:
     """The report as markdown: method, one row per group, excluded jobs, the warnings."""
-    m = METRICS[0]
+    m = report.get("metric", METRICS[0])
     outcomes = [r["_outcome"] for r in report["rows"] if r.get("_outcome") is not None]
     lines = [
         f"# {title}",
         "",
-        f"Test top-1/top-5 error (%) over seeds {', '.join(report['seeds'])}; mean ± std (n usable jobs). "
+        ("Test top-1/top-5 error (%)" if m == METRICS[0] else f"`{m}` (compared) and test top-5 error (%)")
+        + f" over seeds {', '.join(report['seeds'])}; mean ± std (n usable jobs). "
         f"Δ is the group minus its baseline. Params and FLOPs against the baseline's, `!` beyond "
         f"±{COMPLEXITY_TOLERANCE:.0%}. Exclusion rule: `{report['exclude'] or 'none'}`.",
         "",
@@ -108,10 +115,10 @@ def to_markdown(report: Mapping[str, Any], title: str = "Ablation report") -> st
 
 def to_terminal(report: Mapping[str, Any]) -> str:
     """The report in short, for the end of a sweep."""
-    m = METRICS[0]
+    m = report.get("metric", METRICS[0])
     effect = "none declared" if report["min_effect"] is None else f"{report['min_effect']:g}"
     lines = [
-        f"ablation over seeds {', '.join(report['seeds'])} (test top-1 error %, Δ vs baseline, 95% CI, "
+        f"ablation over seeds {', '.join(report['seeds'])} ({_measured(report)}, Δ vs baseline, 95% CI, "
         f"Holm-adjusted p; min effect {effect}; exclusion {report['exclude'] or 'none'}):"
     ]
     rows = []

@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 
 from resnext_lab.errors import DataError
+from resnext_lab.evaluation import with_evaluations
 from resnext_lab.results import UNREADABLE, load_sweep
 
 _MISSING = object()
@@ -27,12 +28,13 @@ def load_results(sweep_dir: str | Path) -> list[dict[str, Any]]:
 
     Each dict gets `_dir` (the job folder, a Path). A file that cannot be parsed,
     is not a JSON object, or has no `status` becomes `{"status": "unreadable",
-    "error": <why>, "_dir": ...}` so the report can list it.
+    "error": <why>, "_dir": ...}` so the report can list it. A job scored again by task=eval has its
+    eval.json's metrics (`eval/test/top1_err`, ...) beside its own.
     """
     root = Path(sweep_dir)
     if not root.is_dir():
         raise DataError(f"sweep folder {root} does not exist (pass the folder a sweep wrote its jobs into)")
-    return load_sweep(root)
+    return [with_evaluations(r) for r in load_sweep(root)]
 
 
 def lookup(result: Mapping[str, Any], key: str, default: Any = None) -> Any:

@@ -226,9 +226,10 @@ def _size_unit(largest: float) -> tuple[float, str]:
 
 
 def ablation_figures(report: Mapping[str, Any]) -> dict[str, Figure]:
-    """An ablation report's plots: test top-1 error (mean ± std over seeds) against the first swept setting,
-    one series per value of the others, and against params (or FLOPs)."""
-    rows = [r for r in report["rows"] if r.get("test/top1_err mean") is not None]
+    """An ablation report's plots: its metric (test top-1 error unless asked; mean ± std over seeds) against the
+    first swept setting, one series per value of the others, and against params (or FLOPs)."""
+    metric = report.get("metric", "test/top1_err")
+    rows = [r for r in report["rows"] if r.get(f"{metric} mean") is not None]
     keys = list(report["keys"])
     if not rows or not keys:
         return {}
@@ -248,8 +249,8 @@ def ablation_figures(report: Mapping[str, Any]) -> dict[str, Figure]:
             if any(x_of(r) is None for r in members):
                 continue
             xs = [x_of(r) for r in members]
-            ys = [r["test/top1_err mean"] for r in members]
-            err = [r["test/top1_err std"] or 0.0 for r in members]
+            ys = [r[f"{metric} mean"] for r in members]
+            err = [r[f"{metric} std"] or 0.0 for r in members]
             ax.errorbar(xs, ys, yerr=err, fmt="-o", color=colour, capsize=3, label=label or None)
             if name.endswith(size_key):
                 for x, y, r in zip(xs, ys, members, strict=True):
@@ -260,8 +261,8 @@ def ablation_figures(report: Mapping[str, Any]) -> dict[str, Figure]:
                 ax.set_xscale("log", base=2)
             ax.set_xticks(values, [f"{v:g}" for v in values])
         ax.set_xlabel(xlabel)
-        ax.set_ylabel("test top-1 error (%), mean ± std over seeds")
-        ax.set_title(f"test top-1 error against {xlabel}")
+        ax.set_ylabel(f"{metric_label(metric)}, mean ± std over seeds")
+        ax.set_title(f"{metric_label(metric).removesuffix(' (%)')} against {xlabel}")
         if others:
             ax.legend(fontsize="small")
         ax.grid(alpha=0.3)

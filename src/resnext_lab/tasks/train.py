@@ -41,7 +41,7 @@ from resnext_lab.job import check_job
 from resnext_lab.models import build
 from resnext_lab.module import ClassificationModule, Diverged
 from resnext_lab.overrides import check_same_job
-from resnext_lab.tracking import finish_wandb, wandb_group, wandb_logger
+from resnext_lab.tracking import finish_wandb, tensorboard_logger, wandb_group, wandb_logger
 
 log = logging.getLogger("resnext_lab")
 
@@ -245,6 +245,8 @@ def _fit(cfg: DictConfig, run_dir: Path, job: Any, model_info: dict[str, Any], o
             "set_aside": set_aside,
         }
     loggers: list[Any] = [csv_logger(run_dir, keep_rows=resumed)] if logger.csv else []
+    if logger.tensorboard:
+        loggers.append(tensorboard_logger(run_dir))
     wl, wandb_info = None, None
     if logger.wandb.enabled:
         group = wandb_group(cfg, HydraConfig.get().sweep.dir if _in_multirun() else None)
