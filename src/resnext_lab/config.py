@@ -383,7 +383,7 @@ class RunSettings:
 
     open_keys: ClassVar[bool] = True  # the groups, hydra, and an experiment's own keys
 
-    task: str = setting("train", choice(*TASKS), "train; complexity (params and FLOPs only); plan (time a sweep); preregister (write its pre-registration)")
+    task: str = setting("train", choice(*TASKS), "train; complexity (params, FLOPs); plan; preregister (prereg.py)")
     seed: int = setting(0, integer(0), "seeds the weights, the batch order and augmentation")
     deterministic: bool = setting(False, boolean(), "torch.use_deterministic_algorithms + cuDNN determinism")
     name: str | None = setting(None, string("a sweep name", null=True), "the sweep's name: its folder is out_root/name")

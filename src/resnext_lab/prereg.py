@@ -197,18 +197,21 @@ def _value(value: Any) -> str:
 
 
 _ABSENT = object()
+#: how a difference names its two sides: a sweep against its pre-registration, an amendment against the state before
+WORDS = ("in the pre-registration", "here")
+AMENDED = ("before", "after")
 
 
-def _settings_diff(before: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
+def _settings_diff(before: Mapping[str, Any], now: Mapping[str, Any], words: tuple[str, str] = WORDS) -> list[str]:
     return [
-        f"{k}: {_value(before.get(k, _ABSENT))} in the pre-registration, {_value(now.get(k, _ABSENT))} here"
+        f"{k}: {_value(before.get(k, _ABSENT))} {words[0]}, {_value(now.get(k, _ABSENT))} {words[1]}"
         for k in sorted(set(before) | set(now))
         if json.dumps(before.get(k, None), sort_keys=True) != json.dumps(now.get(k, None), sort_keys=True)
         or (k in before) != (k in now)
     ]
 
 
-def code_diff(before: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
+def code_diff(before: Mapping[str, Any], now: Mapping[str, Any], words: tuple[str, str] = WORDS) -> list[str]:
     """The analysis code's differences, one per file."""
     if before.get("hash") == now.get("hash"):
         return []
@@ -238,19 +241,20 @@ def differences(before: Mapping[str, Any], now: Mapping[str, Any], *, whole: boo
     of it (a sweep that runs some of the jobs), and jobs on pilot seeds are not compared.
     """
     seeds, pilots = set(before["seeds"]), set(before["pilot_seeds"])
+    words = AMENDED if whole else WORDS
     out: list[str] = []
     if whole:
         for key in ("seeds", "pilot_seeds"):
             if before[key] != now[key]:
-                out.append(f"{key}: {seeds_text(before[key])} in the pre-registration, {seeds_text(now[key])} here")
+                out.append(f"{key}: {seeds_text(before[key])} {words[0]}, {seeds_text(now[key])} {words[1]}")
     else:
         for seed in sorted(set(now["seeds"]) - seeds - pilots):
             out.append(
                 f"seed: {seed} is neither a pre-registered seed ({seeds_text(seeds)}) nor a pilot seed "
                 f"({seeds_text(pilots)})"
             )
-    out += _settings_diff(before["analysis"], now["analysis"])
-    out += code_diff(before["analysis_code"], now["analysis_code"])
+    out += _settings_diff(before["analysis"], now["analysis"], words)
+    out += code_diff(before["analysis_code"], now["analysis_code"], words)
     registered = {}
     for job in before["jobs"]:
         full = _full(before, job)
@@ -266,7 +270,7 @@ def differences(before: Mapping[str, Any], now: Mapping[str, Any], *, whole: boo
             if int(full.get("seed", -1)) in seeds or whole:
                 out.append(f"job {key}: not a job of the pre-registration")
             continue
-        for line in _settings_diff(registered[key], full):
+        for line in _settings_diff(registered[key], full, words):
             changed.setdefault(line, key)  # a setting changed in every job is named once
     out += list(changed)
     if whole:
@@ -285,8 +289,13 @@ def header(prereg: Mapping[str, Any]) -> str:
     commit = (prereg.get("commit") or "unknown commit")[:10] + (" (dirty tree)" if prereg.get("dirty") else "")
     text = f"pre-registered at {commit} on {str(prereg.get('date'))[:10]}"
     for a in prereg.get("amendments") or []:
-        text += f"; amendment {a['number']} on {str(a.get('date'))[:10]} ({a.get('why')}): {'; '.join(a['changes'])}"
+        text += f"; amendment {a['number']} on {str(a.get('date'))[:10]} ({a.get('why')})"
     return text
+
+
+def amendment_lines(prereg: Mapping[str, Any]) -> list[str]:
+    """Each amendment's changes, one line each."""
+    return [f"amendment {a['number']}: {change}" for a in prereg.get("amendments") or [] for change in a["changes"]]
 
 
 def check_sweep(path: Path, jobs: Sequence[tuple[Sequence[str], Any]], cfg: Any) -> str:

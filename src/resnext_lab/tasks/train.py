@@ -22,7 +22,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from resnext_lab import interrupts, results
+from resnext_lab import interrupts, prereg, provenance, results
 from resnext_lab.callbacks import (
     AtomicCheckpointIO,
     EpochLogInterval,
@@ -101,6 +101,9 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         if previous.get("status") == "completed":
             log.info("skipping %s: completed before (%s)", run_dir, results.FILE)
             return previous
+    git = provenance.git_state()
+    if rank == 0:  # a dirty tree's diff, once in the sweep's folder
+        provenance.save_diff(git, Path(HydraConfig.get().sweep.dir) if _in_multirun() else run_dir)
     base = {
         "status": "running",
         "error": None,
@@ -110,7 +113,8 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "seed": cfg.seed,
         "task": "train",
         "versions": results.versions(),
-        "git_commit": results.git_commit(),
+        **git.record(),
+        "prereg": prereg.job_record(cfg, HydraConfig.get()) if HydraConfig.initialized() else None,
         "placement": results.placement(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
