@@ -95,7 +95,12 @@ def check_preregistration(config: DictConfig, jobs: list[tuple[list[str], Any]])
     """A pre-registered experiment's jobs against its pre-registration (prereg.py): one line and exit 2 at the
     first difference; a pilot is said so."""
     path = located(config.hydra)
-    if path is None or not path.is_file() or not jobs:
+    if path is None or not path.is_file():
+        return
+    if not jobs:  # a sweeper whose jobs cannot be listed before they run
+        print(
+            f"warning: the sweep's jobs cannot be listed before they run: not checked against {path}", file=sys.stderr
+        )
         return
     try:
         kind = prereg.check_sweep(path, jobs, config)
