@@ -7,6 +7,7 @@ any ran from a dirty tree (its diff kept in the sweep's `provenance/` folder).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -82,7 +83,10 @@ def deviations(
             )
     for name, key in ANALYSIS_KEYS.items():
         if name in analysis and key in now["analysis"] and analysis[name] != now["analysis"][key]:
-            out.append(f"{key}: {now['analysis'][key]!r} in the pre-registration, {analysis[name]!r} in this report")
+            out.append(
+                f"{key}: {json.dumps(now['analysis'][key])} in the pre-registration, {json.dumps(analysis[name])} "
+                "in this report"
+            )
     return out + code_diff(now["analysis_code"], analysis_code())
 
 
