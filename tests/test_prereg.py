@@ -180,3 +180,38 @@ def test_the_analysis_code_hash_covers_report_and_what_it_imports(tmp_path: Path
 )
 def test_a_report_says_when_its_jobs_mix_commits_or_ran_dirty(jobs: list[dict[str, Any]], says: list[str]) -> None:
     assert provenance_lines(jobs) == says
+
+
+def test_a_report_lists_each_deviation_and_refuses_a_pilot_seed(tmp_path: Path) -> None:
+    from resnext_lab import prereg
+    from resnext_lab.errors import ConfigError
+    from resnext_lab.job import compose
+    from resnext_lab.report.prereg_status import status
+
+    cells = (["model.residual=true", "seed=0"], ["model.residual=false", "seed=0"])
+    jobs = [(o, compose(["experiment=demo", "scale=smoke", *o])) for o in cells]
+    path = tmp_path / "smoke.prereg.json"
+    now = {"experiment": "demo", "scale": "smoke", **prereg.state(jobs, jobs[0][1], [100])}
+    hashes = [j["hash"] for j in prereg.write(path, now, None)["jobs"]]
+    declared = {"min_effect": 2.0, "alpha": 0.05, "test": "difference", "exclude": None}
+
+    def job(overrides: list[str], seed: int, settings_hash: str | None) -> dict[str, Any]:
+        record = {"file": str(path), "settings_hash": settings_hash, "role": "pilot" if seed == 100 else "confirmatory"}
+        return {"status": "completed", "overrides": overrides, "seed": seed, "git_commit": "a" * 40,
+                "git_dirty": False, "prereg": record}  # fmt: skip
+
+    kept = [job(cells[0], 0, hashes[0]), job(cells[1], 0, hashes[1])]
+    assert status(kept, declared)[0].endswith(": no deviation")
+    lines = status(
+        [job(cells[0], 0, hashes[0]), job(cells[1], 0, "0" * 16), job(["seed=3"], 3, None)],
+        {**declared, "min_effect": 1.0},
+    )
+    assert lines[0].endswith(": 3 deviation(s)")
+    assert lines[1:4] == [
+        "deviation: seed 3: not pre-registered",
+        "deviation: job model.residual=false seed=0: its settings match no pre-registered job",
+        "deviation: report.min_effect: 2.0 in the pre-registration, 1.0 in this report",
+    ]
+    with pytest.raises(ConfigError, match=r"^seed 100 ran in a pilot of demo \(pilot seeds 100\)"):
+        status([*kept, job(cells[0], 100, hashes[0])], declared)
+    assert status([job(cells[0], 100, None)], declared)[0].startswith("pilot of the pre-registration")
