@@ -215,3 +215,12 @@ def test_a_report_lists_each_deviation_and_refuses_a_pilot_seed(tmp_path: Path) 
     with pytest.raises(ConfigError, match=r"^seed 100 ran in a pilot of demo \(pilot seeds 100\)"):
         status([*kept, job(cells[0], 100, hashes[0])], declared)
     assert status([job(cells[0], 100, None)], declared)[0].startswith("pilot of the pre-registration")
+
+
+def test_an_amended_job_does_not_take_over_a_run_of_other_settings() -> None:
+    from resnext_lab.prereg import other_settings
+
+    assert other_settings({"prereg": {"settings_hash": "a"}}, {"settings_hash": "b"}) == "settings hash a there, b here"
+    assert other_settings({"prereg": {"settings_hash": "a"}}, {"settings_hash": "a"}) is None
+    assert other_settings({"status": "completed"}, {"settings_hash": "b"}) is None  # ran before any pre-registration
+    assert other_settings({"prereg": {"settings_hash": "a"}}, None) is None

@@ -335,6 +335,14 @@ def job_record(cfg: Any, hydra: Any) -> dict[str, Any] | None:
     return {"file": str(path), "settings_hash": settings_hash(job_settings(cfg)), "role": role([int(cfg.seed)], before)}
 
 
+def other_settings(previous: Mapping[str, Any], declared: Mapping[str, Any] | None) -> str | None:
+    """How a folder's earlier run differs from this job by its settings hash (None: the same, or not known):
+    a run trained before an amendment is not taken over by the amended job; its results stand beside."""
+    before = previous.get("prereg") if isinstance(previous.get("prereg"), Mapping) else {}
+    then, now = before.get("settings_hash"), (declared or {}).get("settings_hash")
+    return f"settings hash {then} there, {now} here" if then and now and then != now else None
+
+
 def write(path: Path, now: dict[str, Any], why: str | None) -> dict[str, Any]:
     """Write a new pre-registration at `path` (`why` None), or append an amendment saying `why`; what was
     written. A ConfigError line when a file exists and no amendment is asked for, or an amendment changes nothing."""

@@ -95,9 +95,14 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     rank = process_rank()  # ranks > 0 train but write nothing: see process_rank
     previous = results.load(run_dir)
+    declared = prereg.job_record(cfg, HydraConfig.get()) if HydraConfig.initialized() else None
     if previous and cfg.resume is True:
         reusable = previous.get("status") == "completed" or (run_dir / CHECKPOINT).exists()
         check_same_job(previous, _overrides(), run_dir, reusable)
+        if reusable and (other := prereg.other_settings(previous, declared)):
+            fail(
+                f"{run_dir} holds a run of other settings ({other}): its results stand; run this sweep with another out_root=..."
+            )
         if previous.get("status") == "completed":
             log.info("skipping %s: completed before (%s)", run_dir, results.FILE)
             return previous
@@ -114,7 +119,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "task": "train",
         "versions": results.versions(),
         **git.record(),
-        "prereg": prereg.job_record(cfg, HydraConfig.get()) if HydraConfig.initialized() else None,
+        "prereg": declared,
         "placement": results.placement(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
