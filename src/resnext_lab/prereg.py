@@ -46,6 +46,11 @@ NOT_COMPUTED = frozenset(
         "trainer.progress_bar_interval_s",
     }
 )
+_ABSENT = object()
+_ABSENT_TEXT = "\0absent"
+#: how a difference names its two sides: a sweep against its pre-registration, an amendment against the state before
+WORDS = ("in the pre-registration", "here")
+AMENDED = ("before", "after")
 #: the experiments folder the config source serves (`resnext-experiments://[DIR]`, conf/config.yaml)
 SOURCE = "resnext-experiments://"
 CHECKOUT_EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
@@ -103,11 +108,8 @@ def settings_hash(settings: Mapping[str, Any]) -> str:
 
 def declared_analysis(cfg: Any) -> dict[str, Any]:
     """The analysis declared for the sweep: its `report:` node, flat, and the plateau rule the reports apply."""
-    from resnext_lab.report.checks import (
-        PLATEAU_METRIC,
-        PLATEAU_TOL,
-        PLATEAU_WINDOW,
-    )  # scipy, pandas: not for every command
+    # scipy and pandas come with report/: not for every command
+    from resnext_lab.report.checks import PLATEAU_METRIC, PLATEAU_TOL, PLATEAU_WINDOW
 
     report = cfg.get("report")
     out = flat({"report": OmegaConf.to_container(report, resolve=True) if report is not None else {}})
@@ -130,8 +132,9 @@ def state(jobs: Sequence[tuple[Sequence[str], Any]], cfg: Any, pilot_seeds: Sequ
     """What is pre-registered of a sweep: its jobs' settings, seeds, pilot seeds, analysis and analysis code."""
     settings = [job_settings(c) for _, c in jobs]
     keys = sorted({k for s in settings for k in s})
-    common = {k: settings[0][k] for k in keys if all(k in s and s[k] == settings[0][k] for s in settings)}
-    varying = sorted(k for k in keys if k not in common and len({json.dumps(s.get(k)) for s in settings}) > 1)
+    values = {k: {json.dumps(s.get(k, _ABSENT_TEXT)) for s in settings} for k in keys}  # True is not 1 here
+    common = {k: settings[0][k] for k in keys if len(values[k]) == 1}
+    varying = [k for k in keys if len(values[k]) > 1]
     seeds = sorted({int(s["seed"]) for s in settings})
     overlap = sorted(set(seeds) & set(pilot_seeds))
     if overlap:
@@ -194,12 +197,6 @@ def effective(prereg: Mapping[str, Any]) -> Mapping[str, Any]:
 
 def _value(value: Any) -> str:
     return "absent" if value is _ABSENT else json.dumps(value)
-
-
-_ABSENT = object()
-#: how a difference names its two sides: a sweep against its pre-registration, an amendment against the state before
-WORDS = ("in the pre-registration", "here")
-AMENDED = ("before", "after")
 
 
 def _settings_diff(before: Mapping[str, Any], now: Mapping[str, Any], words: tuple[str, str] = WORDS) -> list[str]:
