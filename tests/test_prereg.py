@@ -187,12 +187,13 @@ def test_a_report_lists_each_deviation_and_refuses_a_pilot_seed(tmp_path: Path) 
     from resnext_lab.errors import ConfigError
     from resnext_lab.job import compose
     from resnext_lab.report.prereg_status import status
+    from resnext_lab.tasks.preregister import write
 
     cells = (["model.residual=true", "seed=0"], ["model.residual=false", "seed=0"])
     jobs = [(o, compose(["experiment=demo", "scale=smoke", *o])) for o in cells]
     path = tmp_path / "smoke.prereg.json"
     now = {"experiment": "demo", "scale": "smoke", **prereg.state(jobs, jobs[0][1], [100])}
-    hashes = [j["hash"] for j in prereg.write(path, now, None)["jobs"]]
+    hashes = [j["hash"] for j in write(path, now, None)["jobs"]]
     declared = {"min_effect": 2.0, "alpha": 0.05, "test": "difference", "exclude": None}
 
     def job(overrides: list[str], seed: int, settings_hash: str | None) -> dict[str, Any]:
@@ -224,3 +225,19 @@ def test_an_amended_job_does_not_take_over_a_run_of_other_settings() -> None:
     assert other_settings({"prereg": {"settings_hash": "a"}}, {"settings_hash": "a"}) is None
     assert other_settings({"status": "completed"}, {"settings_hash": "b"}) is None  # ran before any pre-registration
     assert other_settings({"prereg": {"settings_hash": "a"}}, None) is None
+
+
+def test_a_sequential_design_is_preregistered_up_to_its_max_seeds() -> None:
+    from resnext_lab import prereg
+    from resnext_lab.job import compose
+
+    design = "+report.sequential={start: 2, step: 1, max: 3, first_seed: 100}"
+    cells = (["model.residual=true", "seed=0"], ["model.residual=false", "seed=0"])
+    split = "data.split_seed=${seed}"  # as the cpu scale sets it
+    jobs = [(o, compose(["experiment=demo", "scale=smoke", design, split, *o])) for o in cells]
+    now = prereg.state(jobs, jobs[0][1], [])
+    assert now["seeds"] == [100, 101, 102] and len(now["jobs"]) == 6
+    assert now["sequential"] == {"start": 2, "step": 1, "max": 3, "first_seed": 100}
+    assert now["analysis"]["report.sequential.max"] == 3
+    assert {j["settings"]["seed"] for j in now["jobs"]} == {100, 101, 102}
+    assert {j["settings"]["data.split_seed"] for j in now["jobs"]} == {100, 101, 102}  # as seed=100 would compose it

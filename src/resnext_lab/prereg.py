@@ -14,18 +14,17 @@ difference. Jobs whose seeds are all pilot seeds are a pilot: their settings are
 
 from __future__ import annotations
 
-import datetime as dt
+import copy
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict, read_write
 
 from resnext_lab.config import to_python
 from resnext_lab.errors import ConfigError, first_line
-from resnext_lab.files import write_json_atomic
-from resnext_lab.provenance import analysis_code, digest, git_state
+from resnext_lab.provenance import analysis_code, digest
 
 SUFFIX = ".prereg.json"
 FORMAT = 1
@@ -128,8 +127,40 @@ def seeds_text(seeds: Sequence[int]) -> str:
     return ", ".join(f"{a}-{b}" if b > a else f"{a}" for a, b in parts) or "none"
 
 
+def design_seeds(cfg: Any) -> list[int] | None:
+    """The seeds of a declared sequential design, `report.sequential`: first_seed (default 0), first_seed + 1, ...,
+    `max` of them (docs/SEQUENTIAL.md); None where none is declared."""
+    report = cfg.get("report")
+    node = to_python(report.get("sequential")) if report is not None else None
+    first = node.get("first_seed", 0) if isinstance(node, Mapping) else None
+    if not isinstance(first, int) or not isinstance(node.get("max"), int):  # type: ignore[union-attr]
+        return None
+    return list(range(first, first + node["max"]))  # type: ignore[index]
+
+
+def design_jobs(jobs: Sequence[tuple[Sequence[str], Any]], cfg: Any) -> list[tuple[list[str], Any]]:
+    """A sequential sweep's jobs as far as its design may go: every cell at every seed of the design, whatever
+    seeds the sweeper's params list (its rounds run the design's); other sweeps' jobs as they are."""
+    seeds = design_seeds(cfg)
+    if seeds is None:
+        return [(list(o), c) for o, c in jobs]
+    cells: dict[tuple[str, ...], Any] = {}
+    for overrides, c in jobs:
+        cells.setdefault(tuple(o for o in overrides if o.split("=", 1)[0] != "seed"), c)
+    out = []
+    for cell, c in cells.items():
+        for seed in seeds:
+            job = copy.deepcopy(c)
+            with read_write(job), open_dict(job):
+                job.seed = seed
+            out.append(([*cell, f"seed={seed}"], job))
+    return out
+
+
 def state(jobs: Sequence[tuple[Sequence[str], Any]], cfg: Any, pilot_seeds: Sequence[int]) -> dict[str, Any]:
-    """What is pre-registered of a sweep: its jobs' settings, seeds, pilot seeds, analysis and analysis code."""
+    """What is pre-registered of a sweep: its jobs' settings (a sequential design's up to its `max` seeds),
+    seeds, pilot seeds, analysis and analysis code."""
+    jobs = design_jobs(jobs, cfg)
     settings = [job_settings(c) for _, c in jobs]
     keys = sorted({k for s in settings for k in s})
     values = {k: {json.dumps(s.get(k, _ABSENT_TEXT)) for s in settings} for k in keys}  # True is not 1 here
@@ -300,6 +331,7 @@ def check_sweep(path: Path, jobs: Sequence[tuple[Sequence[str], Any]], cfg: Any)
     confirmatory), or a ConfigError naming the first difference (and how many more there are)."""
     prereg = load(path)
     before = effective(prereg)
+    jobs = design_jobs(jobs, cfg)
     seeds = sorted({int(c.get("seed")) for _, c in jobs})
     kind = role(seeds, before)
     pilots = set(before["pilot_seeds"])
@@ -338,30 +370,3 @@ def other_settings(previous: Mapping[str, Any], declared: Mapping[str, Any] | No
     before = previous.get("prereg") if isinstance(previous.get("prereg"), Mapping) else {}
     then, now = before.get("settings_hash"), (declared or {}).get("settings_hash")
     return f"settings hash {then} there, {now} here" if then and now and then != now else None
-
-
-def write(path: Path, now: dict[str, Any], why: str | None) -> dict[str, Any]:
-    """Write a new pre-registration at `path` (`why` None), or append an amendment saying `why`; what was
-    written. A ConfigError line when a file exists and no amendment is asked for, or an amendment changes nothing."""
-    git = git_state()
-    stamp = {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "commit": git.commit,
-        "dirty": git.dirty,
-        "diff_hash": git.diff_hash,
-    }
-    if path.is_file():
-        prereg = load(path)
-        if why is None:
-            raise ConfigError(f"{path} exists ({header(prereg)}): record a change as an amendment, amend='why'")
-        changes = differences(effective(prereg), now, whole=True)
-        if not changes:
-            raise ConfigError(f"amend={why!r}: nothing differs from {path} ({header(prereg)})")
-        amendments = prereg.setdefault("amendments", [])
-        amendments.append({"number": len(amendments) + 1, "why": why, **stamp, "changes": changes, **now})
-    else:
-        if why is not None:
-            raise ConfigError(f"amend={why!r}: {path} does not exist yet; pre-register first, without amend")
-        prereg = {"format": FORMAT, **stamp, **now, "amendments": []}
-    write_json_atomic(path, prereg)
-    return prereg

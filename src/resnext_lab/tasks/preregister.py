@@ -10,6 +10,7 @@ confirmatory job.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,9 @@ from omegaconf import DictConfig
 
 from resnext_lab.config import to_python
 from resnext_lab.errors import ConfigError
-from resnext_lab.prereg import effective, header, load, located, seeds_text, state, write
+from resnext_lab.files import write_json_atomic
+from resnext_lab.prereg import FORMAT, differences, effective, header, load, located, seeds_text, state
+from resnext_lab.provenance import git_state
 
 
 def _pilot_seeds(value: Any) -> list[int]:
@@ -73,4 +76,31 @@ def preregister_task(cfg: DictConfig, jobs: Sequence[tuple[list[str], Any]], hyd
         for change in done["changes"]:
             print(f"  {change}", flush=True)
     print(f"{header(prereg)}: commit {path} before the first confirmatory job", flush=True)
+    return prereg
+
+
+def write(path: Path, now: dict[str, Any], why: str | None) -> dict[str, Any]:
+    """Write a new pre-registration at `path` (`why` None), or append an amendment saying `why`; what was
+    written. A ConfigError line when a file exists and no amendment is asked for, or an amendment changes nothing."""
+    git = git_state()
+    stamp = {
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "commit": git.commit,
+        "dirty": git.dirty,
+        "diff_hash": git.diff_hash,
+    }
+    if path.is_file():
+        prereg = load(path)
+        if why is None:
+            raise ConfigError(f"{path} exists ({header(prereg)}): record a change as an amendment, amend='why'")
+        changes = differences(effective(prereg), now, whole=True)
+        if not changes:
+            raise ConfigError(f"amend={why!r}: nothing differs from {path} ({header(prereg)})")
+        amendments = prereg.setdefault("amendments", [])
+        amendments.append({"number": len(amendments) + 1, "why": why, **stamp, "changes": changes, **now})
+    else:
+        if why is not None:
+            raise ConfigError(f"amend={why!r}: {path} does not exist yet; pre-register first, without amend")
+        prereg = {"format": FORMAT, **stamp, **now, "amendments": []}
+    write_json_atomic(path, prereg)
     return prereg
