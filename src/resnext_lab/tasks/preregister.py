@@ -61,9 +61,10 @@ def preregister_task(cfg: DictConfig, jobs: Sequence[tuple[list[str], Any]], hyd
         raise ConfigError("task=preregister: the sweep has no jobs")
     why = _amend(cfg.get("amend"))
     pilots = cfg.get("pilot_seeds")
-    now = state(jobs, jobs[0][1], _pilot_seeds(pilots))
     if why is not None and pilots is None and Path(path).is_file():  # an amendment keeps the declared pilot seeds
         now = state(jobs, jobs[0][1], effective(load(path))["pilot_seeds"])
+    else:
+        now = state(jobs, jobs[0][1], _pilot_seeds(pilots))
     prereg = write(Path(path), {"experiment": cfg.get("experiment_name"), "scale": cfg.get("scale_name"), **now}, why)
     done = prereg["amendments"][-1] if why else prereg
     print(
