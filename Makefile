@@ -21,7 +21,7 @@ SWEEP  ?= outputs/demo/cpu
 EXPERIMENTS := $(filter-out demo design_space table4_top5,$(patsubst experiments/%/,%,$(wildcard experiments/*/)))
 SCALES := $(filter-out none,$(patsubst conf/scale/%.yaml,%,$(wildcard conf/scale/*.yaml)))
 
-.PHONY: help install lock settings notebook gpu-check thread-policy plan test test-all lint format demo design-space publish table1 table2 report dashboard board compare bench soak plan-check clean $(EXPERIMENTS)
+.PHONY: help install lock settings notebook gpu-check thread-policy plan test test-all lint format demo design-space preregister publish table1 table2 report dashboard board compare bench soak plan-check clean $(EXPERIMENTS)
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_ -]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  \033[1m%-22s\033[0m %s\n", $$1, $$2}'
@@ -115,6 +115,13 @@ design-space: ## sample networks from the ResNet and ResNeXt spaces at SCALE, tr
 	case " $(ARGS) " in *" task=plan "*) exit $$status;; esac; \
 	case $$status in 2|130|143) exit $$status;; esac; \
 	$(PY) -m resnext_lab.report.design_space $(OUT)/design_space/$(SCALE) || status=$$?; exit $$status
+
+# AMEND='why': record a change as a dated amendment; PILOT='100-104': the pilots' seeds, disjoint from the sweep's
+AMEND ?=
+PILOT ?=
+preregister: ## write experiments/EXP/SCALE.prereg.json (jobs, seeds, analysis, commit, analysis-code hash); AMEND='why' amends it
+	$(PY) run.py -m task=preregister experiment=$(EXP) scale=$(SCALE) $(if $(PILOT),"pilot_seeds='$(PILOT)'") \
+	  $(if $(AMEND),"amend='$(AMEND)'") $(ARGS)
 
 publish: ## copy a finished table (EXP, SCALE) with its machine, versions, commit, wall time and regime into docs/results/SCALE/EXP
 	$(PY) -m resnext_lab.tools.publish $(EXP) --scale $(SCALE) --sweep $(OUT)/$(EXP)/$(SCALE) \

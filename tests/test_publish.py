@@ -100,7 +100,7 @@ def test_publish_writes_readme_and_copies_reports(tmp_path: Path, capsys: pytest
 
     names = sorted(str(p.relative_to(out)) for p in written)
     assert names == ["README.md", "ablation/error_vs_params.png", "ablation/per_seed.csv", "ablation/report.md",
-                     "notes.txt", "per_seed.csv", "plan.txt", "table.csv", "table.md"]  # fmt: skip
+                     "epochs.csv", "notes.txt", "per_seed.csv", "plan.txt", "table.csv", "table.md"]  # fmt: skip
     text = (out / "README.md").read_text()
     assert "`make residual SCALE=cpu`" in text and "torch 9.9.9" in text and "0123456789" in text
     assert "2.0 min from the first job's start to the last job's end (3.5 min of job time)" in text
@@ -116,3 +116,23 @@ def test_publish_writes_readme_and_copies_reports(tmp_path: Path, capsys: pytest
 
     assert main(["residual", "--sweep", str(sweep), "--reports", str(tmp_path / "none"), "--out", str(out)]) == 2
     assert "does not exist: run `make residual SCALE=cpu` first" in capsys.readouterr().err
+
+
+def test_publish_writes_every_jobs_epochs_and_copies_the_preregistration(tmp_path: Path) -> None:
+    sweep, reports, out = tmp_path / "sweep", tmp_path / "reports", tmp_path / "docs"
+    _job(sweep, "True", "2026-01-01T00:00:00+00:00", 90.0, [2.6, 1.0], [60.0, 35.0])
+    _job(sweep, "False", "2026-01-01T00:00:00+00:00", 120.0, [2.5, 2.4], [80.0, 81.0])
+    prereg = tmp_path / "cpu.prereg.json"
+    prereg.write_text('{"format": 1}\n')
+    result = json.loads((sweep / "True" / "results.json").read_text())
+    (sweep / "True" / "results.json").write_text(json.dumps({**result, "prereg": {"file": str(prereg)}}))
+    reports.mkdir()
+    (reports / "table.md").write_text("## The table\n")
+
+    publish("residual", "cpu", sweep, reports, out)
+
+    epochs = pd.read_csv(out / "epochs.csv")
+    assert list(epochs.columns[:6]) == ["job", "seed", "status", "epoch", "train/loss", "train/top1_err"]
+    assert epochs["job"].tolist() == ["model.residual=False seed=0"] * 2 + ["model.residual=True seed=0"] * 2
+    assert epochs["epoch"].tolist() == [0, 1, 0, 1] and epochs["train/loss"].tolist() == [2.5, 2.4, 2.6, 1.0]
+    assert (out / "prereg.json").read_text() == prereg.read_text()

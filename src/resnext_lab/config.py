@@ -24,7 +24,7 @@ from resnext_lab.errors import ConfigError, first_line
 SCHEDULES = ("step", "cosine", "constant")
 PRECISIONS = ("auto", "32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "64-true")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu", "hpu")
-TASKS = ("train", "complexity", "plan", "eval")
+TASKS = ("train", "complexity", "plan", "eval", "preregister")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 #: `report.exclude`: the rules report/checks.py codes
 EXCLUSION_RULES = ("first_epoch_above_chance",)
@@ -384,7 +384,9 @@ class RunSettings:
 
     open_keys: ClassVar[bool] = True  # the groups, hydra, and an experiment's own keys
 
-    task: str = setting("train", choice(*TASKS), "train; complexity (params, FLOPs); plan (a sweep's cost); eval")
+    task: str = setting(
+        "train", choice(*TASKS), "train; complexity (params, FLOPs); plan (a sweep's cost); eval; preregister"
+    )
     seed: int = setting(0, integer(0), "seeds the weights, the batch order and augmentation")
     deterministic: bool = setting(False, boolean(), "torch.use_deterministic_algorithms + cuDNN determinism")
     name: str | None = setting(None, string("a sweep name", null=True), "the sweep's name: its folder is out_root/name")

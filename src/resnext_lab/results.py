@@ -47,6 +47,9 @@ class RunResult(TypedDict, total=False):
     wandb: dict[str, Any]  # id, mode, project, dir
     versions: dict[str, str]
     git_commit: str | None
+    git_dirty: bool | None  # the tree differed from the commit (None: not known, e.g. outside a git checkout)
+    git_diff_hash: str | None  # its diff's hash: <sweep>/provenance/<hash>.diff (provenance.py)
+    prereg: dict[str, Any] | None  # the pre-registration checked against: file, settings_hash, role (prereg.py)
     placement: dict[str, Any]  # host, cuda_visible_devices, omp_num_threads
     started: str
     wall_time_s: float

@@ -7,18 +7,21 @@ Kept free of torch and Lightning: Hydra loads these callbacks for every command,
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback as HydraCallback
 from omegaconf import DictConfig, open_dict, read_write
 
+from resnext_lab import prereg
 from resnext_lab.cli import run_task
 from resnext_lab.errors import ConfigError, fail
 from resnext_lab.evaluation import expand_sweep
 from resnext_lab.folders import hold_folder, release_folder, unwritable
 from resnext_lab.job import check_job, check_sweep, scales
 from resnext_lab.overrides import RUN_INVARIANT, hydra_quote, split_overrides
+from resnext_lab.prereg import located
 from resnext_lab.tasks.plan import plan_before_training
 
 
@@ -36,12 +39,16 @@ class OutputFolder(HydraCallback):
         if config.get("task") == "plan":  # before Hydra makes the run's folder: a plan writes nothing
             run_task(config)
             raise SystemExit(0)
+        if config.get("task") == "preregister":  # the experiment's whole sweep, as with -m
+            run_task(config, jobs=check_sweep(config, kwargs.get("config_name")))
+            raise SystemExit(0)
         self._check(config, str(config.hydra.run.dir))
         if config.get("task") == "train":
             try:
                 check_job(config)
             except ConfigError as err:
                 fail(str(err))
+            check_preregistration(config, [(list(config.hydra.overrides.task), config)])
             hold_folder(Path(str(config.hydra.run.dir)))
 
     def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
@@ -51,7 +58,7 @@ class OutputFolder(HydraCallback):
         release_folder(Path(str(config.hydra.sweep.dir)))
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        if config.get("task") == "plan":  # the whole sweep is one plan: its jobs are not launched
+        if config.get("task") in ("plan", "preregister"):  # the whole sweep at once: its jobs are not launched
             run_task(config, jobs=check_sweep(config, kwargs.get("config_name")))
             raise SystemExit(0)
         sweep_dir = str(config.hydra.sweep.dir)
@@ -65,6 +72,7 @@ class OutputFolder(HydraCallback):
             if Path(sweep_dir).is_dir():  # a sweep that runs there refuses this one before the checks
                 hold_folder(Path(sweep_dir))
             jobs = check_sweep(config, kwargs.get("config_name"))
+            check_preregistration(config, jobs)
             if config.get("experiment_name"):
                 plan_before_training(config, jobs, Path(sweep_dir))
             hold_folder(Path(sweep_dir))  # after the checks: a sweep stopped by them creates no folder
@@ -87,6 +95,29 @@ class OutputFolder(HydraCallback):
         reason = unwritable(Path(folder))
         if reason:
             fail(f"out_root={config.get('out_root')!r}: cannot write the output folder {folder}: {reason}")
+
+
+def check_preregistration(config: DictConfig, jobs: list[tuple[list[str], Any]]) -> None:
+    """A pre-registered experiment's jobs against its pre-registration (prereg.py): one line and exit 2 at the
+    first difference; a pilot is said so."""
+    path = located(config.hydra)
+    if path is None or not path.is_file():
+        return
+    if not jobs:  # a sweeper whose jobs cannot be listed before they run
+        print(
+            f"warning: the sweep's jobs cannot be listed before they run: not checked against {path}", file=sys.stderr
+        )
+        return
+    try:
+        kind = prereg.check_sweep(path, jobs, config)
+    except ConfigError as err:
+        fail(f"experiment={config.get('experiment_name')} scale={config.get('scale_name')} {err}")
+    if kind == "pilot":
+        print(
+            f"pilot of {path}: its settings are not checked, and no confirmatory report may use its seeds",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 class SweepSummary(HydraCallback):

@@ -31,6 +31,7 @@ from resnext_lab.report.contrasts import (
     evaluate,
     per_seed,
 )
+from resnext_lab.report.prereg_status import status
 from resnext_lab.report.stats import summarize
 
 SEED = "seed"
@@ -164,6 +165,7 @@ def ablation(
     results = [r for r in results]
     if not results:
         raise ConfigError("no results.json in the sweep folder: nothing to report")
+    declared = status(results, {"min_effect": min_effect, "test": test, "exclude": exclude, "alpha": alpha})
     rule = exclusion_rule(exclude)
     keys, groups = group_jobs(results, rule, metric)
     bases = [baseline_of(g, groups, keys, baseline) for g in groups]
@@ -219,6 +221,7 @@ def ablation(
         "metric": metric,
         "seeds": sorted({str(r.get(SEED)) for r in results}),
         "per_seed": _per_seed(groups),
+        "prereg": declared,
     }
 
 

@@ -68,6 +68,8 @@ def to_markdown(report: Mapping[str, Any], title: str = "Ablation report") -> st
     lines = [
         f"# {title}",
         "",
+        *(f"- {line}" for line in report.get("prereg") or ()),
+        "",
         ("Test top-1/top-5 error (%)" if m == METRICS[0] else f"`{m}` (compared) and test top-5 error (%)")
         + f" over seeds {', '.join(report['seeds'])}; mean ± std (n usable jobs). "
         f"Δ is the group minus its baseline. Params and FLOPs against the baseline's, `!` beyond "
@@ -156,4 +158,5 @@ def to_terminal(report: Mapping[str, Any]) -> str:
     )
     lines.append(render.terminal(columns, rows, right=("top-1 err", "n", "Δparams", "ΔFLOPs", "p(Holm)")))
     lines += [f"warning: {w}" for w in report["warnings"]]
+    lines += list(report.get("prereg") or ())
     return "\n".join(lines)

@@ -35,6 +35,7 @@ from resnext_lab.report.contrasts import (
     markdown,
     per_seed,
 )
+from resnext_lab.report.prereg_status import status
 from resnext_lab.report.stats import BASELINE, MISSING, NOT_INTERPRETABLE, NOT_RUN, summarize
 from resnext_lab.report.table_def import cell_names, validate_table
 
@@ -102,7 +103,7 @@ def _row_interpretable(row: str, cells: Sequence[CellJobs]) -> bool:
 
 
 def _render(
-    results: Sequence[Mapping[str, Any]], table: dict[str, Any], notes: list[str]
+    results: Sequence[Mapping[str, Any]], table: dict[str, Any], notes: list[str], declared: Sequence[str] = ()
 ) -> tuple[str, pd.DataFrame, list[Outcome], list[CellJobs]]:
     cells, outcomes = analyse(results, table)
     frame = pd.DataFrame([_cell_record(cell, cells, table) for cell in cells])
@@ -121,6 +122,8 @@ def _render(
         f"{ROW_EXCLUDED_FRACTION:.0%} or more of its jobs to it is not interpretable. "
         f"Declared minimum effect: {_points(table['min_effect'])}.",
         "",
+        *(f"- {line}" for line in declared),
+        *([""] if declared else []),
     ]
     rows = []
     previous_row = None
@@ -238,6 +241,7 @@ def write_report(sweep_dir: str | Path, table_def: Mapping[str, Any], out_dir: s
     results = load_results(sweep_dir)
     if not results:
         raise DataError(f"no results.json under {sweep_dir} (has the sweep run yet?)")
+    declared = status(results, {k: table[k] for k in ("min_effect", "test", "exclude", "alpha")})
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cells = group_cells(results, table, exclusion_rule(table["exclude"]))
@@ -260,7 +264,7 @@ def write_report(sweep_dir: str | Path, table_def: Mapping[str, Any], out_dir: s
             notes.append(f"{name} skipped: {reason}")
         else:
             written_plots.append(plots.save_figure(fig, out / name))
-    text, frame, outcomes, cells = _render(results, table, notes)
+    text, frame, outcomes, cells = _render(results, table, notes, declared)
     seeds = seed_frame(cells, list(dict.fromkeys([metric, "test/top1_err", "test/top5_err"])))
     text += (
         "\nPer-seed values: `per_seed.csv` (row, cell, seed, metric, value, excluded); contrasts: `contrasts.csv`.\n"

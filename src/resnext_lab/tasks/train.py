@@ -22,7 +22,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from resnext_lab import interrupts, results
+from resnext_lab import interrupts, prereg, provenance, results
 from resnext_lab.callbacks import (
     AtomicCheckpointIO,
     EpochLogInterval,
@@ -95,12 +95,20 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     rank = process_rank()  # ranks > 0 train but write nothing: see process_rank
     previous = results.load(run_dir)
+    declared = prereg.job_record(cfg, HydraConfig.get()) if HydraConfig.initialized() else None
     if previous and cfg.resume is True:
         reusable = previous.get("status") == "completed" or (run_dir / CHECKPOINT).exists()
         check_same_job(previous, _overrides(), run_dir, reusable)
+        if reusable and (other := prereg.other_settings(previous, declared)):
+            fail(
+                f"{run_dir} holds a run of other settings ({other}): its results stand; run this sweep with another out_root=..."
+            )
         if previous.get("status") == "completed":
             log.info("skipping %s: completed before (%s)", run_dir, results.FILE)
             return previous
+    git = provenance.git_state()
+    if rank == 0:  # a dirty tree's diff, once in the sweep's folder
+        provenance.save_diff(git, Path(HydraConfig.get().sweep.dir) if _in_multirun() else run_dir)
     base = {
         "status": "running",
         "error": None,
@@ -110,7 +118,8 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "seed": cfg.seed,
         "task": "train",
         "versions": results.versions(),
-        "git_commit": results.git_commit(),
+        **git.record(),
+        "prereg": declared,
         "placement": results.placement(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

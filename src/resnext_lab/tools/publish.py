@@ -7,7 +7,8 @@
 sweep's report/ folder; this copies both into `--out` and writes its README.md, with the notes of `--note` (kept in `notes.txt` for the next publish): the command, the
 machine, the versions, the git commit, the measured wall time (first job's start to last job's end),
 the plan's estimate when `--plan` names its output, and the regime check of every cell (did the loss
-settle below chance, was the training error still falling in the last epoch).
+settle below chance, was the training error still falling in the last epoch). Beside them: every job's per-epoch
+metrics in one csv (`epochs.csv`) and the pre-registration (`prereg.json`) when the experiment has one.
 """
 
 from __future__ import annotations
@@ -23,16 +24,40 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from resnext_lab.errors import ConfigError
 from resnext_lab.hardware import cpu_name
 from resnext_lab.overrides import split_overrides
 from resnext_lab.report.checks import PLATEAU_METRIC, PLATEAU_TOL, PLATEAU_WINDOW, regime
-from resnext_lab.report.collect import lookup
+from resnext_lab.report.collect import load_curves, lookup
+from resnext_lab.report.prereg_status import find as find_prereg
 from resnext_lab.results import load_sweep
 
 #: files of the table report (reports/<table>/<scale>) and of the ablation report (<sweep>/report) to copy
 TABLE_FILES = ("table.md", "table.csv", "per_seed.csv", "contrasts.csv", "curves.png", "size.png", "bars.png")
 ABLATION_FILES = ("report.md", "report.csv", "per_seed.csv")
+#: the per-epoch columns a referee recounts plateaus from, first in epochs.csv (then any other the jobs logged)
+EPOCH_COLUMNS = ("train/loss", "train/top1_err", "val/loss", "val/top1_err", "best/val/top1_err", "test/top1_err")
+
+
+def epoch_rows(results: Sequence[Mapping[str, Any]]) -> Any:
+    """Every job's per-epoch metrics (its csv/metrics.csv) as one frame: job, seed, status, epoch, metrics.
+
+    The test set is evaluated once, after the last epoch: its values sit on the row after the last training epoch."""
+    frames = []
+    for res in sorted(results, key=_job_label):
+        curves = load_curves(res)
+        if curves.empty:
+            continue
+        curves = curves.reset_index()
+        curves.insert(0, "status", res.get("status"))
+        curves.insert(0, "seed", res.get("seed"))
+        curves.insert(0, "job", _job_label(res))
+        frames.append(curves)
+    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["job", "seed", "status", "epoch"])
+    first = ["job", "seed", "status", "epoch", *(c for c in EPOCH_COLUMNS if c in frame.columns)]
+    return frame[first + sorted(c for c in frame.columns if c not in first)]
 
 
 def _time(text: Any) -> dt.datetime | None:
@@ -175,6 +200,8 @@ def readme(
         "- `table.md`, `table.csv`: the table beside the paper's numbers; `per_seed.csv`: every seed's value; "
         "`contrasts.csv`: the declared contrasts with raw and Holm-adjusted p; plots beside them.",
         "- `ablation/`: the sweep's own ablation report (every group, Δ with 95% CI, verdicts, seeds needed).",
+        "- `epochs.csv`: every job's per-epoch training loss and error, validation error and loss (the test error once, "
+        "after the last epoch), to recount the plateau check; `prereg.json`: the pre-registration, when there is one.",
         "",
     ]
     return "\n".join(lines)
@@ -214,6 +241,12 @@ def publish(
     if notes:
         notes_file.write_text("\n".join(notes) + "\n", encoding="utf-8")
         written.append(notes_file)
+    epochs = out / "epochs.csv"  # every job's curves, so that a referee can recount plateaus
+    epochs.write_text(epoch_rows(results).to_csv(index=False), encoding="utf-8")
+    written.append(epochs)
+    prereg = find_prereg(results)
+    if prereg is not None:
+        written.append(Path(shutil.copy2(prereg, out / "prereg.json")))
     plan_text = None
     if plan is not None and plan.is_file():
         plan_text = plan.read_text(encoding="utf-8")
