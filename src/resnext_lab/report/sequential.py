@@ -333,9 +333,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     for sd in args.sd:
         rows = summary(looks, args.contrasts, args.effect, sd, args.alpha, args.spending, args.tables)
         columns = tuple(rows[0])
-        body = [tuple(f"{v:.4f}" if isinstance(v, float) and v < 1 else str(v) for v in r.values()) for r in rows]
+        body = [tuple(_cell(v) for v in r.values()) for r in rows]
         print(f"sd of a per-seed difference {sd:g} (effect / sd = {args.effect / sd:.2f}):\n")
         print("\n".join(render.markdown(columns, body, right=columns[1:])) + "\n")
+
+
+def _cell(v: Any) -> str:
+    """A rate to four places, a count of jobs to one."""
+    if not isinstance(v, float):
+        return str(v)
+    return f"{v:.4f}" if v < 1 else f"{v:.1f}"
 
 
 if __name__ == "__main__":
