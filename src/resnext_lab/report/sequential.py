@@ -29,36 +29,19 @@ from typing import Any
 import numpy as np
 
 from resnext_lab import render
-from resnext_lab.config import choice, integer, number, parse, setting, to_python
+from resnext_lab.config import parse, to_python
 from resnext_lab.errors import ConfigError
 from resnext_lab.files import write_json_atomic
 from resnext_lab.report import stats
-from resnext_lab.report.collect import matches
+from resnext_lab.report.collect import load_results, matches
 from resnext_lab.report.sequential_sim import look_sizes, summary
 from resnext_lab.report.spending import SPENDING, level_table, step_down
 from resnext_lab.report.table_def import cell_names, validate_table
 from resnext_lab.report.tables import analyse
+from resnext_lab.sequential_settings import SequentialSettings
 
 FILE = "sequential.json"
 DIFFERS, EQUIVALENT, OPEN, UNDECIDED, NOT_RUN = "differs", "equivalent", "open", "undecided", "not run"
-
-
-@dataclasses.dataclass(frozen=True)
-class SequentialSettings:
-    """`report.sequential`: the design, checked (one line naming the setting) before the first job."""
-
-    start: int = setting(5, integer(2), "seeds per cell in the first round (the first look)")
-    step: int = setting(5, integer(1), "seeds added to each open cell per round")
-    max: int = setting(30, integer(2), "seeds per cell at most: the last look")
-    spending: str = setting("obrien_fleming", choice(*SPENDING), "the Lan-DeMets alpha-spending function")
-    first_seed: int = setting(0, integer(0), "the design's seeds: first_seed, first_seed + 1, ..., max of them")
-    sd: float | None = setting(
-        None, number(0, open_low=True, null=True), "a contrast's per-seed spread for task=plan (null: a pilot's)"
-    )
-
-    def __post_init__(self) -> None:
-        if self.max < self.start:
-            raise ConfigError(f"report.sequential.max={self.max}: must be >= report.sequential.start ({self.start})")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -308,6 +291,44 @@ def decisions_text(state: Mapping[str, Any]) -> str:
     ]
     columns = ("contrast", "family", "decision", "verdict", "look", "seeds", "delta")
     return render.terminal(columns, rows, title=f"sequential decisions after look {len(state['looks'])}")
+
+
+def pilot_sd(folder: str | Path, design: Design) -> float | None:
+    """The per-seed spread of the table's contrasts in a pilot sweep (root mean square over the contrasts that
+    have one), or None where it has none."""
+    _, outcomes = analyse(load_results(folder), design.table)
+    spreads = [o.diff.sd for o in outcomes if o.diff is not None and o.diff.sd]
+    return float(np.sqrt(np.mean(np.square(spreads)))) if spreads else None
+
+
+def price(design: Design, seeds: int, seconds: float, count: int = 4000) -> str:
+    """task=plan's lines for a sequential sweep: its cost at the maximum, and expected under no effect and at
+    the declared effect, from `seconds` that the plan gives for `seeds` seeds of every cell. Expected seeds
+    come from the simulation (`sequential_sim`) of the largest family as contrasts against one baseline."""
+    s, per_seed = design.settings, seconds / max(seeds, 1)
+    looks = ", ".join(map(str, design.looks))
+    lines = [f"sequential design: looks at {looks} seeds per cell ({s.spending}); at most {_hours(per_seed * s.max)}"]
+    sd, source = s.sd, "report.sequential.sd"
+    if sd is None and s.pilot:
+        sd, source = pilot_sd(s.pilot, design), f"the pilot {s.pilot}"
+    if sd is None:
+        lines.append("expected cost: needs report.sequential.sd, or report.sequential.pilot with per-seed contrasts")
+        return "\n".join(lines)
+    families = [c["family"] for c in design.table["contrasts"]]
+    m = max(families.count(f) for f in set(families))
+    row = summary(design.looks, m, design.table["min_effect"], sd, design.table["alpha"], s.spending, count)[0]
+    expected = {k: float(row[f"jobs ({k})"]) / (m + 1) for k in ("no effect", "at the effect")}
+    lines.append(
+        f"expected (sd {sd:.3g} from {source}, {count:,} simulated tables): under no effect "
+        f"{expected['no effect']:.1f} seeds per cell, {_hours(per_seed * expected['no effect'])}; at the declared "
+        f"effect {design.table['min_effect']:g}: {expected['at the effect']:.1f}, "
+        f"{_hours(per_seed * expected['at the effect'])}; power {float(row['power (at the effect)']):.2f}"
+    )
+    return "\n".join(lines)
+
+
+def _hours(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
 
 
 def main(argv: Sequence[str] | None = None) -> None:
