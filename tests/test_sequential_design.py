@@ -80,6 +80,34 @@ def test_no_effect_ends_equivalent_and_a_recorded_design_is_kept(tmp_path: Path)
         sequential.load_state(tmp_path, sequential.design_of(_report(max=9)))
 
 
+def test_only_cells_of_an_open_contrast_run_on(tmp_path: Path) -> None:
+    report = _report()
+    report["rows"][0]["cells"].append({"label": "same", "match": {"model.width": 2}})
+    rng = np.random.default_rng(2)
+    jobs = _jobs(range(3), 10.0, rng)
+    for s in range(3):  # a third cell with no effect against the baseline
+        base = next(j for j in jobs if j["seed"] == s and j["model"]["residual"])
+        value = base["metrics"]["test/top1_err"] + rng.normal(0, 1)
+        jobs.append(
+            {
+                "status": "completed",
+                "seed": s,
+                "overrides": ["model.width=2", f"seed={s}"],
+                "model": {"residual": True, "width": 2},
+                "metrics": {"test/top1_err": value},
+            }
+        )
+    for j in jobs:  # the baseline's match must not take the third cell's jobs
+        j["model"].setdefault("width", 4)
+    report["rows"][0]["cells"][0]["match"] = {"model.residual": True, "model.width": 4}
+    design = sequential.design_of(report)
+    state = sequential.take_look(sequential.load_state(tmp_path, design), jobs, design)
+    assert state["decisions"]["off vs on"]["decision"] == "differs"
+    assert state["decisions"]["same vs on"]["decision"] == "open"
+    keys = [frozenset({"model.residual=True"}), frozenset({"model.residual=False"}), frozenset({"model.width=2"})]
+    assert sequential.open_keys(keys, jobs, design, state) == [keys[0], keys[2]]
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
