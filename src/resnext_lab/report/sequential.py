@@ -88,6 +88,10 @@ def design_of(report: Any) -> Design | None:
     if not report.get("rows"):
         raise ConfigError("report.sequential: needs a table (report.rows and its contrasts) whose contrasts it decides")
     table = validate_table(report)
+    if not table["contrasts"]:
+        raise ConfigError(
+            "report.sequential: the table declares no contrast to decide (report.contrasts, or rows with a baseline)"
+        )
     if table["min_effect"] is None:
         raise ConfigError(
             "report.sequential: needs report.min_effect, the margin of 'equivalent' and the effect it is powered for"
