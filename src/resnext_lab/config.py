@@ -353,6 +353,9 @@ class ReportSettings:
         number(0, 1, open_low=True, open_high=True),
         "the significance level of every test, Holm-adjusted within a table's family",
     )
+    sequential: Any = setting(  # checked in full by report/sequential.py (SequentialSettings)
+        None, Rule(lambda v: v is None or isinstance(v, Mapping), "null or {start, step, max, ...}"), "SEQUENTIAL.md"
+    )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -36,6 +36,7 @@ from resnext_lab.errors import ConfigError, fail, first_line
 from resnext_lab.models import Model, ModelSpec, complexity, reference_spec
 from resnext_lab.models.spec import spec_from_settings
 from resnext_lab.overrides import expand, register_resolvers, split_overrides, sweep_jobs
+from resnext_lab.sequential_settings import SequentialSettings
 
 #: conf/, the configs run.py composes
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
@@ -64,10 +65,13 @@ GROUPS: dict[str, type] = {"optim": OptimSettings, "trainer": TrainerSettings, "
 
 def validate(cfg: Mapping[str, Any]) -> Settings:
     """The top-level, `optim`, `trainer` and `logger` settings of a composed config."""
-    return Settings(
+    settings = Settings(
         parse(RunSettings, cfg, ""),
         *(parse(schema, cfg.get(name), name) for name, schema in GROUPS.items()),
     )
+    if (design := (cfg.get("report") or {}).get("sequential")) is not None:
+        parse(SequentialSettings, design, "report.sequential")  # a sequential sweep's design (docs/SEQUENTIAL.md)
+    return settings
 
 
 def register() -> None:

@@ -36,6 +36,7 @@ RUN_INVARIANT = frozenset(
         "report.test",
         "report.exclude",
         "report.alpha",
+        "report.sequential",
         "sweep.confirm",
     }
 )

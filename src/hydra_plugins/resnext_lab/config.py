@@ -47,3 +47,15 @@ class DesignSpaceSweeperConf:
 ConfigStore.instance().store(
     group="hydra/sweeper", name="design_space", node=DesignSpaceSweeperConf, provider="resnext_lab"
 )
+
+
+@dataclass
+class SequentialSweeperConf:
+    _target_: str = "hydra_plugins.resnext_lab.sequential_sweeper.SequentialSweeper"
+    #: other settings swept, as the basic sweeper's params (a `seed` among them is replaced by the design's seeds)
+    params: Any = None
+
+
+ConfigStore.instance().store(
+    group="hydra/sweeper", name="sequential", node=SequentialSweeperConf, provider="resnext_lab"
+)

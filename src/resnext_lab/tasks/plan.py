@@ -250,7 +250,16 @@ def estimate(
 def plan_task(config: DictConfig, jobs: Sequence[tuple[list[str], Any]], hydra_cfg: Mapping[str, Any]) -> str:
     """task=plan: print every job's complexity and estimated time; nothing runs, nothing is written but the
     cache. `jobs`: the sweep's (overrides, composed config), or the one run's; `hydra_cfg`: its hydra node."""
-    text = estimate(jobs, config.get("plan") or {}, hydra_cfg)[0]
+    text, seconds = estimate(jobs, config.get("plan") or {}, hydra_cfg)
+    if (config.get("report") or {}).get("sequential") is not None:  # priced at its maximum and expected cost
+        from resnext_lab.report import sequential  # scipy and pandas, for a sequential sweep's plan only
+
+        try:
+            design = sequential.design_of(config.get("report"))
+        except ConfigError as err:
+            fail(str(err))
+        if design is not None:
+            text += "\n" + sequential.price(design, len({cfg.get("seed") for _, cfg in jobs}), seconds)
     print(text, flush=True)
     return text
 
