@@ -353,8 +353,8 @@ class ReportSettings:
         number(0, 1, open_low=True, open_high=True),
         "the significance level of every test, Holm-adjusted within a table's family",
     )
-    sequential: Any = setting(  # checked in full by report/sequential.py (SequentialSettings)
-        None, Rule(lambda v: v is None or isinstance(v, Mapping), "null or {start, step, max, ...}"), "SEQUENTIAL.md"
+    sequential: Any = setting(
+        None, Rule(lambda v: v is None or isinstance(v, Mapping), "null or a mapping"), "SEQUENTIAL.md"
     )
 
 
@@ -387,9 +387,7 @@ class RunSettings:
 
     open_keys: ClassVar[bool] = True  # the groups, hydra, and an experiment's own keys
 
-    task: str = setting(
-        "train", choice(*TASKS), "train; complexity (params, FLOPs); plan (a sweep's cost); eval; preregister"
-    )
+    task: str = setting("train", choice(*TASKS), "train; complexity; plan (a sweep's cost); eval; preregister")
     seed: int = setting(0, integer(0), "seeds the weights, the batch order and augmentation")
     deterministic: bool = setting(False, boolean(), "torch.use_deterministic_algorithms + cuDNN determinism")
     name: str | None = setting(None, string("a sweep name", null=True), "the sweep's name: its folder is out_root/name")
