@@ -21,7 +21,7 @@ SWEEP  ?= outputs/demo/cpu
 EXPERIMENTS := $(filter-out demo design_space table4_top5,$(patsubst experiments/%/,%,$(wildcard experiments/*/)))
 SCALES := $(filter-out none,$(patsubst conf/scale/%.yaml,%,$(wildcard conf/scale/*.yaml)))
 
-.PHONY: help install lock settings notebook gpu-check thread-policy plan test test-all lint format demo design-space preregister publish table1 table2 report dashboard board compare bench soak plan-check clean $(EXPERIMENTS)
+.PHONY: help install lock settings notebook gpu-check thread-policy plan test test-all lint format demo design-space preregister v3-pilot v3 publish table1 table2 report dashboard board compare bench soak plan-check clean $(EXPERIMENTS)
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_ -]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  \033[1m%-22s\033[0m %s\n", $$1, $$2}'
@@ -115,6 +115,22 @@ design-space: ## sample networks from the ResNet and ResNeXt spaces at SCALE, tr
 	case " $(ARGS) " in *" task=plan "*) exit $$status;; esac; \
 	case $$status in 2|130|143) exit $$status;; esac; \
 	$(PY) -m resnext_lab.report.design_space $(OUT)/design_space/$(SCALE) || status=$$?; exit $$status
+
+# v3 (docs/results/gpu/v3/README.md): its pilot on seeds no confirmatory run uses, one sweep per arm, in
+# $(OUT)/pilot; then the confirmatory tables, each pre-registered first (make preregister EXP=... SCALE=gpu)
+V3_PILOT_SEEDS ?= 1000,1001,1002,1003,1004
+V3_PILOT_ARMS  ?= base: long:trainer.max_epochs=30 augment:data.augment=true zero_gamma:model.zero_init_last_bn=true
+V3_TABLES      ?= table3 table4 residual
+
+v3-pilot: ## v3's pilot on one GPU: table3's 1x32d and 32x2d (seeds 1000-1004) at 15 and 30 epochs, with augmentation, with zero-gamma
+	@for arm in $(V3_PILOT_ARMS); do name=$${arm%%:*}; set=$${arm#*:}; \
+	  $(PY) run.py -m experiment=table3 scale=gpu out_root=$(OUT)/pilot/v3-$$name 'seeds="$(V3_PILOT_SEEDS)"' \
+	    model.cardinality=1,32 $$set $(ARGS) || exit $$?; \
+	  case " $(ARGS) " in *" task=plan "*) continue;; esac; \
+	  $(PY) -m resnext_lab.report $(OUT)/pilot/v3-$$name/table3/gpu --out reports/pilot/v3-$$name || exit $$?; done
+
+v3: ## v3 on one GPU: table3, table4 and residual at SCALE=gpu, seeds in rounds until each contrast is decided (fig5 is table3's curves)
+	@for t in $(V3_TABLES); do $(MAKE) --no-print-directory $$t SCALE=gpu ARGS="hydra/sweeper=sequential $(ARGS)" || exit $$?; done
 
 # AMEND='why': record a change as a dated amendment; PILOT='100-104': the pilots' seeds, disjoint from the sweep's
 AMEND ?=
