@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import ROOT, cli_env, tiny
+from conftest import ROOT, cli_env, tiny, wandb_records
 from omegaconf import OmegaConf
 
 
@@ -69,13 +69,29 @@ def test_local_launcher_runs_a_sweep_in_parallel_jobs(tmp_path: Path) -> None:
     assert max(s for s, _ in spans) <= min(e for _, e in spans)
 
 
-@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def _job_logs(sweep: Path) -> list[Path]:
+    return sorted(sweep.glob(".submitit/*/*_0_log.out"))
+
+
+#: The moments a local sweep is interrupted at, each a state its jobs reach, waited on.
+WHEN = {
+    # every job's process has started and is loading its pickle (submitit's log says so): before its
+    # signal handler is installed (until then it ignores SIGINT, as its controller does), before results.json
+    "starting": lambda sweep: len([p for p in _job_logs(sweep) if "Loading pickle" in p.read_text()]) == 2,
+    # every job trains: W&B's service is up, a row is in its metrics.csv
+    "training": lambda sweep: len([p for p in sweep.glob("*/csv/metrics.csv") if p.read_text().count("\n") > 1]) == 2,
+}
+
+
+@pytest.mark.parametrize(("how", "when"), [("ctrl-c", "training"), ("sigterm", "training"), ("ctrl-c", "starting")])
 def test_ctrl_c_stops_a_local_sweep_in_one_line_and_its_jobs_record_it(
-    start_cli: Any, tmp_path: Path, how: str
+    start_cli: Any, tmp_path: Path, how: str, when: str
 ) -> None:
     """The terminal's Ctrl-C reaches the sweep, submitit's job controllers and the jobs; `timeout` or `kill`
     reaches the sweep's process alone, which passes it on. Either way: one line, exit 130 or 143, no
-    traceback, and each job recorded as interrupted (resumable) rather than killed by its controller."""
+    traceback, and each job recorded as interrupted (resumable) rather than killed by its controller, at
+    whatever moment it was stopped, start-up included. The sweep's process exits after its jobs: what they
+    recorded is final when it has."""
     sweep = tmp_path / "stopped"
     proc = start_cli(
         "-m",
@@ -85,29 +101,98 @@ def test_ctrl_c_stops_a_local_sweep_in_one_line_and_its_jobs_record_it(
         "name=stopped",
         *tiny("model.cardinality=1,2", "trainer.max_epochs=200"),
     )
-
-    def statuses() -> list[str]:
-        return sorted(json.loads(p.read_text())["status"] for p in sweep.glob("*/results.json"))
-
     deadline = time.monotonic() + 180
-    while statuses() != ["running", "running"]:
-        assert time.monotonic() < deadline and proc.poll() is None, statuses()
-        time.sleep(0.2)
+    while not WHEN[when](sweep):
+        assert time.monotonic() < deadline and proc.poll() is None, f"the jobs never reached {when}"
+        time.sleep(0.05)
     if how == "ctrl-c":
         os.killpg(proc.pid, signal.SIGINT)
     else:
         proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=60) == (130 if how == "ctrl-c" else 143)
-    deadline = time.monotonic() + 60
-    while statuses() != ["interrupted", "interrupted"] and time.monotonic() < deadline:
-        time.sleep(0.2)
+    # a job that did not hear the signal would train its 200 epochs, and the sweep wait for it
+    assert proc.wait(timeout=120) == (130 if how == "ctrl-c" else 143)
+    ended = [p for p in _job_logs(sweep) if list(p.parent.glob("*_result.pkl"))]  # submitit's: the job has ended
+    statuses = sorted(json.loads(p.read_text())["status"] for p in sweep.glob("*/results.json"))
     output = (tmp_path / "started-0.log").read_text()
     assert "Traceback" not in output, output[-3000:]
     (line,) = [line for line in output.splitlines() if line.startswith(("interrupted", "error"))]
     name = "SIGINT" if how == "ctrl-c" else "SIGTERM"
     assert line.startswith(f"interrupted ({name}): the sweep's running jobs are stopped"), line
     assert "run the same command" in line
-    assert statuses() == ["interrupted", "interrupted"]
+    assert len(ended) == 2, "the sweep's process exited before its jobs"
+    if when == "training":
+        assert statuses == ["interrupted", "interrupted"]
+        runs = list(sweep.glob("*/wandb/offline-run-*/run-*.wandb"))
+        assert len(runs) == 2
+        for run in runs:  # the jobs' W&B services lived on to close their runs
+            assert wandb_records(run)[-1].exit.exit_code == 255
+    else:  # a job stopped before it wrote results.json has nothing to record; none is left "running"
+        assert set(statuses) <= {"interrupted"}, statuses
+
+
+_A_JOB = """
+import pathlib, signal, sys, time
+here, name, how = pathlib.Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+
+def handle(signum, frame):
+    (here / f"{name}.heard").touch()
+    if how == "records":  # a job that takes a while to record itself, then ends
+        time.sleep(1)
+        (here / f"{name}.recorded").touch()
+        sys.exit(130)
+
+signal.signal(signal.SIGINT, handle)
+(here / f"{name}.ready").touch()
+while True:
+    time.sleep(0.05)
+"""
+
+_A_SWEEP = """
+import os, pathlib, signal, subprocess, sys, threading, time
+from hydra_plugins.resnext_lab.submitit_launchers import _stop_jobs
+here, case = pathlib.Path(sys.argv[1]), sys.argv[2]
+
+def start(name, how, **kwargs):
+    return subprocess.Popen([sys.executable, "-c", sys.argv[3], str(here), name, how], **kwargs)
+
+def wait_for(name):
+    while not (here / name).exists():
+        time.sleep(0.02)
+
+if case == "records":
+    start("job", "records")
+    service = start("service", "records", start_new_session=True)  # as W&B's service is started
+    wait_for("job.ready"), wait_for("service.ready")
+    left = _stop_jobs()
+    print(left, (here / "job.recorded").exists(), (here / "service.heard").exists(), service.poll())
+    service.kill()
+else:  # a job that never ends: a second signal to the sweep stops the waiting
+    job = start("job", "hangs")
+    wait_for("job.ready")
+    threading.Thread(target=lambda: (wait_for("job.heard"), os.kill(os.getpid(), signal.SIGINT))).start()
+    print(_stop_jobs())
+    job.kill()
+"""
+
+
+@pytest.mark.parametrize("case", ["records", "hangs"])
+def test_an_interrupted_local_sweep_passes_the_signal_to_its_jobs_and_waits_for_them(tmp_path: Path, case: str) -> None:
+    """The sweep's process passes SIGINT on to the processes under it that a terminal's Ctrl-C reaches (not a
+    service in its own session, as W&B's is, which a job needs to close its run) and exits only once they have
+    ended, however long a job takes to record itself; a second signal stops the waiting (a job that hangs)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _A_SWEEP, str(tmp_path), case, _A_JOB],
+        env=cli_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        start_new_session=True,  # its own process group, as a terminal gives a command
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    if case == "records":  # nothing left, the job recorded, the service never heard the signal and still runs
+        assert proc.stdout.split() == ["0", "True", "False", "None"], proc.stdout
+    else:
+        assert proc.stdout.split() == ["1"], proc.stdout
 
 
 # --- DDP over two CPU processes ------------------------------------------------------------------
