@@ -74,11 +74,14 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 def test_a_second_sweep_on_a_busy_folder_refuses_and_the_first_completes(
     run_cli: RunCli, start_cli: Any, tmp_path: Path
 ) -> None:
-    args = ["-m", *tiny("seed=0,1", "trainer.max_epochs=40", "logger=csv"), f"out_root={tmp_path}", "name=busy"]
+    args = ["-m", *tiny("seed=0,1", "trainer.max_epochs=2", "logger=csv"), f"out_root={tmp_path}", "name=busy"]
     first = start_cli(*args)
     wait_for(lambda: list((tmp_path / "busy").glob("*/results.json")), first)
-    second = run_cli(*args)
-    assert first.poll() is None, "the first sweep ended before the second was refused: the test proves nothing"
+    os.killpg(first.pid, signal.SIGSTOP)  # frozen, holding its folder, however long the second takes to start
+    try:
+        second = run_cli(*args)
+    finally:
+        os.killpg(first.pid, signal.SIGCONT)
     assert second.returncode == 2, show(second)
     assert "Traceback" not in second.stderr
     (line,) = errors(second.stderr)
@@ -210,8 +213,7 @@ from resnext_lab.callbacks import StopOnSignal, ctrl_c_as_interrupt
 
 class Dropper:  # Python prints, then drops, an exception raised in a finaliser
     def __del__(self):
-        os.kill(os.getpid(), signal.SIGINT)
-        time.sleep(0.5)  # the handler runs here, inside __del__
+        signal.raise_signal(signal.SIGINT)  # its handler runs here, inside __del__
 
 class Tiny(pl.LightningModule):
     def __init__(self):

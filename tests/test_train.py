@@ -663,7 +663,7 @@ def test_throughput_leaves_out_the_validation_inside_the_epoch() -> None:
     )
     trainer.fit(SlowValidation(), data, data)
     seconds = trainer.callback_metrics["perf/epoch_time_s"].item()
-    assert 0 < seconds < 0.5  # the two validation batches alone sleep 1 s
+    assert 0 < seconds < 1.0  # the two validation batches alone sleep 1 s: counted, they would make it 1 s or more
     assert trainer.callback_metrics["perf/images_per_s"].item() == pytest.approx(8 / seconds, rel=1e-3)
 
 
