@@ -14,9 +14,12 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+import pytest
 from conftest import ROOT, cli_env, tiny
 from omegaconf import OmegaConf
 from test_scale_out import cli
+
+pytestmark = pytest.mark.e2e  # every test here runs packed sweeps through run.py
 
 
 def test_packed_launcher_keeps_each_device_to_its_share(tmp_path: Path) -> None:

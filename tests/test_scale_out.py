@@ -41,6 +41,7 @@ def offline_runs(run_dir: Path) -> list[Path]:
 # --- parallel jobs on this machine ---------------------------------------------------------------
 
 
+@pytest.mark.e2e
 def test_local_launcher_runs_a_sweep_in_parallel_jobs(tmp_path: Path) -> None:
     cli(
         [
@@ -83,6 +84,7 @@ WHEN = {
 }
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(("how", "when"), [("ctrl-c", "training"), ("sigterm", "training"), ("ctrl-c", "starting")])
 def test_ctrl_c_stops_a_local_sweep_in_one_line_and_its_jobs_record_it(
     start_cli: Any, tmp_path: Path, how: str, when: str
@@ -217,6 +219,7 @@ def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     return run_dir, proc.stdout
 
 
+@pytest.mark.e2e
 def test_ddp_rank_zero_alone_writes_results_wandb_and_summary(ddp_run: tuple[Path, str]) -> None:
     run_dir, stdout = ddp_run
     assert (run_dir / "train_ddp_process_1.log").exists()  # rank 1 really ran, as a child in this folder
@@ -261,6 +264,7 @@ def _evaluate_alone(run_dir: Path) -> tuple[dict[str, float], dict[str, float]]:
     return metrics(everything), metrics(shard(everything, 0, 2, drop_last=False))
 
 
+@pytest.mark.e2e
 def test_ddp_metrics_are_reduced_over_both_ranks(ddp_run: tuple[Path, str]) -> None:
     """Each rank tests a disjoint half of the 128 test images; results.json must hold the whole set's numbers."""
     run_dir, _ = ddp_run
@@ -272,6 +276,7 @@ def test_ddp_metrics_are_reduced_over_both_ranks(ddp_run: tuple[Path, str]) -> N
     assert half["test/loss"] != pytest.approx(whole["test/loss"], rel=1e-4, abs=1e-4)
 
 
+@pytest.mark.e2e
 def test_ddp_learning_rate_follows_the_global_batch(ddp_run: tuple[Path, str]) -> None:
     """trainer=ddp sets optim.scale_lr: lr 0.1 x (2 devices x 32 images) / 256."""
     run_dir, _ = ddp_run
@@ -417,6 +422,7 @@ print(f"rank {trainer.global_rank}: finished", flush=True)
 """
 
 
+@pytest.mark.e2e
 def test_a_nan_on_one_rank_stops_every_rank_at_once(tmp_path: Path) -> None:
     """The finite check is decided by an all-reduce: both gloo ranks raise Diverged at the same step, none hangs."""
     script = tmp_path / "diverge.py"
@@ -431,6 +437,7 @@ def test_a_nan_on_one_rank_stops_every_rank_at_once(tmp_path: Path) -> None:
     assert proc.returncode != 0
 
 
+@pytest.mark.e2e
 def test_ddp_spawn_inside_a_sweep_records_its_epochs(tmp_path: Path) -> None:
     """ddp_spawn trains in child processes, so the parent's Trainer never counts epochs: results.json still does."""
     cli(
