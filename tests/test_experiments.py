@@ -77,7 +77,7 @@ def swept_by(experiment: str) -> str:
     return str(compose(experiment, "smoke").experiment_name) if experiment in REPORT_ONLY else experiment
 
 
-#: The smoke sweep of the fast layer (`make test`): one sweep through run.py, its report and its rerun
+#: The smoke sweep of the fast layer (`make test`): one paper table through run.py and its report
 FAST_SMOKE = "forms"
 
 
