@@ -2,7 +2,7 @@
 
 Every training experiment of experiments/ (each with a smoke.yaml) has its smoke sweep run once, when a test
 first asks for it, as `run.py -m experiment=X scale=smoke` in a scratch folder that holds tiny fake CIFAR
-files; the tests then read its results.json files and reports. The fast layer runs one of them (FAST_SMOKE).
+files; the tests then read its results.json files and reports (the slow layer: marked e2e).
 The paper scale is checked by composition and one batch on a fake ImageNet folder.
 """
 
@@ -16,6 +16,7 @@ import pickle
 import subprocess
 import sys
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -77,8 +78,8 @@ def swept_by(experiment: str) -> str:
     return str(compose(experiment, "smoke").experiment_name) if experiment in REPORT_ONLY else experiment
 
 
-#: The smoke sweep of the fast layer (`make test`): one paper table through run.py and its report
-FAST_SMOKE = "forms"
+#: The smoke sweep that the rerun test runs again
+RERUN = "forms"
 
 
 def run_env() -> dict[str, str]:
@@ -232,28 +233,40 @@ def write_fake_cifar(root: Path, n_train: int = 200, n_test: int = 64) -> None:
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], tuple[subprocess.CompletedProcess[str], Path]]:
-    """`smoke(name)`: the smoke sweep of a training experiment, run once, when a test first asks for it (the
-    fast layer runs one): its process and sweep folder."""
+def smoke(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Callable[[str], tuple[subprocess.CompletedProcess[str], Path]]:
+    """`smoke(name)`: the smoke sweep of a training experiment, run once: those that the selected tests read
+    (the layer's, -k's) two at a time when the first of them starts, any other when a test first asks for it.
+    Returns its process and sweep folder."""
     work = tmp_path_factory.mktemp("smoke")
     write_fake_cifar(work / "data")  # ./data is the CIFAR datamodules' default root
     runs: dict[str, tuple[subprocess.CompletedProcess[str], Path]] = {}
 
+    def one(name: str) -> tuple[subprocess.CompletedProcess[str], Path]:
+        proc = run_py("-m", f"experiment={name}", "scale=smoke", f"out_root={work / 'outputs'}", cwd=work)
+        return proc, work / "outputs" / name / "smoke"
+
     def run(name: str) -> tuple[subprocess.CompletedProcess[str], Path]:
         if name not in runs:
-            proc = run_py("-m", f"experiment={name}", "scale=smoke", f"out_root={work / 'outputs'}", cwd=work)
-            runs[name] = (proc, work / "outputs" / name / "smoke")
+            runs[name] = one(name)
         return runs[name]
 
+    wanted = {
+        swept_by(item.callspec.params["experiment"]) if hasattr(item, "callspec") else RERUN
+        for item in request.session.items
+        if "smoke" in getattr(item, "fixturenames", ()) and item.module is request.module
+    }
+    with ThreadPoolExecutor(max_workers=2) as pool:  # one thread each: two sweeps share the two cores
+        runs.update(zip(sorted(wanted), pool.map(one, sorted(wanted)), strict=True))
     run.work = work  # type: ignore[attr-defined]
     return run
 
 
-def _layered(names: list[str]) -> list[Any]:
-    return [n if n == FAST_SMOKE else pytest.param(n, marks=pytest.mark.e2e) for n in names]
-
-
-@pytest.mark.parametrize("experiment", _layered([*TRAINED, *REPORT_ONLY]))
+# e2e: a paper table's sweep first prices itself on this machine (task=plan), and on a machine it has not
+# seen that means timing sweeps of its own; the fast layer's sweep is test_train.py's
+@pytest.mark.e2e
+@pytest.mark.parametrize("experiment", [*TRAINED, *REPORT_ONLY])
 def test_smoke_sweep_runs_and_its_report_renders(smoke: Any, experiment: str, tmp_path: Path) -> None:
     proc, sweep = smoke(swept_by(experiment))
     assert proc.returncode == 0, f"{experiment}: {proc.stderr[-3000:]}"
@@ -280,13 +293,13 @@ def test_smoke_sweep_runs_and_its_report_renders(smoke: Any, experiment: str, tm
 
 @pytest.mark.e2e
 def test_a_rerun_reuses_finished_jobs(smoke: Any) -> None:
-    _, sweep = smoke(FAST_SMOKE)
+    _, sweep = smoke(RERUN)
     before = {p: p.stat().st_mtime_ns for p in sweep.glob("*/results.json")}
     out = smoke.work / "outputs"
-    proc = run_py("-m", f"experiment={FAST_SMOKE}", "scale=smoke", f"out_root={out}", cwd=smoke.work)
+    proc = run_py("-m", f"experiment={RERUN}", "scale=smoke", f"out_root={out}", cwd=smoke.work)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert {p: p.stat().st_mtime_ns for p in sweep.glob("*/results.json")} == before
-    assert (proc.stdout + proc.stderr).count("skipping") == _sweep_jobs(compose(FAST_SMOKE, "smoke"))
+    assert (proc.stdout + proc.stderr).count("skipping") == _sweep_jobs(compose(RERUN, "smoke"))
 
 
 # --- the paper scale: one batch ----------------------------------------------------------------------
