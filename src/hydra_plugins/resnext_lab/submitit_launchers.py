@@ -88,7 +88,8 @@ class LocalLauncher(_OneLineStops, submitit_launcher.LocalLauncher):
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         setup = list(self.params.get("setup") or [])
         self.params["setup"] = setup if _IGNORE_INT in setup else [_IGNORE_INT, *setup]  # controllers ignore Ctrl-C
-        self._interrupted_file().unlink(missing_ok=True)  # an earlier run's
+        with contextlib.suppress(OSError):  # an earlier run's; a folder that cannot be written is said later
+            self._interrupted_file().unlink(missing_ok=True)
         return super().launch(job_overrides, initial_job_idx)
 
     def _interrupted(self, sweep_dir: Path) -> NoReturn:
