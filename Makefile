@@ -66,10 +66,10 @@ notebook: ## open notebooks/analysis.ipynb in Jupyter on the sweep SWEEP (defaul
 # one pytest worker per core (pytest-xdist), each test file on one worker, so that a file's fixtures are built once
 TEST_WORKERS ?= auto
 
-test: ## the test suite (fast tests, on every core; `make test-all` adds the slow ones)
+test: ## the fast layer: unit tests and one sweep, report and resume end to end (tests/README.md), on every core
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
-test-all: ## every test, the slow ones too
+test-all: ## every test: the fast layer and the slow end-to-end tests (marked e2e); what CI runs
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m ''
 
 settings: ## write docs/SETTINGS.md: every setting, its default and what it accepts, from the config schemas

@@ -1,8 +1,8 @@
 """The paper's tables as experiments: composition at every scale, smoke sweeps end to end, reports, dashboards.
 
-Every training experiment's smoke sweep runs once (module fixture, two sweeps at
-a time) as `run.py -m experiment=X scale=smoke` in a scratch folder that holds
-tiny fake CIFAR files; the tests then read its results.json files and reports.
+Every training experiment of experiments/ (each with a smoke.yaml) has its smoke sweep run once, when a test
+first asks for it, as `run.py -m experiment=X scale=smoke` in a scratch folder that holds tiny fake CIFAR
+files; the tests then read its results.json files and reports (the slow layer: marked e2e).
 The paper scale is checked by composition and one batch on a fake ImageNet folder.
 """
 
@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 import pickle
 import subprocess
 import sys
-import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -37,14 +38,6 @@ from resnext_lab.tools.dashboard import build_report  # noqa: E402
 from resnext_lab.tools.dashboard import main as dashboard_main  # noqa: E402
 
 SCALES = ("smoke", "cpu", "proxy", "paper")
-COMPLEXITY = ("table1", "table2")
-#: Training experiments and the number of jobs of their smoke sweep (one seed).
-TRAINED = {"table3": 10, "table4": 6, "residual": 4, "fig5": 4, "fig7": 8, "table7": 4, "forms": 3, "init": 3}
-#: Experiments that only report another's sweep.
-REPORT_ONLY = {"table4_top5": "table4"}
-#: `make demo`: composed at every scale, trained by its own make target
-DEMO = ("demo",)
-EXPERIMENTS = (*COMPLEXITY, *TRAINED, *REPORT_ONLY, *DEMO)
 
 
 def compose(experiment: str, scale: str, *overrides: str) -> DictConfig:
@@ -52,6 +45,41 @@ def compose(experiment: str, scale: str, *overrides: str) -> DictConfig:
     if overrides:
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
     return cfg
+
+
+def _sweep_jobs(cfg: DictConfig) -> int:
+    """The number of jobs of a composed sweep: the product of its swept values."""
+    params = OmegaConf.to_container(cfg.hydra.sweeper.params, resolve=True) or {}
+    return math.prod(len(str(values).split(",")) for values in params.values())
+
+
+def _experiments() -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """Read from experiments/ (each file as written, without composing: collection stays quick), so that a new
+    table is tested without editing this file: every experiment but the design-space comparison (its own
+    report, tests/test_design_space.py); the complexity tables (computed, not trained); those that report
+    another's sweep (no `experiment_name` of their own: they take it with that experiment's defaults); those
+    that train (each experiments/<name>/smoke.yaml)."""
+    files = {path.stem: OmegaConf.load(path) for path in sorted((ROOT / "experiments").glob("*.yaml"))}
+    tables = {name: raw for name, raw in files.items() if "design_space" not in raw.get("report", {})}
+    complexity = tuple(name for name, raw in tables.items() if raw.get("report", {}).get("kind") == "complexity")
+    report_only = tuple(name for name, raw in tables.items() if "experiment_name" not in raw)
+    trained = tuple(
+        name for name in tables if (ROOT / "experiments" / name / "smoke.yaml").is_file() and name not in report_only
+    )
+    return tuple(tables), complexity, report_only, trained
+
+
+#: Every experiment with a paper table; the complexity tables; those that report another's sweep; those that train
+EXPERIMENTS, COMPLEXITY, REPORT_ONLY, TRAINED = _experiments()
+
+
+def swept_by(experiment: str) -> str:
+    """The experiment whose sweep `experiment` reports (itself, but for REPORT_ONLY)."""
+    return str(compose(experiment, "smoke").experiment_name) if experiment in REPORT_ONLY else experiment
+
+
+#: The smoke sweep that the rerun test runs again
+RERUN = "forms"
 
 
 def run_env() -> dict[str, str]:
@@ -84,7 +112,7 @@ def run_py(*args: str, cwd: Path, timeout: int = 400) -> subprocess.CompletedPro
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_composes_at_every_scale(experiment: str, scale: str) -> None:
     cfg = compose(experiment, scale)
-    assert cfg.experiment_name == REPORT_ONLY.get(experiment, experiment)
+    assert cfg.experiment_name == swept_by(experiment)
     assert cfg.scale_name == scale
     params = OmegaConf.to_container(cfg.hydra.sweeper.params, resolve=True)
     assert params and all(isinstance(v, str) and v for v in params.values())
@@ -205,29 +233,47 @@ def write_fake_cifar(root: Path, n_train: int = 200, n_test: int = 64) -> None:
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """Every training experiment's smoke sweep, run once: name -> (process, sweep folder, seconds)."""
+def smoke(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Callable[[str], tuple[subprocess.CompletedProcess[str], Path]]:
+    """`smoke(name)`: the smoke sweep of a training experiment, run once: those that the selected tests read
+    (the layer's, -k's) two at a time when the first of them starts, any other when a test first asks for it.
+    Returns its process and sweep folder."""
     work = tmp_path_factory.mktemp("smoke")
     write_fake_cifar(work / "data")  # ./data is the CIFAR datamodules' default root
+    runs: dict[str, tuple[subprocess.CompletedProcess[str], Path]] = {}
 
-    def one(name: str) -> tuple[str, tuple[subprocess.CompletedProcess[str], Path, float]]:
-        start = time.perf_counter()
+    def one(name: str) -> tuple[subprocess.CompletedProcess[str], Path]:
         proc = run_py("-m", f"experiment={name}", "scale=smoke", f"out_root={work / 'outputs'}", cwd=work)
-        return name, (proc, work / "outputs" / name / "smoke", time.perf_counter() - start)
+        return proc, work / "outputs" / name / "smoke"
 
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        runs = dict(pool.map(one, TRAINED))
-    return {"work": work, "runs": runs}
+    def run(name: str) -> tuple[subprocess.CompletedProcess[str], Path]:
+        if name not in runs:
+            runs[name] = one(name)
+        return runs[name]
+
+    wanted = {
+        swept_by(item.callspec.params["experiment"]) if hasattr(item, "callspec") else RERUN
+        for item in request.session.items
+        if "smoke" in getattr(item, "fixturenames", ()) and item.module is request.module
+    }
+    with ThreadPoolExecutor(max_workers=2) as pool:  # one thread each: two sweeps share the two cores
+        runs.update(zip(sorted(wanted), pool.map(one, sorted(wanted)), strict=True))
+    run.work = work  # type: ignore[attr-defined]
+    return run
 
 
+# e2e: a paper table's sweep first prices itself on this machine (task=plan), and on a machine it has not
+# seen that means timing sweeps of its own; the fast layer's sweep is test_train.py's
+@pytest.mark.e2e
 @pytest.mark.parametrize("experiment", [*TRAINED, *REPORT_ONLY])
-def test_smoke_sweep_runs_and_its_report_renders(smoke: dict[str, Any], experiment: str, tmp_path: Path) -> None:
-    proc, sweep, seconds = smoke["runs"][REPORT_ONLY.get(experiment, experiment)]
+def test_smoke_sweep_runs_and_its_report_renders(smoke: Any, experiment: str, tmp_path: Path) -> None:
+    proc, sweep = smoke(swept_by(experiment))
     assert proc.returncode == 0, f"{experiment}: {proc.stderr[-3000:]}"
     results = [json.loads(p.read_text()) for p in sweep.glob("*/results.json")]
-    assert len(results) == TRAINED[REPORT_ONLY.get(experiment, experiment)]
+    assert len(results) == _sweep_jobs(compose(swept_by(experiment), "smoke"))
     assert {r["status"] for r in results} == {"completed"}
-    assert {(r["experiment"], r["scale"]) for r in results} == {(REPORT_ONLY.get(experiment, experiment), "smoke")}
+    assert {(r["experiment"], r["scale"]) for r in results} == {(swept_by(experiment), "smoke")}
     assert all(r["wandb"]["mode"] == "offline" for r in results)
 
     assert report_main([str(sweep), "--experiment", experiment, "--scale", "smoke", "--out", str(tmp_path)]) == 0
@@ -245,24 +291,21 @@ def test_smoke_sweep_runs_and_its_report_renders(smoke: dict[str, Any], experime
     assert (tmp_path / "bars.png").is_file()
 
 
-def test_a_rerun_reuses_finished_jobs(smoke: dict[str, Any]) -> None:
-    _, sweep, _ = smoke["runs"]["forms"]
+@pytest.mark.e2e
+def test_a_rerun_reuses_finished_jobs(smoke: Any) -> None:
+    _, sweep = smoke(RERUN)
     before = {p: p.stat().st_mtime_ns for p in sweep.glob("*/results.json")}
-    proc = run_py("-m", "experiment=forms", "scale=smoke", f"out_root={smoke['work'] / 'outputs'}", cwd=smoke["work"])
+    out = smoke.work / "outputs"
+    proc = run_py("-m", f"experiment={RERUN}", "scale=smoke", f"out_root={out}", cwd=smoke.work)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert {p: p.stat().st_mtime_ns for p in sweep.glob("*/results.json")} == before
-    assert (proc.stdout + proc.stderr).count("skipping") == TRAINED["forms"]
-
-
-def test_smoke_sweep_times(smoke: dict[str, Any]) -> None:
-    """Not a benchmark: prints each sweep's wall time (pytest -s) so a slow smoke scale shows up."""
-    for name, (_, _, seconds) in smoke["runs"].items():
-        print(f"smoke sweep {name}: {seconds:.1f} s for {TRAINED[name]} jobs")
+    assert (proc.stdout + proc.stderr).count("skipping") == _sweep_jobs(compose(RERUN, "smoke"))
 
 
 # --- the paper scale: one batch ----------------------------------------------------------------------
 
 
+@pytest.mark.e2e
 def test_paper_scale_runs_one_batch_on_fake_imagenet(tmp_path: Path) -> None:
     from PIL import Image
 

@@ -26,6 +26,7 @@ def run_check(tmp_path: Path, *extra: str) -> tuple[subprocess.CompletedProcess[
     return proc, json.loads((out / "gpu-check.json").read_text())
 
 
+@pytest.mark.e2e
 def test_gpu_check_runs_every_step_at_tiny_size(tmp_path: Path) -> None:
     proc, report = run_check(tmp_path, "--skip-compile")
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -41,7 +42,7 @@ def test_gpu_check_runs_every_step_at_tiny_size(tmp_path: Path) -> None:
     assert "| bench_eager | resnet50 |" in markdown and "Packed sweep: 2/2 jobs completed" in markdown
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_gpu_check_compiled_step_at_tiny_size(tmp_path: Path) -> None:
     proc, report = run_check(tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -15,6 +15,8 @@ from hydra.version import VersionBase
 
 from hydra_plugins.resnext_lab.packed_launcher import PackedLauncher
 
+pytestmark = pytest.mark.e2e  # Hydra's suites run many sweeps
+
 CPU = ["hydra.launcher.devices=cpu"]
 
 

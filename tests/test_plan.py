@@ -32,6 +32,7 @@ def run_plan(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.e2e
 def test_plan_of_a_sweep_lists_every_job_and_writes_nothing_but_its_cache(tmp_path: Path) -> None:
     proc = run_plan(
         tmp_path, *tiny("model.cardinality=1,4,2", "seed=0,1", "model.width=auto", "model.reference.width=8")
@@ -52,6 +53,7 @@ def test_plan_of_a_sweep_lists_every_job_and_writes_nothing_but_its_cache(tmp_pa
     assert "per worker besides the steps, measured by running the first job for one step" in proc.stdout
 
 
+@pytest.mark.e2e
 def test_the_calibration_sweeps_of_a_plan_print_no_plan_of_their_own(tmp_path: Path) -> None:
     """The per-job overhead is the difference between a 1-job and a 5-job sweep of a table's first job. A plan
     inside them would time the step in the first sweep only (the second finds it cached), and the difference

@@ -6,6 +6,7 @@ SLURM checks build the real sbatch script with fake `srun`/`sbatch` commands, no
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -14,14 +15,13 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import ROOT, cli_env, tiny
+from conftest import ROOT, cli_env, tiny, wandb_records
 from omegaconf import OmegaConf
 
 
@@ -41,41 +41,91 @@ def offline_runs(run_dir: Path) -> list[Path]:
 # --- parallel jobs on this machine ---------------------------------------------------------------
 
 
-def test_local_launcher_runs_a_sweep_in_parallel_jobs(tmp_path: Path) -> None:
-    cli(
-        [
-            "-m",
-            "hydra/launcher=local",
-            "hydra.launcher.gpus_per_node=0",
-            f"out_root={tmp_path}",
-            "name=sweep",
-            *tiny("model.cardinality=1,2", "data.batch_size=32"),
-        ],
-        home=tmp_path,
-    )
+def _job_process(job_dir: Path) -> int:
+    """The pid of a running local job: the process running submitit's job under its controller, whose pid is
+    the job's id (hydra.job.id, in the job's .hydra/hydra.yaml)."""
+    controller = int(OmegaConf.load(job_dir / ".hydra" / "hydra.yaml").hydra.job.id)
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError):
+            children.setdefault(int(stat.read_text().rsplit(")", 1)[1].split()[1]), []).append(int(stat.parent.name))
+    todo = [controller]
+    while todo:
+        pid = todo.pop()
+        with contextlib.suppress(OSError):
+            if b"submitit.core._submit" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                return pid
+        todo += children.get(pid, [])
+    raise AssertionError(f"no process runs {job_dir}")
+
+
+@pytest.mark.e2e
+def test_local_launcher_runs_a_sweep_in_parallel_jobs(start_cli: Any, tmp_path: Path) -> None:
+    """Each job in its own submitit process, both at once: the first job to run is frozen (SIGSTOP) until the
+    second runs too, which a launcher that runs one job after another never does, however fast or slow."""
     sweep = tmp_path / "sweep"
+    proc = start_cli(
+        "-m",
+        "hydra/launcher=local",
+        "hydra.launcher.gpus_per_node=0",
+        f"out_root={tmp_path}",
+        "name=sweep",
+        *tiny("model.cardinality=1,2", "data.batch_size=32"),
+    )
+
+    def running() -> list[Path]:
+        return [p.parent for p in sweep.glob("*/results.json") if json.loads(p.read_text())["status"] == "running"]
+
+    deadline = time.monotonic() + 180
+    while not running():
+        assert time.monotonic() < deadline and proc.poll() is None, "no job ran"
+        time.sleep(0.05)
+    (first,) = running()
+    frozen = _job_process(first)
+    os.kill(frozen, signal.SIGSTOP)
+    try:
+        while len(running()) < 2:
+            assert time.monotonic() < deadline and proc.poll() is None, "the second job never ran beside the first"
+            time.sleep(0.05)
+    finally:
+        os.kill(frozen, signal.SIGCONT)
+    assert proc.wait(timeout=240) == 0, (tmp_path / "started-0.log").read_text()[-3000:]
     results = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/results.json"))]
     assert sorted(r["model"]["cardinality"] for r in results) == [1, 2]
-    spans = []
-    for path, result in zip(sorted(sweep.glob("*/results.json")), results, strict=True):
+    for path in sorted(sweep.glob("*/results.json")):
+        result = json.loads(path.read_text())
         assert result["status"] == "completed", result.get("error")
         assert math.isfinite(result["metrics"]["test/top1_err"])
         runs = offline_runs(path.parent)
         assert len(runs) == 1 and runs[0].name.endswith(result["wandb"]["id"])
-        start = datetime.strptime(result["started"], "%Y-%m-%dT%H:%M:%S%z").timestamp()
-        spans.append((start, start + result["wall_time_s"]))
-    # each job ran as its own submitit process (one log folder each), both at once
+    # each job ran as its own submitit process (one log folder each)
     assert len([p for p in (sweep / ".submitit").iterdir() if any(p.glob("*_result.pkl"))]) == 2
-    assert max(s for s, _ in spans) <= min(e for _, e in spans)
 
 
-@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def _job_logs(sweep: Path) -> list[Path]:
+    return sorted(sweep.glob(".submitit/*/*_0_log.out"))
+
+
+#: The moments a local sweep is interrupted at, each a state its jobs reach, waited on.
+WHEN = {
+    # every job's process has started and is loading its pickle (submitit's log says so): before its
+    # signal handler is installed (until then it ignores SIGINT, as its controller does), before results.json
+    "starting": lambda sweep: len([p for p in _job_logs(sweep) if "Loading pickle" in p.read_text()]) == 2,
+    # every job trains: W&B's service is up, a row is in its metrics.csv
+    "training": lambda sweep: len([p for p in sweep.glob("*/csv/metrics.csv") if p.read_text().count("\n") > 1]) == 2,
+}
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(("how", "when"), [("ctrl-c", "training"), ("sigterm", "training"), ("ctrl-c", "starting")])
 def test_ctrl_c_stops_a_local_sweep_in_one_line_and_its_jobs_record_it(
-    start_cli: Any, tmp_path: Path, how: str
+    start_cli: Any, tmp_path: Path, how: str, when: str
 ) -> None:
     """The terminal's Ctrl-C reaches the sweep, submitit's job controllers and the jobs; `timeout` or `kill`
     reaches the sweep's process alone, which passes it on. Either way: one line, exit 130 or 143, no
-    traceback, and each job recorded as interrupted (resumable) rather than killed by its controller."""
+    traceback, and each job recorded as interrupted (resumable) rather than killed by its controller, at
+    whatever moment it was stopped, start-up included. The sweep's process exits after its jobs: what they
+    recorded is final when it has."""
     sweep = tmp_path / "stopped"
     proc = start_cli(
         "-m",
@@ -85,29 +135,98 @@ def test_ctrl_c_stops_a_local_sweep_in_one_line_and_its_jobs_record_it(
         "name=stopped",
         *tiny("model.cardinality=1,2", "trainer.max_epochs=200"),
     )
-
-    def statuses() -> list[str]:
-        return sorted(json.loads(p.read_text())["status"] for p in sweep.glob("*/results.json"))
-
     deadline = time.monotonic() + 180
-    while statuses() != ["running", "running"]:
-        assert time.monotonic() < deadline and proc.poll() is None, statuses()
-        time.sleep(0.2)
+    while not WHEN[when](sweep):
+        assert time.monotonic() < deadline and proc.poll() is None, f"the jobs never reached {when}"
+        time.sleep(0.05)
     if how == "ctrl-c":
         os.killpg(proc.pid, signal.SIGINT)
     else:
         proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=60) == (130 if how == "ctrl-c" else 143)
-    deadline = time.monotonic() + 60
-    while statuses() != ["interrupted", "interrupted"] and time.monotonic() < deadline:
-        time.sleep(0.2)
+    # a job that did not hear the signal would train its 200 epochs, and the sweep wait for it
+    assert proc.wait(timeout=120) == (130 if how == "ctrl-c" else 143)
+    ended = [p for p in _job_logs(sweep) if list(p.parent.glob("*_result.pkl"))]  # submitit's: the job has ended
+    statuses = sorted(json.loads(p.read_text())["status"] for p in sweep.glob("*/results.json"))
     output = (tmp_path / "started-0.log").read_text()
     assert "Traceback" not in output, output[-3000:]
     (line,) = [line for line in output.splitlines() if line.startswith(("interrupted", "error"))]
     name = "SIGINT" if how == "ctrl-c" else "SIGTERM"
     assert line.startswith(f"interrupted ({name}): the sweep's running jobs are stopped"), line
     assert "run the same command" in line
-    assert statuses() == ["interrupted", "interrupted"]
+    assert len(ended) == 2, "the sweep's process exited before its jobs"
+    if when == "training":
+        assert statuses == ["interrupted", "interrupted"]
+        runs = list(sweep.glob("*/wandb/offline-run-*/run-*.wandb"))
+        assert len(runs) == 2
+        for run in runs:  # the jobs' W&B services lived on to close their runs
+            assert wandb_records(run)[-1].exit.exit_code == 255
+    else:  # a job stopped before it wrote results.json has nothing to record; none is left "running"
+        assert set(statuses) <= {"interrupted"}, statuses
+
+
+_A_JOB = """
+import pathlib, signal, sys, time
+here, name, how = pathlib.Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+
+def handle(signum, frame):
+    (here / f"{name}.heard").touch()
+    if how == "records":  # a job that takes a while to record itself, then ends
+        time.sleep(1)
+        (here / f"{name}.recorded").touch()
+        sys.exit(130)
+
+signal.signal(signal.SIGINT, handle)
+(here / f"{name}.ready").touch()
+while True:
+    time.sleep(0.05)
+"""
+
+_A_SWEEP = """
+import os, pathlib, signal, subprocess, sys, threading, time
+from hydra_plugins.resnext_lab.submitit_launchers import _stop_jobs
+here, case = pathlib.Path(sys.argv[1]), sys.argv[2]
+
+def start(name, how, **kwargs):
+    return subprocess.Popen([sys.executable, "-c", sys.argv[3], str(here), name, how], **kwargs)
+
+def wait_for(name):
+    while not (here / name).exists():
+        time.sleep(0.02)
+
+if case == "records":
+    start("job", "records")
+    service = start("service", "records", start_new_session=True)  # as W&B's service is started
+    wait_for("job.ready"), wait_for("service.ready")
+    left = _stop_jobs()
+    print(left, (here / "job.recorded").exists(), (here / "service.heard").exists(), service.poll())
+    service.kill()
+else:  # a job that never ends: a second signal to the sweep stops the waiting
+    job = start("job", "hangs")
+    wait_for("job.ready")
+    threading.Thread(target=lambda: (wait_for("job.heard"), os.kill(os.getpid(), signal.SIGINT))).start()
+    print(_stop_jobs())
+    job.kill()
+"""
+
+
+@pytest.mark.parametrize("case", ["records", "hangs"])
+def test_an_interrupted_local_sweep_passes_the_signal_to_its_jobs_and_waits_for_them(tmp_path: Path, case: str) -> None:
+    """The sweep's process passes SIGINT on to the processes under it that a terminal's Ctrl-C reaches (not a
+    service in its own session, as W&B's is, which a job needs to close its run) and exits only once they have
+    ended, however long a job takes to record itself; a second signal stops the waiting (a job that hangs)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _A_SWEEP, str(tmp_path), case, _A_JOB],
+        env=cli_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        start_new_session=True,  # its own process group, as a terminal gives a command
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    if case == "records":  # nothing left, the job recorded, the service never heard the signal and still runs
+        assert proc.stdout.split() == ["0", "True", "False", "None"], proc.stdout
+    else:
+        assert proc.stdout.split() == ["1"], proc.stdout
 
 
 # --- DDP over two CPU processes ------------------------------------------------------------------
@@ -132,6 +251,7 @@ def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     return run_dir, proc.stdout
 
 
+@pytest.mark.e2e
 def test_ddp_rank_zero_alone_writes_results_wandb_and_summary(ddp_run: tuple[Path, str]) -> None:
     run_dir, stdout = ddp_run
     assert (run_dir / "train_ddp_process_1.log").exists()  # rank 1 really ran, as a child in this folder
@@ -176,6 +296,7 @@ def _evaluate_alone(run_dir: Path) -> tuple[dict[str, float], dict[str, float]]:
     return metrics(everything), metrics(shard(everything, 0, 2, drop_last=False))
 
 
+@pytest.mark.e2e
 def test_ddp_metrics_are_reduced_over_both_ranks(ddp_run: tuple[Path, str]) -> None:
     """Each rank tests a disjoint half of the 128 test images; results.json must hold the whole set's numbers."""
     run_dir, _ = ddp_run
@@ -187,6 +308,7 @@ def test_ddp_metrics_are_reduced_over_both_ranks(ddp_run: tuple[Path, str]) -> N
     assert half["test/loss"] != pytest.approx(whole["test/loss"], rel=1e-4, abs=1e-4)
 
 
+@pytest.mark.e2e
 def test_ddp_learning_rate_follows_the_global_batch(ddp_run: tuple[Path, str]) -> None:
     """trainer=ddp sets optim.scale_lr: lr 0.1 x (2 devices x 32 images) / 256."""
     run_dir, _ = ddp_run
@@ -332,6 +454,7 @@ print(f"rank {trainer.global_rank}: finished", flush=True)
 """
 
 
+@pytest.mark.e2e
 def test_a_nan_on_one_rank_stops_every_rank_at_once(tmp_path: Path) -> None:
     """The finite check is decided by an all-reduce: both gloo ranks raise Diverged at the same step, none hangs."""
     script = tmp_path / "diverge.py"
@@ -346,6 +469,7 @@ def test_a_nan_on_one_rank_stops_every_rank_at_once(tmp_path: Path) -> None:
     assert proc.returncode != 0
 
 
+@pytest.mark.e2e
 def test_ddp_spawn_inside_a_sweep_records_its_epochs(tmp_path: Path) -> None:
     """ddp_spawn trains in child processes, so the parent's Trainer never counts epochs: results.json still does."""
     cli(

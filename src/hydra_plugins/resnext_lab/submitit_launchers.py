@@ -10,9 +10,11 @@ that out itself (files.fail_unwritable) and says so in one line.
 Ctrl-C. Local jobs run under submitit's job controllers, which on Ctrl-C kill their job a second after asking it
 to stop, before it has recorded anything, and print tracebacks. Here the controllers ignore SIGINT (a shell trap
 before they start); each job handles Ctrl-C as the basic launcher's would (recorded as interrupted, resumable),
-and the sweep's process says so in one line; a SIGINT or SIGTERM to the sweep's process alone is passed on to
-its jobs. SLURM jobs do not see the terminal's Ctrl-C: the sweep's process stops waiting, says that they go on,
-and how to stop them.
+and the sweep's process says so in one line once every job has ended; a SIGINT or SIGTERM to the sweep's process
+alone is passed on to its jobs. A job inherits the controllers' trap, so until its handler is installed it cannot
+hear the signal: the sweep's process leaves a file (`.submitit/interrupted`) before passing the signal on, which
+a job that starts late reads. SLURM jobs do not see the terminal's Ctrl-C: the sweep's process stops waiting,
+says that they go on, and how to stop them.
 conf/hydra/launcher/{local,slurm}.yaml select these classes.
 """
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -76,33 +79,79 @@ class LocalLauncher(_OneLineStops, submitit_launcher.LocalLauncher):
     def __call__(self, *args: Any, **kwargs: Any) -> JobReturn | Stop:  # type: ignore[override]
         # in the job's own process, as run.py does (not on SLURM, where submitit's handlers requeue pre-empted jobs)
         interrupts.install()
+        try:
+            if self._interrupted_file().exists():
+                signal.raise_signal(signal.SIGINT)  # the sweep's, sent before this job could hear it: as if now
+        except Stop as stopped:
+            return stopped
         return super().__call__(*args, **kwargs)
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         setup = list(self.params.get("setup") or [])
         self.params["setup"] = setup if _IGNORE_INT in setup else [_IGNORE_INT, *setup]  # controllers ignore Ctrl-C
+        with contextlib.suppress(OSError):  # an earlier run's; a folder that cannot be written is said later
+            self._interrupted_file().unlink(missing_ok=True)
         return super().launch(job_overrides, initial_job_idx)
 
     def _interrupted(self, sweep_dir: Path) -> NoReturn:
         """Ctrl-C reached the jobs too; a signal to this process alone (`timeout`, `kill`) is passed on as
-        Ctrl-C to every process under it (the controllers ignore it, each job records itself)."""
-        for pid in _descendants(os.getpid()):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGINT)
+        Ctrl-C to the processes under it, and this process says so once they have all ended, every job
+        recorded (a Ctrl-C again stops the waiting)."""
+        with contextlib.suppress(OSError):  # a full disk: the jobs that can hear the signal still stop
+            self._interrupted_file().parent.mkdir(parents=True, exist_ok=True)
+            self._interrupted_file().touch()
+        left = _stop_jobs()
+        running = f"; {left} job process(es) still recording themselves" if left else ""
         stop(
             f"interrupted ({interrupts.name()}): the sweep's running jobs are stopped and record themselves as "
-            f"interrupted in {sweep_dir}; finished jobs are kept: run the same command again to resume",
+            f"interrupted in {sweep_dir}{running}; finished jobs are kept: run the same command again to resume",
             interrupts.status(),
         )
 
+    def _interrupted_file(self) -> Path:
+        """Left by an interrupted sweep's process for its jobs that had not installed their handler yet,
+        beside the jobs' submitit folders (`<sweep>/.submitit/interrupted`)."""
+        return Path(str(self.params["submitit_folder"])).parent / "interrupted"
 
-def _descendants(pid: int) -> list[int]:
-    """Every process under `pid`, children first (psutil: /proc on Linux, the kernel's own calls elsewhere); none
-    once `pid` is gone."""
+
+def _stop_jobs() -> int:
+    """Pass SIGINT on to every process under this one that the terminal's Ctrl-C would reach (those in this
+    process group: W&B's service runs in its own session, and a job needs it to close its run), those that
+    start meanwhile too, and wait until all have ended. Returns how many were left when a second signal
+    stopped the waiting (0: all ended)."""
+    again: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, frame: again.append(signum)) for s in interrupts.SIGNALS}
     try:
-        return [child.pid for child in psutil.Process(pid).children(recursive=True)]
+        signalled: set[int] = set()
+        while alive := _descendants(os.getpid(), os.getpgrp()):
+            if again:
+                return len(alive)
+            for pid in set(alive) - signalled:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGINT)
+                signalled.add(pid)
+            time.sleep(0.1)
+        return 0
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _descendants(pid: int, group: int) -> list[int]:
+    """Every live process under `pid` in process group `group` (psutil: /proc on Linux, the kernel's own calls
+    elsewhere); none once `pid` is gone. A zombie has ended and waits to be reaped: not counted."""
+    try:
+        children = psutil.Process(pid).children(recursive=True)
     except psutil.Error:
         return []
+    found = []
+    for child in children:
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE and os.getpgid(child.pid) == group:
+                found.append(child.pid)
+        except (psutil.Error, ProcessLookupError):  # gone meanwhile
+            continue
+    return found
 
 
 class SlurmLauncher(_OneLineStops, submitit_launcher.SlurmLauncher):

@@ -172,9 +172,10 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
 def _interrupted(run_dir: Path, record: Callable[[str, str | None], Any]) -> NoReturn:
     """Record the job as interrupted (resumable) and end the run or sweep with the signal's status."""
-    finish_wandb(exit_code=255)
     with contextlib.suppress(OSError):  # a full disk must not hide the interrupt
         record("interrupted", f"interrupted by {interrupts.name()}")
+    with contextlib.suppress(Exception):  # nor a W&B service that is gone (a signal to every process killed it)
+        finish_wandb(exit_code=255)
     stop(
         f"interrupted ({interrupts.name()}): job {run_dir} is resumable: {_how_to_resume(run_dir)} to resume it "
         "from its last checkpoint",
