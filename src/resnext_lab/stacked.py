@@ -76,7 +76,8 @@ class StackedModule(ClassificationModule):
         precision = str(trainer.precision)
         if precision.startswith("16"):
             raise ConfigError(
-                f"trainer.precision={precision}: fp16 needs loss scaling, one scaler for every seed of a stack; "
+                f"trainer.precision={precision}: fp16 trains with loss scaling, one scaler for every seed of a "
+                "stack; "
                 "use bf16-mixed or 32, or run the seeds unstacked"
             )
 
