@@ -34,7 +34,7 @@ from resnext_lab.errors import ConfigError
 from resnext_lab.models.stack import lone_tensor, stacked_tensor
 from resnext_lab.module import ClassificationModule, Diverged, EpochErrors
 
-__all__ = ["Diverged", "StackedDataModule", "StackedModule", "lone_checkpoint", "stack_checkpoints"]
+__all__ = ["Diverged", "StackedDataModule", "StackedModule", "lone_checkpoint", "slice_metrics", "stack_checkpoints"]
 
 #: Where a stacked checkpoint keeps what a lone one has no place for: {"size", "diverged": {index: text}}.
 STACK_KEY = "stacked"
@@ -178,6 +178,12 @@ class StackedModule(ClassificationModule):
         super().on_load_checkpoint(checkpoint)
         checkpoint["state_dict"].setdefault("alive", torch.ones(self.size, dtype=torch.bool))
         self.diverged = {int(i): str(t) for i, t in (checkpoint.get(STACK_KEY) or {}).get("diverged", {}).items()}
+
+
+def slice_metrics(metrics: Mapping[str, Any], i: int) -> dict[str, float]:
+    """Seed i's figures among a stacked run's (`trainer.callback_metrics`), under the lone run's names."""
+    prefix = f"s{i}/"
+    return {k[len(prefix) :]: float(v) for k, v in metrics.items() if k.startswith(prefix)}
 
 
 # --- checkpoints ---------------------------------------------------------------------------------
