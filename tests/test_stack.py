@@ -419,3 +419,12 @@ def test_checkpoints_convert_both_ways_and_each_seed_resumes_where_it_stopped(tm
 def same_weights_lone(a: ClassificationModule, b: ClassificationModule, tol: float = 1e-10) -> bool:
     x, y = a.net.state_dict(), b.net.state_dict()
     return all(rel_err(x[k].double(), y[k].double()) <= tol for k in y)
+
+
+def test_seeds_whose_data_give_unequal_batches_do_not_stack() -> None:
+    data = StackedDataModule([datamodule(0), datamodule(1, limit_train=64)])
+    data.setup("fit")
+    with pytest.raises(ConfigError, match=r"stack: the seeds' training data give \[4, 2\] batches per epoch"):
+        data.train_dataloader()
+    images, labels = next(iter(data.val_dataloader()))  # the same validation sizes: these stack
+    assert images.shape[:2] == labels.shape == (DATA["batch_size"], 2)

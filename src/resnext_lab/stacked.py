@@ -15,6 +15,13 @@ NaN reaches anything shared; the other seeds train on. When every seed has diver
 
 `lone_checkpoint` and `stack_checkpoints` convert between a stack's Lightning checkpoint and the lone
 checkpoints tasks/train.py writes (`checkpoints/last.ckpt`), so each seed keeps its own resume state.
+
+A stacked fit, each seed's datamodule built as its lone job builds it (`job.check_job`, `shuffle_seed`):
+
+    net = models.stack(spec, seeds)
+    module = StackedModule(net, optim, spec.num_classes, channels_last, check_finite_every_n_steps)
+    trainer.fit(module, datamodule=StackedDataModule(datamodules, net.rngs), ckpt_path=...)
+    slice_metrics(trainer.callback_metrics, i), module.diverged.get(i)   # seed i's figures, or why it stopped
 """
 
 from __future__ import annotations
