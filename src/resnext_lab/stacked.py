@@ -218,7 +218,8 @@ def _size(stacked: Mapping[str, Any]) -> int:
 def lone_checkpoint(stacked: Mapping[str, Any], i: int) -> dict[str, Any]:
     """Slice i of a stacked Lightning checkpoint as the checkpoint its lone job would have written: the net's
     state, its momentum buffers and best validation error sliced; step, loops, schedule and callbacks as
-    they are (every slice shares them)."""
+    they are (every slice shares them). A seed that diverged (`stacked["stacked"]["diverged"]`) is a slice of
+    zeros: record it as diverged rather than resume from it."""
     size = _size(stacked)
     if not 0 <= i < size:
         raise IndexError(f"slice {i} of a stack of {size}")
