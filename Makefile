@@ -151,10 +151,10 @@ report: ## render every paper table that has results under OUT
 dashboard: ## build the W&B report of EXP's sweep (needs credentials and network)
 	$(PY) -m resnext_lab.tools.dashboard $(EXP) --scale $(SCALE)
 
-bench: ## time training steps against torchvision (DEVICE=cpu|cuda; on CPU fp32 and bf16 side by side), JSON in reports/bench
+bench: ## time training steps against torchvision, and seeds stacked against lone (DEVICE=cpu|cuda; on CPU fp32 and bf16 side by side), JSON in reports/bench
 	$(PY) -m resnext_lab.tools.bench --device $(or $(DEVICE),cpu) $(if $(filter cuda,$(DEVICE)),,--precision both) $(ARGS)
 
-gpu-check: ## check and time the GPU path in one call (bench eager+compiled, proxy epoch, packed sweep vs plan)
+gpu-check: ## check and time the GPU path in one call (bench eager+compiled, proxy epoch, stacked seeds, packed sweep vs plan)
 	$(PY) -m resnext_lab.tools.gpu_check $(ARGS)
 
 thread-policy: ## time one CPU sweep four ways: 1 job x all cores vs 2 packed jobs x 1 thread, fp32 and bf16

@@ -29,7 +29,7 @@ def test_report_describes_the_run(report):
     assert report["device"]["type"] == "cpu" and report["device"]["name"]
     assert report["device"]["threads"] == TINY.threads
     assert {"python", "torch", "torchvision", "pytorch-lightning"} <= report["versions"].keys()
-    assert report["settings"] == dataclasses.asdict(TINY)
+    assert report["settings"] == json.loads(json.dumps(dataclasses.asdict(TINY)))
     assert [r["case"] for r in report["results"]] == ["resnet50", "proxy_epoch", "loop_overhead"]
 
 
@@ -146,3 +146,42 @@ def test_fp32_and_bf16_side_by_side_as_fractions_of_the_matmul_peak():
     expected = row["ours"]["images_per_s"] * 6 * row["flops"] / 1e9 / peaks["bf16"]
     assert bench.fraction_of_peak(row, peaks["bf16"]) == pytest.approx(expected)
     assert f"{100 * expected:.1f}%" in table[2]
+
+
+def test_stacking_case_times_each_stack_against_lone_networks_in_seed_images_per_s():
+    from resnext_lab.tools.bench.stacking import cells
+
+    settings = dataclasses.replace(TINY, stack_sizes=(1, 3), windows=2)
+    rows = bench.run(settings, ["stacking"], log=lambda _: None)["results"]
+    specs = cells("cpu")
+    assert [(r["extra"]["cell"], r["extra"]["stack"]) for r in rows] == [(s.name, n) for s in specs for n in (1, 3)]
+    assert [s.name for s in specs] == ["ResNet-29 1x16d", "ResNeXt-29 32x1d"]  # table3's cpu cells, 14x14 maps
+    for row, (spec, size) in zip(rows, [(s, n) for s in specs for n in (1, 3)], strict=True):
+        stacked, lone = row["ours"], row["baseline"]
+        assert stacked["params"] == size * lone["params"] == size * sum(p.numel() for p in build(spec).parameters())
+        assert row["batch"] == settings.stack_batch and row["flops"] == complexity(spec)["flops"]
+        assert len(stacked["window_images_per_s"]) == len(lone["window_images_per_s"]) == settings.windows
+        paired = zip(stacked["window_images_per_s"], lone["window_images_per_s"], strict=True)
+        assert row["ratio"] == statistics.median(a / b for a, b in paired)
+    assert all(r["case"].startswith("stack_cpu_") for r in rows) and "stack_cpu_32x1d_S3" in bench.format_table(
+        {
+            "settings": dataclasses.asdict(settings),
+            "device": {"name": "cpu", "type": "cpu", "threads": 1},
+            "versions": {"torch": torch.__version__},
+            "results": rows,
+        }
+    )
+
+
+def test_stacking_budget_leaves_larger_stacks_out():
+    settings = dataclasses.replace(TINY, stack_sizes=(1, 2), stack_budget_s=1e-9, windows=1)
+    said: list[str] = []
+    rows = bench.run(settings, ["stacking"], log=said.append)["results"]
+    assert [r["extra"]["stack"] for r in rows] == [1, 1]  # each cell's first stack, then the budget is spent
+    assert any("budget spent" in line for line in said)
+
+
+def test_stacking_options_are_checked(capsys):
+    with pytest.raises(SystemExit):
+        bench.main(["--device", "cpu", "--only", "stacking", "--stack-sizes", "0,2"])
+    assert "--stack-sizes 0,2: integers >= 1" in capsys.readouterr().err

@@ -40,6 +40,17 @@ def test_gpu_check_runs_every_step_at_tiny_size(tmp_path: Path) -> None:
     assert sweep["measured_over_plan"] == pytest.approx(sweep["wall_s"] / sweep["plan_estimate_s"], rel=1e-2)
     markdown = (tmp_path / "gpu-check" / "gpu-check.md").read_text()
     assert "| bench_eager | resnet50 |" in markdown and "Packed sweep: 2/2 jobs completed" in markdown
+    # stacking: bf16 and fp32, channels_last on and off (the compiled variant is skipped with the compiler)
+    variants = report["stacking"]["variants"]
+    assert [v["name"] for v in variants] == ["bf16 channels_last", "bf16 NCHW", "fp32 channels_last", "fp32 NCHW"]
+    for v in variants:
+        assert (v["settings"]["bf16"], v["settings"]["channels_last"]) == ("bf16" in v["name"], "NCHW" not in v["name"])
+        rows = v["results"]
+        assert [(r["extra"]["cell"], r["extra"]["stack"]) for r in rows] == [
+            (cell, s) for cell in ("ResNet-29 1x16d", "ResNeXt-29 32x1d") for s in (1, 2)
+        ]
+        assert all(r["ratio"] > 0 and r["extra"]["unit"] == "seed-images/s" for r in rows)
+    assert "| fp32 NCHW | cpu ResNeXt-29 32x1d | 2 |" in markdown
 
 
 @pytest.mark.e2e

@@ -7,13 +7,18 @@ It runs, in order, and writes what it measured after each step (a slot that ends
 1. `bench` eager, then compiled: our networks against torchvision's and the ResNet-50 family;
 2. the proxy's Fashion-MNIST epoch through Lightning against the plain loop, with the CUDA host-sync audit
    (bench's `proxy` and `loop_overhead` cases);
-3. one small packed proxy sweep (Table 3's 50-layer row, one seed, one epoch) through `run.py`, its measured
+3. stacking: table3's cells trained as stacks of S seeds against lone networks (bench's `stacking` case), S up
+   to 64, in bf16 and fp32, channels_last on and off (grouped convs in channels_last are slow for some group
+   sizes on cuDNN, pytorch#70954), and compiled with `mode="reduce-overhead"` (CUDA graphs, which help small
+   networks); each variant within its share of `--stack-budget` seconds;
+4. one small packed proxy sweep (Table 3's 50-layer row, one seed, one epoch) through `run.py`, its measured
    wall time beside `task=plan`'s estimate for this device.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import re
 import subprocess
@@ -34,6 +39,62 @@ UNITS = {"s": 1.0, "min": 60.0, "h": 3600.0}
 
 def _settings(device: str, tiny: bool, compile: bool) -> Any:
     return bench.settings_for(device, "tiny" if tiny else "full", compile)
+
+
+#: the stacking step's variants: (name, bf16, layout, compiled with reduce-overhead)
+STACK_VARIANTS = (
+    ("bf16 channels_last", True, "channels_last", False),
+    ("bf16 NCHW", True, "contiguous", False),
+    ("fp32 channels_last", False, "channels_last", False),
+    ("fp32 NCHW", False, "contiguous", False),
+    ("bf16 channels_last reduce-overhead", True, "channels_last", True),
+)
+
+
+def stacking_check(device: str, tiny: bool, budget_s: float, compile: bool = True) -> dict[str, Any]:
+    """bench's stacking case in each variant: S = 1, 4, 16, 64 at both table3 scales (compiled: the proxy scale,
+    S = 1, 16, 64, since each network compiles anew); `budget_s` shared out, the compiled variant's share twice
+    an eager one's. Tiny: S = 1, 2 at the cpu scale."""
+    variants = [v for v in STACK_VARIANTS if compile or not v[3]]
+    shares = sum(2 if v[3] else 1 for v in variants)
+    out: dict[str, Any] = {"budget_s": budget_s, "variants": []}
+    for name, bf16, layout, compiled in variants:
+        settings = bench.settings_for(device, "tiny" if tiny else "full", compiled, layout, None, bf16)
+        sizes = (1, 2) if tiny else ((1, 16, 64) if compiled else (1, 4, 16, 64))
+        settings = dataclasses.replace(
+            settings,
+            compile_mode="reduce-overhead" if compiled else "default",
+            stack_sizes=sizes,
+            stack_scales=("cpu",) if tiny else (("proxy",) if compiled else ("cpu", "proxy")),
+            stack_budget_s=budget_s * (2 if compiled else 1) / shares,
+        )
+        _log(f"gpu-check: stacking, {name} ...")
+        try:
+            report = bench.run(settings, ["stacking"], log=_log)
+            out["variants"].append({"name": name, "settings": report["settings"], "results": report["results"]})
+        except Exception as err:  # a variant that cannot run here (a compiler missing) must not cost the others
+            out["variants"].append({"name": name, "error": f"{type(err).__name__}: {err}"})
+    return out
+
+
+def stacking_markdown(stacking: dict[str, Any]) -> list[str]:
+    lines = [
+        "",
+        f"Stacking (seed-images/s of a stack of S seeds against one lone network; budget {stacking['budget_s']:.0f} s):",
+        "",
+        "| variant | cell | S | batch | stack seed-img/s | lone img/s | ratio |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for variant in stacking["variants"]:
+        if "error" in variant:
+            lines.append(f"| {variant['name']} | failed: {variant['error']} | | | | | |")
+        for row in variant.get("results", []):
+            x = row["extra"]
+            lines.append(
+                f"| {variant['name']} | {x['scale']} {x['cell']} | {x['stack']} | {row['batch']} | "
+                f"{row['ours']['images_per_s']:.1f} | {row['baseline']['images_per_s']:.1f} | {row['ratio']:.3f} |"
+            )
+    return lines
 
 
 def sweep_args(device: str, tiny: bool) -> list[str]:
@@ -110,7 +171,9 @@ def summary_markdown(report: dict[str, Any]) -> str:
             base = "-" if not row["baseline"] else f"{row['baseline']['images_per_s']:.1f}"
             ratio = "-" if row["ratio"] is None else f"{row['ratio']:.3f}"
             lines.append(f"| {step} | {row['case']} | {row['ours']['images_per_s']:.1f} | {base} | {ratio} |")
-    for name in ("bench_eager", "bench_compiled", "sweep"):
+    if "variants" in (report.get("stacking") or {}):
+        lines += stacking_markdown(report["stacking"])
+    for name in ("bench_eager", "bench_compiled", "stacking", "sweep"):
         if "error" in (report.get(name) or {}):
             lines += ["", f"{name} failed: {report[name]['error']}"]
     sweep = report.get("sweep") or {}
@@ -130,7 +193,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--tiny", action="store_true", help="tiny sizes (a CPU check that the command works)")
     parser.add_argument("--out", type=Path, default=Path("reports/gpu-check"))
-    parser.add_argument("--skip-compile", action="store_true", help="leave out the compiled benchmark")
+    parser.add_argument("--skip-compile", action="store_true", help="leave out the compiled benchmarks")
+    parser.add_argument(
+        "--stack-budget", type=float, default=150.0, help="seconds for the stacking step's larger stacks (default 150)"
+    )
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is visible here; use --device cpu --tiny")
@@ -151,6 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ),
             )
         )
+    steps.append(("stacking", lambda: stacking_check(args.device, args.tiny, args.stack_budget, not args.skip_compile)))
     steps.append(("sweep", lambda: sweep_check(args.device, args.tiny)))
     for name, step in steps:
         _log(f"gpu-check: {name} ...")
@@ -164,6 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(summary_markdown(report))
     print(f"written {args.out / 'gpu-check.json'} and {args.out / 'gpu-check.md'}")
     failed = [name for name, _ in steps if "error" in report[name]]
+    failed += [v["name"] for v in report["stacking"].get("variants", []) if "error" in v]
     return 1 if failed or report["sweep"].get("exit_status") else 0
 
 

@@ -14,8 +14,9 @@ it before anything is timed. The proxy case trains the default proxy model throu
 `ClassificationModule` and the Fashion-MNIST datamodule, alternating each Lightning
 epoch with a plain-loop epoch on the same tensors, and counts the operations that
 make a GPU host wait (`HostSyncs`); the loop-overhead case does the same around a
-one-layer network, which leaves the host time per step. Method and figures:
-docs/PERFORMANCE.md.
+one-layer network, which leaves the host time per step. The stacking case times S seeds
+as one stacked network against lone networks, in seed-images/s (stacking.py). Method and
+figures: docs/PERFORMANCE.md.
 """
 
 from __future__ import annotations
@@ -57,6 +58,8 @@ from resnext_lab.tools.bench.harness import (
     matmul_peak,
     settings_for,
 )
+from resnext_lab.tools.bench.stacking import SCALES as STACK_SCALES
+from resnext_lab.tools.bench.stacking import stacking_rows
 from resnext_lab.tools.bench.syncs import HostSyncs
 
 __all__ = [
@@ -107,6 +110,8 @@ def run(settings: BenchSettings, cases: Sequence[str] = CASES, log: Callable[[st
                 rows.append(cifar_row(settings))
             elif case == "proxy":
                 rows.append(proxy_row(settings))
+            elif case == "stacking":
+                rows.extend(stacking_rows(settings, log))
             else:
                 rows.append(loop_overhead_row(settings))
         device = device_info(settings.device)
@@ -200,8 +205,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="auto: what trainer.precision=auto picks on this device; both: fp32 and bf16 side by side, with the "
         "matmul peak of each",
     )
+    parser.add_argument(
+        "--stack-sizes", help="the stacking case's seeds per stack, comma-separated (default: the size's)"
+    )
+    parser.add_argument("--stack-scales", help="the stacking case's table3 scales: cpu, proxy or cpu,proxy")
+    parser.add_argument("--stack-batch", type=int, help="the stacking case's batch per seed (default: the scale's)")
     parser.add_argument("--out", type=Path, help="JSON report (default reports/bench/<host>-<device>-<size>.json)")
     args = parser.parse_args(argv)
+    stacking = stack_options(parser, args)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is visible here; use --device cpu")
     cases = [c.strip() for c in args.only.split(",") if c.strip()]
@@ -215,6 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     reports = {}
     for bf16 in precisions:
         settings = settings_for(args.device, size, args.compile, args.layout, args.threads or None, bf16)
+        settings = dataclasses.replace(settings, **stacking)
         report = run(settings, cases, log=lambda text: print(text, file=sys.stderr, flush=True))
         report["command"] = command
         reports["bf16" if settings.bf16 else "fp32"] = report
@@ -232,6 +244,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"written {out}")
     return 0
+
+
+def stack_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, Any]:
+    """The stacking case's settings given on the command line, checked (parser.error otherwise)."""
+    out: dict[str, Any] = {}
+    if args.stack_sizes:
+        try:
+            out["stack_sizes"] = tuple(int(v) for v in args.stack_sizes.split(","))
+        except ValueError:
+            out["stack_sizes"] = ()
+        if not out["stack_sizes"] or min(out["stack_sizes"]) < 1:
+            parser.error(f"--stack-sizes {args.stack_sizes}: integers >= 1, comma-separated (e.g. 1,2,4)")
+    if args.stack_scales:
+        out["stack_scales"] = tuple(v.strip() for v in args.stack_scales.split(","))
+        if not set(out["stack_scales"]) <= set(STACK_SCALES):
+            parser.error(f"--stack-scales {args.stack_scales}: choose from {', '.join(STACK_SCALES)}")
+    if args.stack_batch is not None:
+        if args.stack_batch < 1:
+            parser.error(f"--stack-batch {args.stack_batch}: an integer >= 1")
+        out["stack_batch"] = args.stack_batch
+    return out
 
 
 if __name__ == "__main__":

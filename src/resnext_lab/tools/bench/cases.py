@@ -47,7 +47,7 @@ FAMILY = ((1, 64), (2, 40), (4, 24), (8, 14), (32, 4))
 ALIGNMENT = ((8, 14), (8, 16))
 #: ResNeXt-29 8x64d of paper Table 7.
 CIFAR = ModelSpec(template="cifar", stage_blocks=(3, 3, 3), cardinality=8, width=64, num_classes=10, image_size=32)
-CASES = (*TORCHVISION_PAIRS, "family", "alignment", "resnext29_8x64d", "proxy", "loop_overhead")
+CASES = (*TORCHVISION_PAIRS, "family", "alignment", "resnext29_8x64d", "proxy", "loop_overhead", "stacking")
 LIGHTNING = "Lightning: ClassificationModule + datamodule"
 
 

@@ -49,6 +49,13 @@ class BenchSettings:
     proxy_epochs: int = 5  # timed, after one warm-up epoch
     audit_steps: int = 2  # steps of the host-sync audit epoch, at most
     overhead_steps: int = 200  # steps per epoch of the loop-overhead case
+    compile_mode: str = "default"  # torch.compile's mode ("reduce-overhead": CUDA graphs)
+    # the stacking case (stacking.py): seeds per stack, the table3 scales whose cells it times, the batch per seed
+    # (0: each scale's own), and a time budget after which larger stacks are left out (0: none)
+    stack_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
+    stack_scales: tuple[str, ...] = ("cpu",)
+    stack_batch: int = 0
+    stack_budget_s: float = 0.0
 
 
 #: `--size`: small keeps a CPU run to a few minutes (the defaults above); full is the issue's GPU setting;
@@ -65,6 +72,8 @@ BENCH_SIZES: dict[str, dict[str, Any]] = {
         proxy_epochs=1,
         audit_steps=1,
         overhead_steps=10,
+        stack_sizes=(1, 2),
+        stack_batch=4,
     ),
     "small": {},
     "full": dict(
@@ -79,6 +88,9 @@ BENCH_SIZES: dict[str, dict[str, Any]] = {
         steps_per_window=10,
         windows=5,
         audit_steps=50,
+        stack_sizes=(1, 2, 4, 8, 16, 32, 64),
+        stack_scales=("cpu", "proxy"),
+        stack_budget_s=240.0,
     ),
 }
 
@@ -187,7 +199,15 @@ def prepare(net: nn.Module, settings: BenchSettings) -> nn.Module:
     net = net.to(settings.device).train()
     if settings.channels_last:
         net = net.to(memory_format=torch.channels_last)
-    return torch.compile(net) if settings.compile else net
+    if not settings.compile:
+        return net
+    return torch.compile(net, mode=None if settings.compile_mode == "default" else settings.compile_mode)
+
+
+def mark_step(settings: BenchSettings) -> None:
+    """Under CUDA graphs (`reduce-overhead`), tell torch that a new step begins: the last one's outputs are done."""
+    if settings.compile and settings.compile_mode == "reduce-overhead":
+        torch.compiler.cudagraph_mark_step_begin()
 
 
 def make_step(net: nn.Module, x: Tensor, y: Tensor, settings: BenchSettings) -> Callable[[], Tensor]:
@@ -195,6 +215,7 @@ def make_step(net: nn.Module, x: Tensor, y: Tensor, settings: BenchSettings) -> 
     optimizer = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
 
     def step() -> Tensor:
+        mark_step(settings)
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=settings.bf16):
             loss = F.cross_entropy(net(x), y)
         loss.backward()
@@ -219,7 +240,7 @@ def measure_group(
     if settings.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, num_classes, (batch,), device=device)
-    steps: list[tuple[str, int, Callable[[], Tensor], float, float | None]] = []
+    steps: list[Warm] = []
     for label, make in nets:
         with peak_memory(device) as memory:
             net = make()
@@ -232,23 +253,42 @@ def measure_group(
             first = time.perf_counter() - start
             for _ in range(settings.warmup_steps - 1):
                 step()
-        steps.append((label, params, step, first, memory["mb"]))
-    windows: dict[str, list[float]] = {label: [] for label, *_ in steps}
+        steps.append(Warm(label, params, step, first, memory["mb"], batch))
+    return alternate(steps, settings, device)
+
+
+@dataclasses.dataclass
+class Warm:
+    """A network ready to time: its step (warmed up), what the warm-up measured, images per step."""
+
+    label: str
+    params: int
+    step: Callable[[], Tensor]
+    first_step_s: float
+    peak_memory_mb: float | None
+    images: int
+
+
+def alternate(steps: Sequence[Warm], settings: BenchSettings, device: torch.device) -> list[Measurement]:
+    """Time the warmed-up steps in alternating windows: each figure is the median images/s of its windows."""
+    windows: dict[str, list[float]] = {w.label: [] for w in steps}
     losses: dict[str, Tensor] = {}
     for _ in range(settings.windows):
-        for label, _params, step, *_ in steps:
+        for w in steps:
             synchronize(device)
             start = time.perf_counter()
             for _ in range(settings.steps_per_window):
-                losses[label] = step()
+                losses[w.label] = w.step()
             synchronize(device)
-            windows[label].append(batch * settings.steps_per_window / (time.perf_counter() - start))
+            windows[w.label].append(w.images * settings.steps_per_window / (time.perf_counter() - start))
     for label, loss in losses.items():  # one read per network, after the clock stopped
         if not torch.isfinite(loss):
             raise BenchError(f"{label}: the training loss became {loss.item()} while timing")
     return [
-        Measurement(label, params, statistics.median(windows[label]), windows[label], memory, first)
-        for label, params, _step, first, memory in steps
+        Measurement(
+            w.label, w.params, statistics.median(windows[w.label]), windows[w.label], w.peak_memory_mb, w.first_step_s
+        )
+        for w in steps
     ]
 
 
