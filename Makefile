@@ -21,7 +21,7 @@ SWEEP  ?= outputs/demo/cpu
 EXPERIMENTS := $(filter-out demo design_space table4_top5,$(patsubst experiments/%/,%,$(wildcard experiments/*/)))
 SCALES := $(filter-out none,$(patsubst conf/scale/%.yaml,%,$(wildcard conf/scale/*.yaml)))
 
-.PHONY: help install lock settings notebook gpu-check thread-policy plan test test-all lint format demo design-space preregister v3-pilot v3 publish table1 table2 report dashboard board compare bench soak plan-check clean $(EXPERIMENTS)
+.PHONY: help install lock wheelhouse install-offline settings notebook gpu-check thread-policy plan test test-all lint format demo design-space preregister v3-pilot v3 publish table1 table2 report dashboard board compare bench soak plan-check clean $(EXPERIMENTS)
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_ -]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  \033[1m%-22s\033[0m %s\n", $$1, $$2}'
@@ -50,6 +50,25 @@ lock: ## regenerate requirements/lock.txt: the newest releases installed into a 
 	  echo "# Install the newest releases instead: make install LOCK="; \
 	  .lock-venv/bin/python -m pip freeze --all --exclude-editable | grep -v '^resnext-lab'; } > requirements/lock.txt.tmp
 	mv requirements/lock.txt.tmp requirements/lock.txt && rm -rf .lock-venv
+
+# an air-gapped GPU node (docs/OFFLINE.md): its Python and newest platform tag, for `make wheelhouse` on a
+# connected machine; where `make install-offline` puts the wheels on the node, with the node's own Python
+PYTHON_VERSION ?= 3.12
+PLATFORM   ?= manylinux_2_28_x86_64
+WHEELHOUSE ?= .wheelhouse
+SITE       ?= /tmp/resnext-site
+NODE_PYTHON ?= python3
+
+wheelhouse: ## for an offline node: the wheels its image lacks (PYTHON_VERSION=3.12 PLATFORM=manylinux_2_28_x86_64) and Fashion-MNIST, in .wheelhouse/
+	$(PY) -m resnext_lab.tools.wheelhouse --python-version $(PYTHON_VERSION) --platform $(PLATFORM) --lock $(LOCK) --out $(WHEELHOUSE) $(ARGS)
+
+install-offline: ## on the offline node: .wheelhouse/ into SITE (/tmp/resnext-site), the data into ./data; run as: eval "$(make -s install-offline)"
+	@test -d $(WHEELHOUSE) || { echo "install-offline: no $(WHEELHOUSE)/ here; run make wheelhouse on a connected machine and copy it with the checkout" >&2; exit 2; }
+	@$(NODE_PYTHON) -m pip install -q --no-index --no-deps --upgrade --target $(SITE) $(WHEELHOUSE)/*.whl >&2
+	@mkdir -p data/FashionMNIST/raw && cp -n $(WHEELHOUSE)/fashion-mnist/*-ubyte* data/FashionMNIST/raw/
+	@PYTHONPATH=$(CURDIR)/src:$(SITE) $(NODE_PYTHON) -c 'import hydra, omegaconf, submitit, wandb, resnext_lab, hydra_plugins.resnext_lab.packed_launcher' >&2
+	@echo "installed into $(SITE); Fashion-MNIST in data/FashionMNIST/raw; then: make gpu-check PY=$(NODE_PYTHON)" >&2
+	@echo "export PYTHONPATH=$(CURDIR)/src:$(SITE)$${PYTHONPATH:+:$$PYTHONPATH} WANDB_MODE=offline"
 
 # the port `make board` serves TensorBoard on (localhost only)
 PORT   ?= 6006
