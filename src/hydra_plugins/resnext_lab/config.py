@@ -4,6 +4,7 @@ in any Hydra app that has this package installed:
 
     python run.py -m hydra/launcher=packed experiment=table3 scale=proxy
     python run.py -m hydra/launcher=packed hydra.launcher.jobs_per_device=4 hydra.launcher.devices=[0,1] ...
+    python run.py -m hydra/launcher=packed hydra.launcher.stack=4 seed=0,1,2,3 ...
     python run.py -m experiment=design_space scale=cpu hydra.sweeper.networks=20
 
 Their values are checked by the plugins themselves (one error line naming the setting), so the fields are untyped
@@ -24,6 +25,9 @@ class PackedLauncherConf:
     jobs_per_device: Any = 2
     #: auto: every GPU in CUDA_VISIBLE_DEVICES (all when unset), the CPU when there is none; cpu; or [0, 1, ...]
     devices: Any = "auto"
+    #: seeds trained as one stacked network: jobs that differ only in `seed` run as stacks of up to this many
+    #: (1: every job alone); auto: stacked where the plan measures stacking faster on this machine
+    stack: Any = 1
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="packed", node=PackedLauncherConf, provider="resnext_lab")
