@@ -1,0 +1,192 @@
+"""Stacked seeds in a sweep (`hydra.launcher.stack=N`): which jobs stack, what each seed leaves behind, a
+stacked sweep's report beside the same sweep run lone, and a stacked sweep killed with SIGKILL then resumed."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, cli_env
+
+from resnext_lab.overrides import stacks
+
+#: the sweep of issue 29's first Done-when line, as small as it is there
+DONE_WHEN = [
+    "model.cardinality=1,4",
+    "seed=0,1,2,3",
+    "data.limit_train=512",
+    "data.limit_eval=256",
+    "trainer.max_epochs=1",
+    "model.width_scale=0.125",
+    "model.reference.width=8",
+    "model.width=auto",
+    "trainer.enable_progress_bar=false",
+]
+
+
+def test_jobs_that_differ_only_in_seed_stack_and_others_stay_apart() -> None:
+    jobs = [[f"model.cardinality={c}", f"seed={s}", "trainer.max_epochs=1"] for c in (1, 4) for s in range(5)]
+    assert stacks(jobs, 1) == [[i] for i in range(10)]
+    assert stacks(jobs, 4) == [[0, 1, 2], [3, 4], [5, 6, 7], [8, 9]]  # as even as 4 allows: 3 + 2, not 4 + 1
+    assert stacks(jobs, 8) == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
+    # run-invariant settings (name, out_root, ...) do not split a stack; a job kept alone stays alone
+    jobs[1] = [*jobs[1], "out_root=elsewhere"]
+    assert stacks(jobs, 8, stackable=[i != 2 for i in range(10)]) == [[0, 1, 3, 4], [2], [5, 6, 7, 8, 9]]
+    with pytest.raises(ValueError):
+        stacks(jobs, 0)
+
+
+@pytest.mark.parametrize("value", ["0", "two"])
+def test_a_bad_stack_setting_stops_the_sweep_in_one_line(run_cli, tmp_path: Path, value: str) -> None:  # noqa: ANN001
+    out = run_cli(
+        "-m",
+        "hydra/launcher=packed",
+        f"hydra.launcher.stack={value}",
+        "seed=0,1",
+        f"out_root={tmp_path}",
+        "trainer.max_epochs=1",
+        timeout=120,
+    )
+    assert out.returncode == 2, out.stderr
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: hydra.launcher.stack="), out.stderr
+    assert "Traceback" not in out.stderr
+    assert "must be an integer >= 1" in errors[0] and "or auto" in errors[0]
+    assert not list(tmp_path.rglob("results.json"))
+
+
+def _sweep(run_cli, out_root: Path, *extra: str) -> Path:  # noqa: ANN001
+    out = run_cli(
+        "-m",
+        "hydra/launcher=packed",
+        "hydra.launcher.jobs_per_device=1",
+        f"out_root={out_root}",
+        "name=cell",
+        *DONE_WHEN,
+        *extra,
+        timeout=900,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return out_root / "cell"
+
+
+def _report_columns(sweep: Path) -> list[str]:
+    out = subprocess.run(
+        [sys.executable, "-m", "resnext_lab.report", str(sweep)],
+        cwd=ROOT,
+        env=cli_env(sweep),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    with (sweep / "report" / "report.csv").open() as f:
+        return next(csv.reader(f))
+
+
+@pytest.mark.slow
+def test_a_stacked_sweep_leaves_every_job_and_the_report_of_the_same_sweep_run_lone(run_cli, tmp_path: Path) -> None:  # noqa: ANN001
+    stacked = _sweep(run_cli, tmp_path / "stacked", "hydra.launcher.stack=4")
+    results = {p.parent.name: json.loads(p.read_text()) for p in stacked.glob("*/results.json")}
+    assert len(results) == 8
+    for name, r in results.items():
+        assert r["status"] == "completed", (name, r.get("error"))
+        assert r["stacked"] == {"seeds": [0, 1, 2, 3], "size": 4}
+        job = stacked / name
+        assert (job / "checkpoints" / "last.ckpt").is_file() and (job / ".hydra" / "overrides.yaml").is_file()
+        assert list((job / "wandb").glob("offline-run-*/run-*.wandb")), f"{name}: no W&B run of its own"
+    ids = {r["wandb"]["id"] for r in results.values()}
+    assert len(ids) == 8
+
+    lone = _sweep(run_cli, tmp_path / "lone")
+    lone_results = {p.parent.name: json.loads(p.read_text()) for p in lone.glob("*/results.json")}
+    assert sorted(lone_results) == sorted(results)
+    assert all(r["stacked"] is None for r in lone_results.values())
+    for name in results:  # each seed's metrics.csv has the lone job's columns
+        header = (stacked / name / "csv" / "metrics.csv").read_text().splitlines()[0]
+        assert sorted(header.split(",")) == sorted(
+            (lone / name / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
+        )
+    assert _report_columns(stacked) == _report_columns(lone)
+
+
+def _start(tmp_path: Path, *args: str) -> subprocess.Popen[bytes]:
+    log = (tmp_path / f"sweep-{time.monotonic_ns()}.log").open("wb")
+    return subprocess.Popen(
+        [sys.executable, "run.py", *args],
+        cwd=ROOT,
+        env=cli_env(tmp_path),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def _status(job: Path) -> str | None:
+    with contextlib.suppress(OSError, ValueError):
+        return json.loads((job / "results.json").read_text()).get("status")
+    return None
+
+
+@pytest.mark.slow
+def test_a_stacked_sweep_killed_with_sigkill_resumes_and_no_seed_trains_twice(tmp_path: Path) -> None:
+    """Two stacks of two seeds, one after the other: kill -9 the whole sweep once the first stack has completed
+    and the second has written its first checkpoints; the rerun skips the first stack and resumes the second."""
+    args = [
+        "-m",
+        "hydra/launcher=packed",
+        "hydra.launcher.jobs_per_device=1",
+        "hydra.launcher.stack=2",
+        f"out_root={tmp_path}",
+        "name=killed",
+        "seed=0,1,2,3",
+        "model.width_scale=0.125",
+        "model.cardinality=2",
+        "model.width=4",
+        "data.limit_train=256",
+        "data.limit_eval=128",
+        "data.batch_size=64",
+        "trainer.max_epochs=3",
+        "trainer.enable_progress_bar=false",
+    ]
+    sweep = tmp_path / "killed"
+    proc = _start(tmp_path, *args)
+    jobs = {s: sweep / f"seed={s}" for s in range(4)}
+    try:
+        deadline = time.monotonic() + 600
+        first = [jobs[0], jobs[1]]
+        second = [jobs[2], jobs[3]]
+        while not (
+            all(_status(j) == "completed" for j in first)
+            and all((j / "checkpoints" / "last.ckpt").is_file() for j in second)
+        ):
+            assert proc.poll() is None, "the sweep ended before it was killed"
+            assert time.monotonic() < deadline, "no checkpoint of the second stack after 10 minutes"
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert all(_status(j) == "running" for j in second), "the second stack ended before the kill: no resume tested"
+    before = {s: (jobs[s] / "results.json").read_bytes() for s in (0, 1)}
+
+    rerun = _start(tmp_path, *args)
+    assert rerun.wait(timeout=900) == 0
+    for s in (0, 1):  # completed before: skipped, results.json untouched
+        assert (jobs[s] / "results.json").read_bytes() == before[s]
+    for s in (2, 3):
+        r = json.loads((jobs[s] / "results.json").read_text())
+        assert r["status"] == "completed" and r["resumed"] is True and r["epochs"] == 3, r
+        # every epoch trained once: one training row per epoch in its metrics.csv
+        with (jobs[s] / "csv" / "metrics.csv").open() as f:
+            epochs = [row["epoch"] for row in csv.DictReader(f) if row.get("train/loss")]
+        assert sorted(epochs) == ["0", "1", "2"], epochs
