@@ -33,9 +33,10 @@ from resnext_lab.callbacks import AtomicCheckpointIO, csv_logger, ctrl_c_as_inte
 from resnext_lab.errors import stop
 from resnext_lab.hardware import resolve_precision
 from resnext_lab.job import check_job
+from resnext_lab.models import stack
 from resnext_lab.module import Diverged
 from resnext_lab.overrides import check_same_job
-from resnext_lab.stacked import StackedDataModule, StackedModule, lone_checkpoint, stack, stack_checkpoints
+from resnext_lab.stacked import StackedDataModule, StackedModule, lone_checkpoint, stack_checkpoints
 from resnext_lab.tasks.train import (
     CHECKPOINT,
     _auto,
