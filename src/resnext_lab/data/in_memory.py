@@ -144,14 +144,17 @@ class InMemoryDataModule(pl.LightningDataModule):
 
     # -- public helpers ---------------------------------------------------------
 
-    def prepare_batch(self, images: torch.Tensor, *, train: bool) -> torch.Tensor:
+    def prepare_batch(
+        self, images: torch.Tensor, *, train: bool, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """A uint8 batch -> the network's float32 NCHW input; augmented if `train` and `data.augment`.
 
         Public so that loops outside Lightning (evaluation scripts, notebooks)
-        feed the network exactly what training fed it.
+        feed the network exactly what training fed it. The augmentation draws from `generator`, else from the
+        device's global RNG (a stack gives each seed its own: data/stacked.py).
         """
         if train and self.settings.augment:
-            images = crop_and_flip(images, self.crop_padding)
+            images = crop_and_flip(images, self.crop_padding, generator)
         return normalize(images, self.mean, self.std)
 
     def describe(self) -> str:

@@ -4,6 +4,7 @@ The spec and complexity need no torch; the network names load it on first use,
 so counting a sweep's params and FLOPs stays instant.
 """
 
+import importlib
 from typing import Any
 
 from resnext_lab.errors import ConfigError
@@ -24,6 +25,7 @@ __all__ = [
     "reference_spec",
     "solve_width",
     "spec_from_config",
+    "stack",
 ]
 
 
@@ -32,4 +34,6 @@ def __getattr__(name: str) -> Any:
         from resnext_lab.models import network
 
         return getattr(network, name)
+    if name == "stack":  # the submodule, callable as its `stack` (see models/stack.py)
+        return importlib.import_module("resnext_lab.models.stack")
     raise AttributeError(f"module 'resnext_lab.models' has no attribute {name!r}")
