@@ -51,3 +51,29 @@ class DesignSpaceSweeperConf:
 ConfigStore.instance().store(
     group="hydra/sweeper", name="design_space", node=DesignSpaceSweeperConf, provider="resnext_lab"
 )
+
+
+def _with_stack(base: type, name: str) -> type:
+    """Submitit's launcher conf with `stack` (hydra_plugins/resnext_lab/stacks.py), which its own schema refuses."""
+
+    @dataclass
+    class Conf(base):  # type: ignore[valid-type, misc]
+        #: seeds trained as one stacked network, one submitit job per stack (1: every job alone; auto: measured)
+        stack: Any = 1
+
+    Conf.__name__ = Conf.__qualname__ = name
+    return Conf
+
+
+try:  # the submitit plugin is a dependency; a checkout without it still has the packed launcher
+    from hydra_plugins.hydra_submitit_launcher.config import LocalQueueConf, SlurmQueueConf
+except ImportError:  # pragma: no cover
+    pass
+else:
+    for _name, _base in (("local", LocalQueueConf), ("slurm", SlurmQueueConf)):
+        ConfigStore.instance().store(
+            group="hydra/launcher",
+            name=f"submitit_{_name}_stacked",
+            node=_with_stack(_base, f"{_base.__name__}Stacked"),
+            provider="resnext_lab",
+        )

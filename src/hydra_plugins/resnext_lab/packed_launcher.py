@@ -140,13 +140,16 @@ class PackedLauncher(Launcher):
         # interleaved, so that the first jobs spread over the GPUs; never more workers than jobs
         devices = [g for _ in range(self.jobs_per_device) for g in gpus] or [CPU] * self.jobs_per_device
         configs = self._composed(job_overrides)
-        size, why = resolve_size(self.stack, configs)
+        threads = max(1, (os.cpu_count() or 1) // len(devices[: len(job_overrides)]))
+        size, why = resolve_size(self.stack, job_overrides, configs, threads)
         units = sweep_stacks(job_overrides, configs, size)
         devices = devices[: len(units)]
         threads = max(1, (os.cpu_count() or 1) // len(devices))
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         where = f"on each of GPUs {', '.join(map(str, gpus))}" if gpus else "on the CPU"
         stacked = sum(len(u) > 1 for u in units)
+        if self.stack != 1:
+            log.info(f"stacked seeds: {why}")
         log.info(
             f"packed sweep: {len(job_overrides)} jobs, {self.jobs_per_device} at a time {where}, "
             f"{threads} CPU thread{'s' if threads > 1 else ''} each; worker logs in {sweep_dir / '.packed'}"

@@ -45,17 +45,20 @@ def sweep_stacks(
     return stacks(job_overrides, size, stackable)
 
 
-def resolve_size(setting: int | str, configs: Sequence[DictConfig | None]) -> tuple[int, str]:
-    """The stack size a sweep runs with, and why: `auto` asks the plan's measured rule (resnext_lab.stacking)."""
+def resolve_size(
+    setting: int | str, job_overrides: Sequence[Sequence[str]], configs: Sequence[DictConfig | None], threads: int
+) -> tuple[int, str]:
+    """The stack size a sweep runs with, and why: `auto` asks the measured rule (resnext_lab.stacking) for the
+    sweep's first training job, with the most seeds a cell of the sweep has and the threads each job gets."""
     if setting != AUTO:
         return int(setting), f"hydra.launcher.stack={setting}"
-    from resnext_lab.stacking import auto_stack_size  # torch: only where a sweep asks for auto
-
     first = next((c for c in configs if c is not None and c.get("task") == "train"), None)
     if first is None:
         return 1, "hydra.launcher.stack=auto: no training job"
-    seeds = len(configs)
-    return auto_stack_size(first, seeds)
+    from resnext_lab.stacking import auto_stack_size  # torch: only where a sweep asks for auto
+
+    seeds = max(len(group) for group in sweep_stacks(job_overrides, configs, len(configs)))
+    return auto_stack_size(first, seeds, threads)
 
 
 def _prepare(cfg: DictConfig) -> None:
