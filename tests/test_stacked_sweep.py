@@ -16,7 +16,12 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, cli_env
 
+from resnext_lab.cost import STARTUP_S
+from resnext_lab.errors import ConfigError
+from resnext_lab.job import compose
 from resnext_lab.overrides import stacks
+from resnext_lab.stacking import choose_stack, sizes_to_measure
+from resnext_lab.tasks.plan import JobPlan, launcher_slots, plan_jobs, stack_size, sweep_seconds
 
 #: the sweep of issue 29's first Done-when line, as small as it is there
 DONE_WHEN = [
@@ -190,3 +195,46 @@ def test_a_stacked_sweep_killed_with_sigkill_resumes_and_no_seed_trains_twice(tm
         with (jobs[s] / "csv" / "metrics.csv").open() as f:
             epochs = [row["epoch"] for row in csv.DictReader(f) if row.get("train/loss")]
         assert sorted(epochs) == ["0", "1", "2"], epochs
+
+
+def test_auto_stacks_only_where_the_measured_step_per_seed_is_at_least_the_margin_shorter() -> None:
+    # S: seconds per training step of S seeds stacked (1: lone)
+    assert choose_stack({1: 1.0, 2: 1.9, 4: 3.2}) == 4  # 0.80 s per seed: 20% shorter
+    assert choose_stack({1: 1.0, 2: 1.5, 4: 3.8}) == 2  # the shortest per seed wins, not the largest
+    assert choose_stack({1: 1.0, 2: 1.9, 4: 3.7}) == 1  # 5% and 7.5% shorter: inside the margin, alone
+    assert choose_stack({1: 1.0, 2: 2.4, 4: 5.0}) == 1  # stacking loses (the CPU of docs/PERFORMANCE.md)
+    assert choose_stack({1: 1.0, 4: 3.6}) == 4 and choose_stack({1: 1.0, 4: 3.6}, margin=0.2) == 1
+    with pytest.raises(ValueError):
+        choose_stack({2: 1.0})
+    assert sizes_to_measure(1) == [1]
+    assert sizes_to_measure(5) == [1, 2, 4, 5]
+    assert sizes_to_measure(64) == [1, 2, 4, 8, 16, 32]
+
+
+def _plan(stack: object, *overrides: str) -> tuple[list[JobPlan], float]:
+    configs = [
+        (list(job), compose(list(job)))
+        for job in [
+            ["model.width_scale=0.125", "model.cardinality=2", "model.width=4", f"seed={s}", *overrides]
+            for s in range(4)
+        ]
+    ]
+    hydra_cfg = {"launcher": {"_target_": "x.PackedLauncher", "jobs_per_device": 1, "devices": "cpu", "stack": stack}}
+    size, _ = stack_size(stack, configs, "h100", 1)
+    plans = plan_jobs(configs, "h100", 1, 1, True, size)
+    return plans, sweep_seconds(plans, launcher_slots(hydra_cfg, len(configs))[0])
+
+
+def test_the_plan_prices_a_stack_as_one_unit_of_one_stacked_step() -> None:
+    """On a named GPU a small network's step is the host's floor: a stack of four pays it once per step where
+    four lone jobs pay it four times, and its fixed cost once."""
+    lone, lone_s = _plan(1)
+    stacked, stacked_s = _plan(4)
+    assert [p.stack for p in lone] == [1] * 4 and [p.stack for p in stacked] == [4] * 4
+    assert len({p.unit for p in stacked}) == 1
+    assert stacked_s == pytest.approx(STARTUP_S + lone_s / 4 - STARTUP_S / 4, rel=1e-6)
+    # a form that does not stack is priced alone
+    other, _ = _plan(4, "model.block=aggregated")
+    assert [p.stack for p in other] == [1] * 4
+    with pytest.raises(ConfigError, match="hydra.launcher.stack=0"):
+        stack_size(0, [(["seed=0"], compose(["seed=0"]))], "h100", 1)

@@ -21,6 +21,15 @@ STACK_MARGIN = 0.10
 AUTO_MAX = 32
 
 
+def stackable(cfg: Any) -> bool:
+    """Whether a composed job may train in a stack: a training job (or its plan) of the grouped block form, the
+    one form models.stack builds (the other two compute the same function: models/stack.py)."""
+    if cfg is None or cfg.get("task") not in ("train", "plan"):
+        return False
+    model = cfg.get("model") or {}
+    return str(model.get("block", "grouped")) == "grouped"
+
+
 def choose_stack(step_s: Mapping[int, float], margin: float = STACK_MARGIN) -> int:
     """The stack size to run with, from {S: seconds per training step of S seeds stacked} (S = 1: lone):
     the S with the shortest step per seed where that is at least `margin` shorter than the lone step, else 1."""

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, open_dict
 
 from resnext_lab.errors import fail
 from resnext_lab.overrides import stacks
+from resnext_lab.stacking import stackable
 
 #: `hydra.launcher.stack`: every job alone (the default), or up to N seeds per stack, or `auto`
 AUTO = "auto"
@@ -40,9 +41,9 @@ def stack_setting(value: Any) -> int | str:
 def sweep_stacks(
     job_overrides: Sequence[Sequence[str]], configs: Sequence[DictConfig | None], size: int
 ) -> list[list[int]]:
-    """The sweep's jobs as stacks of job indices (overrides.stacks): only training jobs that compose stack."""
-    stackable = [c is not None and c.get("task") == "train" for c in configs]
-    return stacks(job_overrides, size, stackable)
+    """The sweep's jobs as stacks of job indices (overrides.stacks): only training jobs that compose, of the
+    block form that stacks (stacking.stackable), stack."""
+    return stacks(job_overrides, size, [c is not None and c.get("task") == "train" and stackable(c) for c in configs])
 
 
 def resolve_size(
@@ -52,9 +53,9 @@ def resolve_size(
     sweep's first training job, with the most seeds a cell of the sweep has and the threads each job gets."""
     if setting != AUTO:
         return int(setting), f"hydra.launcher.stack={setting}"
-    first = next((c for c in configs if c is not None and c.get("task") == "train"), None)
+    first = next((c for c in configs if c is not None and c.get("task") == "train" and stackable(c)), None)
     if first is None:
-        return 1, "hydra.launcher.stack=auto: no training job"
+        return 1, "hydra.launcher.stack=auto: no training job that stacks"
     from resnext_lab.stacking import auto_stack_size  # torch: only where a sweep asks for auto
 
     seeds = max(len(group) for group in sweep_stacks(job_overrides, configs, len(configs)))

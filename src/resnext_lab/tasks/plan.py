@@ -50,6 +50,7 @@ from resnext_lab.models import complexity
 from resnext_lab.overrides import comparable, job_order, override_values, stacks, varying_keys
 from resnext_lab.render import terminal
 from resnext_lab.results import load_sweep
+from resnext_lab.stacking import stackable
 
 #: Where a plan's step times come from: measured here, or a named GPU's stated throughput.
 PLAN_DEVICES = ("here", *THROUGHPUT)
@@ -94,7 +95,11 @@ def plan_jobs(
     job_s, startup_s = JOB_OVERHEAD_S, STARTUP_S
     if device == "here" and configs:
         job_s, startup_s = overheads(configs[0][0], to_python(configs[0][1]), cache, packed)
-    units = stacks([o for o, _ in configs], stack) if stack > 1 else [[i] for i in range(len(configs))]
+    units = (
+        stacks([o for o, _ in configs], stack, [stackable(c) for _, c in configs])
+        if stack > 1
+        else [[i] for i in range(len(configs))]
+    )
     unit_of = {i: (u, len(unit)) for u, unit in enumerate(units) for i in unit}
     for index, (overrides, cfg) in enumerate(configs):
         unit, size = unit_of[index]
@@ -289,7 +294,7 @@ def stack_size(setting: Any, configs: Sequence[tuple[list[str], Any]], device: s
             return 1, f"hydra.launcher.stack=auto: priced alone (on {device} auto decides where the sweep runs)"
         from resnext_lab.stacking import auto_stack_size
 
-        train = [cfg for _, cfg in configs if cfg.get("task") in ("train", "plan")]
+        train = [cfg for _, cfg in configs if stackable(cfg)]
         return auto_stack_size(train[0], seeds, threads) if train else (1, "")
     if isinstance(setting, bool) or not isinstance(setting, int) or setting < 1:
         raise ConfigError(f"hydra.launcher.stack={setting!r}: must be an integer >= 1 or auto")
