@@ -7,6 +7,7 @@ import contextlib
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -238,3 +239,52 @@ def test_the_plan_prices_a_stack_as_one_unit_of_one_stacked_step() -> None:
     assert [p.stack for p in other] == [1] * 4
     with pytest.raises(ConfigError, match="hydra.launcher.stack=0"):
         stack_size(0, [(["seed=0"], compose(["seed=0"]))], "h100", 1)
+
+
+@pytest.mark.slow
+def test_a_seed_that_diverges_in_a_stack_is_recorded_as_alone_and_the_others_finish(run_cli, tmp_path: Path) -> None:  # noqa: ANN001
+    """At lr 200 (constant) seed 0's loss goes non-finite at step 7 of 8, seed 4's does not: stacked, seed 0 is
+    recorded as diverged with its lone job's words, and seed 4 trains to the end."""
+    args = [
+        "-m", "hydra/launcher=packed", "hydra.launcher.jobs_per_device=1", "seed=0,4", "optim.lr=200",
+        "optim.schedule=constant", "optim.warmup_epochs=0", "trainer.check_finite_every_n_steps=1",
+        "model.width_scale=0.125", "model.cardinality=2", "model.width=4", "data.limit_train=256",
+        "data.limit_eval=128", "data.batch_size=64", "trainer.max_epochs=2", "trainer.enable_progress_bar=false",
+    ]  # fmt: skip
+    found = {}
+    for stack in (1, 2):
+        out = run_cli(*args, f"hydra.launcher.stack={stack}", f"out_root={tmp_path}", f"name=s{stack}", timeout=600)
+        assert out.returncode == 1, out.stderr[-2000:]  # a sweep with a diverged job ends non-zero, after its table
+        found[stack] = {
+            s: json.loads((tmp_path / f"s{stack}" / f"seed={s}" / "results.json").read_text()) for s in (0, 4)
+        }
+    lone, stacked = found[1], found[2]
+    assert [lone[s]["status"] for s in (0, 4)] == ["diverged", "completed"]  # the premise
+    assert [stacked[s]["status"] for s in (0, 4)] == ["diverged", "completed"]
+    assert stacked[0]["error"] == lone[0]["error"]
+    assert stacked[4]["epochs"] == 2 and "test/top1_err" in stacked[4]["metrics"]
+    assert stacked[4]["stacked"] == {"seeds": [0, 4], "size": 2}
+
+
+def test_the_tables_and_the_demo_stack_by_the_measured_rule() -> None:
+    cfg = compose(["experiment=demo", "scale=cpu"], hydra=True)
+    assert cfg.hydra.launcher.stack == "auto"
+
+
+@pytest.mark.slow
+def test_stack_auto_does_what_its_measurement_says(run_cli, tmp_path: Path) -> None:  # noqa: ANN001
+    """The sweep's log states the steps it measured and what it chose; each seed's results.json shows that choice."""
+    out = run_cli(
+        "-m", "hydra/launcher=packed", "hydra.launcher.jobs_per_device=1", "hydra.launcher.stack=auto", "seed=0,1",
+        "model.width_scale=0.125", "model.cardinality=2", "model.width=4", "data.limit_train=128",
+        "data.limit_eval=64", "trainer.max_epochs=1", "trainer.enable_progress_bar=false", f"out_root={tmp_path}",
+        "name=auto", timeout=600,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    line = next(x for x in out.stderr.splitlines() if "hydra.launcher.stack=auto:" in x)
+    steps = {int(s): float(ms) * s for s, ms in re.findall(r"S=(\d+) ([\d.]+) ms", line)}
+    assert sorted(steps) == [1, 2], line
+    chosen = choose_stack(steps)
+    results = [json.loads((tmp_path / "auto" / f"seed={s}" / "results.json").read_text()) for s in (0, 1)]
+    expected = {"seeds": [0, 1], "size": 2} if chosen == 2 else None
+    assert [r["stacked"] for r in results] == [expected, expected], line

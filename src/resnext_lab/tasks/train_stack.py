@@ -178,6 +178,7 @@ class _StackRun:
         self.seeds = [int(job.cfg.seed) for job in jobs]
         self.outcomes: list[dict[str, Any]] = [{} for _ in jobs]
         self.wandb_runs: list[Any] = []
+        self.module: Any = None  # the StackedModule, once built: which seeds diverged
         stacked = {"seeds": self.seeds, "size": len(self.seeds)}
         self.bases = [
             {
@@ -222,10 +223,12 @@ class _StackRun:
                 for k, job in enumerate(self.jobs):
                     _stop_if_unwritable(err, job.run_dir, lambda why, k=k: self.record(k, "interrupted", why))
                 status = "diverged" if isinstance(err, Diverged) else "failed"
+                # every seed diverged (the stack's Diverged): each says when its own loss went non-finite
+                texts = dict(getattr(self.module, "diverged", {})) if status == "diverged" else {}
                 out = []
                 for k, job in enumerate(self.jobs):
                     (job.run_dir / "error.txt").write_text(traceback.format_exc())
-                    out.append(self.record(k, status, error_text(err)))
+                    out.append(self.record(k, status, texts.get(k, error_text(err))))
                 log.error("%s (stack of seeds %s): %s", status, self.seeds, error_text(err))
                 return out
         out = []
@@ -283,6 +286,7 @@ class _StackRun:
         module = StackedModule(
             net, first.settings.optim, first.spec.num_classes, channels_last, t.check_finite_every_n_steps
         )
+        self.module = module
         dm = StackedDataModule([c.datamodule for c in checked])
         log.info(
             "%s x %d seeds %s stacked | %s params each | %s",
