@@ -321,7 +321,7 @@ class _StackRun:
         quiet()
         last = StackedLastCheckpoint([job.run_dir / CHECKPOINT for job in self.jobs])
         trainer = _trainer(t, run.deterministic, self.jobs[0].run_dir, precision, benchmark, loggers, last)
-        with tempfile.TemporaryDirectory(prefix=".stack-resume-", dir=self.jobs[0].run_dir) as tmp:
+        with tempfile.TemporaryDirectory(prefix="resnext-lab-stack-resume-") as tmp:  # the stacked form, for Lightning
             ckpt_path = None
             if resumed:
                 log.info("resuming seeds %s from %s", self.seeds, [str(p) for p in self.resume_from])
