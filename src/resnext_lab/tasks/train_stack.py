@@ -280,14 +280,15 @@ class _StackRun:
         if cuda:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-        net = stack(first.spec, self.seeds)
+        net = drawn = stack(first.spec, self.seeds)
         if t.compile:
             net = torch.compile(net)
         module = StackedModule(
             net, first.settings.optim, first.spec.num_classes, channels_last, t.check_finite_every_n_steps
         )
         self.module = module
-        dm = StackedDataModule([c.datamodule for c in checked])
+        # each seed augments from where its lone job's global RNG would be, once its network is drawn
+        dm = StackedDataModule([c.datamodule for c in checked], getattr(drawn, "rngs", None))
         log.info(
             "%s x %d seeds %s stacked | %s params each | %s",
             first.spec.name,
