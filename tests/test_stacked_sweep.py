@@ -302,3 +302,18 @@ def test_stack_auto_does_what_its_measurement_says(run_cli, tmp_path: Path) -> N
     results = [json.loads((tmp_path / "auto" / f"seed={s}" / "results.json").read_text()) for s in (0, 1)]
     expected = {"seeds": [0, 1], "size": 2} if chosen == 2 else None
     assert [r["stacked"] for r in results] == [expected, expected], line
+
+
+@pytest.mark.slow
+def test_the_local_launcher_stacks_seeds_too(run_cli, tmp_path: Path) -> None:  # noqa: ANN001
+    """Three seeds, stacks of up to 2: seeds 0 and 1 train as one submitit job, seed 2 alone."""
+    out = run_cli(
+        "-m", "hydra/launcher=local", "hydra.launcher.gpus_per_node=0", "hydra.launcher.stack=2", "seed=0,1,2",
+        "model.width_scale=0.125", "model.cardinality=2", "model.width=4", "data.limit_train=128",
+        "data.limit_eval=64", "trainer.max_epochs=1", "trainer.enable_progress_bar=false", f"out_root={tmp_path}",
+        "name=local", timeout=900,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    results = [json.loads((tmp_path / "local" / f"seed={s}" / "results.json").read_text()) for s in (0, 1, 2)]
+    assert [r["status"] for r in results] == ["completed"] * 3
+    assert [r["stacked"] for r in results] == [{"seeds": [0, 1], "size": 2}] * 2 + [None]
