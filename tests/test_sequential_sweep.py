@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 #: minutes on a 2-core CPU: run with `-m slow`
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e
 
 COMMON = ["-m", "scale=smoke", "hydra/sweeper=sequential", "logger.wandb.enabled=false"]
 

@@ -97,7 +97,7 @@ def work(cfg: Mapping[str, Any]) -> float:
     return float(complexity(spec)["flops"]) * images * world_size(nodes["trainer"])
 
 
-def _key(spec: Any, batch: int, precision: str, channels_last: bool, threads: int, device: str) -> str:
+def _key(spec: Any, batch: int, precision: str, channels_last: bool, threads: int, device: str, stack: int = 1) -> str:
     import torch  # here and below: a plan on GPU names or from the cache loads no torch
 
     gpu = torch.cuda.get_device_name(0) if device == "cuda" else None
@@ -113,6 +113,7 @@ def _key(spec: Any, batch: int, precision: str, channels_last: bool, threads: in
             platform.node(),
             platform.processor(),
             gpu,
+            *([stack] if stack > 1 else []),  # a lone step keeps the key it always had
         ],
         sort_keys=True,
         default=str,
@@ -121,22 +122,33 @@ def _key(spec: Any, batch: int, precision: str, channels_last: bool, threads: in
 
 
 def calibrate(
-    spec: Any, batch: int, precision: str, channels_last: bool, threads: int, cache: dict[str, Any], device: str = "cpu"
+    spec: Any,
+    batch: int,
+    precision: str,
+    channels_last: bool,
+    threads: int,
+    cache: dict[str, Any],
+    device: str = "cpu",
+    stack: int = 1,
 ) -> tuple[float, float]:
     """(seconds per training step, per evaluation batch) at `batch`, timed here after WARMUP_STEPS untimed steps
     (oneDNN and cuDNN pick and build their kernels in the first steps of each shape).
+
+    `stack` > 1: one step of `stack` seeds stacked as one network (models.stack), `batch` images per seed and
+    the sum of the seeds' losses, as a stacked job trains (tasks/train_stack.py): the step of all its seeds.
 
     On a CPU a step is timed at the job's own batch when CALIBRATION_BATCH images take at most
     FULL_BATCH_S scaled up to it. Beyond that it is timed at CALIBRATION_BATCH and half of it, and the line through
     the two is extended to the batch: a step has a fixed part (the optimizer, the autograd graph, per-layer
     calls) that scaling the whole step by batch/CALIBRATION_BATCH would count batch/CALIBRATION_BATCH times."""
-    key = _key(spec, batch, precision, channels_last, threads, device)
+    key = _key(spec, batch, precision, channels_last, threads, device, stack)
     if key in cache:
         return tuple(cache[key])  # type: ignore[return-value]
     import torch
     import torch.nn.functional as F
 
     from resnext_lab.models import build  # torch: only when a network is timed
+    from resnext_lab.models import stack as stack_of
 
     dev = torch.device(device)
     memory = torch.channels_last if channels_last else torch.contiguous_format
@@ -144,19 +156,23 @@ def calibrate(
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        net = build(spec).to(dev, memory_format=memory)
+        net = (stack_of(spec, range(stack)) if stack > 1 else build(spec)).to(dev, memory_format=memory)
         opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
 
         def seconds(n: int, train: bool, budget: float) -> float:
-            x = torch.randn(n, spec.in_channels, spec.image_size, spec.image_size, device=dev)
-            x = x.to(memory_format=memory)
-            y = torch.randint(0, spec.num_classes, (n,), device=dev)
+            x = torch.randn(n, stack * spec.in_channels, spec.image_size, spec.image_size, device=dev)
+            x = x.to(memory_format=memory)  # a stack takes its seeds' images flattened: (B, S*C, H, W)
+            y = torch.randint(0, spec.num_classes, (n, stack) if stack > 1 else (n,), device=dev)
             net.train(train)
 
             def step() -> None:
                 if train:
                     with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
-                        loss = F.cross_entropy(net(x), y)
+                        out = net(x)
+                        if stack > 1:  # the sum of each seed's mean loss, as StackedModule trains
+                            loss = F.cross_entropy(out.permute(0, 2, 1), y, reduction="none").mean(0).sum()
+                        else:
+                            loss = F.cross_entropy(out, y)
                     loss.backward()
                     opt.step()
                     opt.zero_grad(set_to_none=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import math
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -169,3 +170,34 @@ def hydra_quote(value: str) -> str:
     """`value` as a quoted override value: Hydra reads backslashes literally except before a quote."""
     escaped = re.sub(r"(\\*)('|$)", lambda m: m.group(1) * 2 + ("\\'" if m.group(2) else ""), value)
     return f"'{escaped}'"
+
+
+def stack_key(overrides: Sequence[str]) -> tuple[str, ...]:
+    """What a job computes, its `seed` aside: jobs with the same key may train as one stacked network."""
+    return tuple(o for o in comparable(overrides) if o.split("=", 1)[0].lstrip("+~") != "seed")
+
+
+def stacks(
+    job_overrides: Sequence[Sequence[str]], size: int, stackable: Sequence[bool] | None = None
+) -> list[list[int]]:
+    """The sweep's jobs as stacks: jobs whose overrides differ only in `seed`, up to `size` at a time; every
+    other job alone (a list of one). `stackable[i]` false keeps job i alone (not a training job, or one that
+    does not compose). Stacks of one seed's group are as even as `size` allows (5 seeds, size 4: 3 and 2), so
+    that no stack is left much smaller than the others; the stacks keep the sweep's order of their first job.
+    """
+    if size < 1:
+        raise ValueError(f"stack size {size}: must be >= 1")
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for i, overrides in enumerate(job_overrides):
+        key: tuple[Any, ...] = stack_key(overrides) if stackable is None or stackable[i] else ("alone", i)
+        groups.setdefault(key, []).append(i)
+    out: list[list[int]] = []
+    for members in groups.values():
+        count = math.ceil(len(members) / size)
+        base, extra = divmod(len(members), count)
+        start = 0
+        for k in range(count):
+            n = base + (1 if k < extra else 0)
+            out.append(members[start : start + n])
+            start += n
+    return sorted(out, key=lambda s: s[0])

@@ -37,6 +37,7 @@ class RunResult(TypedDict, total=False):
     experiment: str | None
     scale: str | None
     seed: int
+    stacked: dict[str, Any] | None  # {seeds, size}: trained as one stacked network with these seeds; None: alone
     task: str
     model: dict[str, Any]  # the spec, params, flops and, for width=auto, the reference it matched
     metrics: dict[str, float]  # train/val/test errors and losses, best/val/top1_err

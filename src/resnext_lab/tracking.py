@@ -50,11 +50,13 @@ def wandb_group(config: Any, sweep_dir: Any) -> str:
 
 
 def wandb_logger(
-    config: dict[str, Any], run_dir: Path, w: Any, group: str, name: str | None
+    config: dict[str, Any], run_dir: Path, w: Any, group: str, name: str | None, own_run: bool = False
 ) -> tuple[Any, dict[str, Any]]:
     """The run's WandbLogger (resuming the run id kept in `wandb_id`) and what results.json says of it.
 
-    `w`: the `logger.wandb` settings; `config`: the whole resolved config, which the run records."""
+    `w`: the `logger.wandb` settings; `config`: the whole resolved config, which the run records.
+    `own_run`: the run is started now, beside any other run of this process (the seeds of a stack each log
+    their own run at once); WandbLogger alone would log into the run already open."""
     from pytorch_lightning.loggers import WandbLogger  # Lightning: only where a job trains
 
     id_file = run_dir / "wandb_id"
@@ -62,19 +64,27 @@ def wandb_logger(
     if process_rank() == 0:  # WandbLogger starts no run on other ranks; their id would clobber this one
         id_file.write_text(run_id)
     mode = wandb_mode(w.mode)
-    logger = WandbLogger(
-        project=w.project,
-        entity=w.entity,
-        group=group,
-        name=name,
-        tags=list(w.tags),
-        job_type=w.job_type,
-        save_dir=str(run_dir),
-        id=run_id,
-        resume="allow",
-        mode=mode,
-        config=config,
-    )
+    init = {
+        "project": w.project,
+        "entity": w.entity,
+        "group": group,
+        "name": name,
+        "tags": list(w.tags),
+        "job_type": w.job_type,
+        "id": run_id,
+        "resume": "allow",
+        "mode": mode,
+        "config": config,
+    }
+    experiment = None
+    if own_run and process_rank() == 0:
+        import wandb
+
+        experiment = wandb.init(dir=str(run_dir), reinit="create_new", **init)
+        # the x-axis WandbLogger defines for the runs it starts itself
+        experiment.define_metric("trainer/global_step")
+        experiment.define_metric("*", step_metric="trainer/global_step", step_sync=True)
+    logger = WandbLogger(save_dir=str(run_dir), experiment=experiment, **init)
     return logger, {"id": run_id, "mode": mode, "project": w.project}
 
 

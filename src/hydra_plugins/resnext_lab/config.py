@@ -4,6 +4,7 @@ in any Hydra app that has this package installed:
 
     python run.py -m hydra/launcher=packed experiment=table3 scale=proxy
     python run.py -m hydra/launcher=packed hydra.launcher.jobs_per_device=4 hydra.launcher.devices=[0,1] ...
+    python run.py -m hydra/launcher=packed hydra.launcher.stack=4 seed=0,1,2,3 ...
     python run.py -m experiment=design_space scale=cpu hydra.sweeper.networks=20
 
 Their values are checked by the plugins themselves (one error line naming the setting), so the fields are untyped
@@ -24,6 +25,9 @@ class PackedLauncherConf:
     jobs_per_device: Any = 2
     #: auto: every GPU in CUDA_VISIBLE_DEVICES (all when unset), the CPU when there is none; cpu; or [0, 1, ...]
     devices: Any = "auto"
+    #: seeds trained as one stacked network: jobs that differ only in `seed` run as stacks of up to this many
+    #: (1: every job alone); auto: stacked where the plan measures stacking faster on this machine
+    stack: Any = 1
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="packed", node=PackedLauncherConf, provider="resnext_lab")
@@ -59,3 +63,29 @@ class SequentialSweeperConf:
 ConfigStore.instance().store(
     group="hydra/sweeper", name="sequential", node=SequentialSweeperConf, provider="resnext_lab"
 )
+
+
+def _with_stack(base: type, name: str) -> type:
+    """Submitit's launcher conf with `stack` (hydra_plugins/resnext_lab/stacks.py), which its own schema refuses."""
+
+    @dataclass
+    class Conf(base):  # type: ignore[valid-type, misc]
+        #: seeds trained as one stacked network, one submitit job per stack (1: every job alone; auto: measured)
+        stack: Any = 1
+
+    Conf.__name__ = Conf.__qualname__ = name
+    return Conf
+
+
+try:  # the submitit plugin is a dependency; a checkout without it still has the packed launcher
+    from hydra_plugins.hydra_submitit_launcher.config import LocalQueueConf, SlurmQueueConf
+except ImportError:  # pragma: no cover
+    pass
+else:
+    for _name, _base in (("local", LocalQueueConf), ("slurm", SlurmQueueConf)):
+        ConfigStore.instance().store(
+            group="hydra/launcher",
+            name=f"submitit_{_name}_stacked",
+            node=_with_stack(_base, f"{_base.__name__}Stacked"),
+            provider="resnext_lab",
+        )

@@ -15,6 +15,10 @@ resumable) and exits.
 Workers' output goes to `<sweep dir>/.packed/worker-<k>.log`; each job also writes its own
 log in its folder, as in any sweep. What a job computes does not depend on the packing: the
 same config, seed and folder as with any other launcher.
+
+Stacked seeds (`hydra.launcher.stack=N`): jobs whose overrides differ only in `seed` go to a worker together,
+up to N at a time, and train as one stacked network (hydra_plugins/resnext_lab/stacks.py); each still has its
+own folder, results.json and JobReturn.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict
 
+from hydra_plugins.resnext_lab.stacks import resolve_size, run_stack, stack_setting, sweep_stacks
 from resnext_lab import interrupts
 from resnext_lab.cost import work
 from resnext_lab.errors import Stop, fail, stop
@@ -56,11 +61,12 @@ CPU = -1  # the device of a worker that gets no GPU
 class PackedLauncher(Launcher):
     """Runs a sweep's jobs on `jobs_per_device` worker processes per device; a free worker takes the next job."""
 
-    def __init__(self, jobs_per_device: int = 2, devices: Any = "auto") -> None:
+    def __init__(self, jobs_per_device: int = 2, devices: Any = "auto", stack: Any = 1) -> None:
         if isinstance(jobs_per_device, bool) or not isinstance(jobs_per_device, int) or jobs_per_device < 1:
             fail(f"hydra.launcher.jobs_per_device={jobs_per_device!r}: must be an integer >= 1")
         self.jobs_per_device = jobs_per_device
         self.devices = devices
+        self.stack = stack_setting(stack)
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
         self.task_function: TaskFunction | None = None
@@ -94,6 +100,15 @@ class PackedLauncher(Launcher):
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         return ret
 
+    def run_unit(self, jobs: Sequence[tuple[list[str], int, DictConfig | None]]) -> list[JobReturn]:
+        """One job alone, or a stack of seeds (stacks.run_stack): one JobReturn per job, in order."""
+        if len(jobs) == 1:
+            overrides, idx, config = jobs[0]
+            return [self.run_one(overrides, idx, config)]
+        assert self.hydra_context is not None and self.config is not None
+        composed = [(o, idx, c if c is not None else self.compose(o)) for o, idx, c in jobs]
+        return run_stack(self.hydra_context, self.config, composed)
+
     def _composed(self, job_overrides: Sequence[Sequence[str]]) -> list[DictConfig | None]:
         """Every job's config, composed before the first job starts: a sweep runs the conf/ it started with,
         whatever is edited while it runs. None for a job that does not compose (its worker reports why)."""
@@ -106,16 +121,16 @@ class PackedLauncher(Launcher):
         return configs
 
     @staticmethod
-    def _longest_first(configs: Sequence[DictConfig | None]) -> list[int]:
-        """The jobs' indices, most work first (`plan.work`), so that no worker idles at the end while one long
-        job runs alone. A job that did not compose counts as no work; where one does not check
-        (`sweep.skip_invalid`), the sweep's order."""
+    def _longest_first(configs: Sequence[DictConfig | None], units: Sequence[list[int]]) -> list[list[int]]:
+        """The units (a job, or a stack of jobs), most work first (`plan.work`, a stack's summed over its seeds),
+        so that no worker idles at the end while one long job runs alone. A job that did not compose counts as
+        no work; where one does not check (`sweep.skip_invalid`), the sweep's order."""
 
         try:
             costs = [work(c) if c is not None else 0.0 for c in configs]
         except Exception:  # noqa: BLE001  (the job itself reports what is wrong with it)
-            return list(range(len(configs)))
-        return sorted(range(len(configs)), key=lambda i: -costs[i])  # stable: equal work keeps sweep order
+            return list(units)
+        return sorted(units, key=lambda u: -sum(costs[i] for i in u))  # stable: equal work keeps sweep order
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         import cloudpickle
@@ -125,13 +140,25 @@ class PackedLauncher(Launcher):
         gpus = self.gpus
         # interleaved, so that the first jobs spread over the GPUs; never more workers than jobs
         devices = [g for _ in range(self.jobs_per_device) for g in gpus] or [CPU] * self.jobs_per_device
-        devices = devices[: len(job_overrides)]
+        configs = self._composed(job_overrides)
+        threads = max(1, (os.cpu_count() or 1) // len(devices[: len(job_overrides)]))
+        size, why = resolve_size(self.stack, job_overrides, configs, threads)
+        units = sweep_stacks(job_overrides, configs, size)
+        devices = devices[: len(units)]
         threads = max(1, (os.cpu_count() or 1) // len(devices))
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         where = f"on each of GPUs {', '.join(map(str, gpus))}" if gpus else "on the CPU"
+        stacked = sum(len(u) > 1 for u in units)
+        if self.stack != 1:
+            log.info(f"stacked seeds: {why}")
         log.info(
             f"packed sweep: {len(job_overrides)} jobs, {self.jobs_per_device} at a time {where}, "
             f"{threads} CPU thread{'s' if threads > 1 else ''} each; worker logs in {sweep_dir / '.packed'}"
+            + (
+                f"; {sum(len(u) for u in units if len(u) > 1)} of them in {stacked} stacks of seeds ({why})"
+                if stacked
+                else ""
+            )
         )
         payload = sweep_dir / ".packed" / "launcher.pkl"  # read by each worker as it starts: no pipe to fill
         try:
@@ -146,8 +173,7 @@ class PackedLauncher(Launcher):
             _Worker(k, device, threads, sweep_dir / ".packed" / f"worker-{k}.log", payload)
             for k, device in enumerate(devices)
         ]
-        configs = self._composed(job_overrides)
-        pending = deque((i, job_overrides[i]) for i in self._longest_first(configs))
+        pending = deque(self._longest_first(configs, units))
         results: list[JobReturn | None] = [None] * len(job_overrides)
         start = time.perf_counter()
         try:
@@ -155,28 +181,36 @@ class PackedLauncher(Launcher):
                 while pending or any(w.job is not None for w in workers):
                     for w in workers:
                         if w.job is None and pending:
-                            i, overrides = pending.popleft()
-                            w.start_job(i, list(overrides), initial_job_idx + i, configs[i])
-                            log.info(f"\t#{initial_job_idx + i} {names[i]}: started on {w.where}")
+                            unit = pending.popleft()
+                            w.start_job(unit, [(list(job_overrides[i]), initial_job_idx + i, configs[i]) for i in unit])
+                            for i in unit:
+                                together = (
+                                    f" (stacked with #{', #'.join(str(initial_job_idx + j) for j in unit if j != i)})"
+                                )
+                                log.info(
+                                    f"\t#{initial_job_idx + i} {names[i]}: started on {w.where}"
+                                    + (together if len(unit) > 1 else "")
+                                )
                     busy = [w for w in workers if w.job is not None]
                     wait([c for w in busy for c in (w.conn, w.process.sentinel)])
                     for w in busy:
                         if not (w.conn.poll() or not w.process.is_alive()):
                             continue
-                        i, began = w.job  # type: ignore[misc]
-                        reply = w.collect(job_overrides[i], sweep_dir)
-                        if isinstance(reply, Stop):  # the job cannot go on, nor can the others (errors.Stop)
+                        unit, began = w.job  # type: ignore[misc]
+                        replies = w.collect([job_overrides[i] for i in unit], sweep_dir)
+                        if isinstance(replies, Stop):  # the job cannot go on, nor can the others (errors.Stop)
                             _halt(workers, names, signal.SIGINT)
-                            print(reply.line, file=sys.stderr, flush=True)
-                            raise reply
-                        results[i] = reply
-                        done = sum(r is not None for r in results)
-                        log.info(
-                            f"\t#{initial_job_idx + i} {names[i]}: {_outcome(reply)} after "
-                            f"{time.perf_counter() - began:.0f} s [{done}/{len(results)} done, "
-                            f"{time.perf_counter() - start:.0f} s]"
-                        )
-                        _record_rss(sweep_dir, w, initial_job_idx + i, done)
+                            print(replies.line, file=sys.stderr, flush=True)
+                            raise replies
+                        for i, reply in zip(unit, replies, strict=True):
+                            results[i] = reply
+                            done = sum(r is not None for r in results)
+                            log.info(
+                                f"\t#{initial_job_idx + i} {names[i]}: {_outcome(reply)} after "
+                                f"{time.perf_counter() - began:.0f} s [{done}/{len(results)} done, "
+                                f"{time.perf_counter() - start:.0f} s]"
+                            )
+                        _record_rss(sweep_dir, w, initial_job_idx + unit[-1], done)
         except KeyboardInterrupt:
             stopped = _halt(workers, names, interrupts.received())
             jobs = (
@@ -209,7 +243,7 @@ def _halt(workers: Sequence[_Worker], names: Sequence[str], signum: int, timeout
             with contextlib.suppress(EOFError, OSError, pickle.UnpicklingError):
                 w.conn.recv_bytes()
             w.job = None
-    return [names[w.last] for w in busy]
+    return [names[i] for w in busy for i in w.last]
 
 
 def _record_rss(sweep_dir: Path, worker: _Worker, job: int, done: int) -> None:
@@ -233,8 +267,8 @@ class _Worker:
         self.number, self.device, self.log_path, self.payload = number, device, log_path, payload
         self.env = {"OMP_NUM_THREADS": str(threads), "CUDA_VISIBLE_DEVICES": "" if device == CPU else str(device)}
         self.where = "the CPU" if device == CPU else f"GPU {device}"
-        self.job: tuple[int, float] | None = None
-        self.last = -1  # the index of the last job it was given
+        self.job: tuple[list[int], float] | None = None
+        self.last: list[int] = []  # the indices of the last jobs it was given (one, or a stack)
         self._spawn()
 
     def _spawn(self) -> None:
@@ -249,17 +283,19 @@ class _Worker:
         self.process.start()
         child.close()
 
-    def start_job(self, i: int, overrides: list[str], idx: int, config: DictConfig | None) -> None:
+    def start_job(self, unit: list[int], jobs: list[tuple[list[str], int, DictConfig | None]]) -> None:
+        """Give the worker one job, or a stack of jobs (`unit`: their indices in the sweep)."""
         if not self.process.is_alive():
             self._spawn()
-        self.job = (i, time.perf_counter())
-        self.last = i
-        self.conn.send_bytes(pickle.dumps((overrides, idx, config)))
+        self.job = (unit, time.perf_counter())
+        self.last = unit
+        self.conn.send_bytes(pickle.dumps(jobs))
 
-    def collect(self, overrides: Sequence[str], sweep_dir: Path) -> JobReturn | Stop:
-        """The job's JobReturn, or the Stop that ended it (errors.Stop: the sweep ends). A worker that died in the job (killed, out of memory) fails it: in its
-        results.json when it has one (the sweep's table then reports it, as any failed training job), else
-        as a failed JobReturn, which Hydra raises at the end of the sweep."""
+    def collect(self, unit: Sequence[Sequence[str]], sweep_dir: Path) -> list[JobReturn] | Stop:
+        """Each job's JobReturn, or the Stop that ended them (errors.Stop: the sweep ends). A worker that died
+        in a job (killed, out of memory) fails every job it was running: in its results.json when it has one
+        (the sweep's table then reports it, as any failed training job), else as a failed JobReturn, which
+        Hydra raises at the end of the sweep."""
         import cloudpickle
 
         self.job = None
@@ -270,10 +306,14 @@ class _Worker:
             code = self.process.exitcode
             why = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
             error = f"worker {self.number} ended ({why}) during the job; its output: {self.log_path}"
-            log.error(f"\t{' '.join(filter_overrides(list(overrides)))}: {error}")
-            if record_lost_job(sweep_dir, list(overrides), error):
-                return _job_return(overrides, JobStatus.COMPLETED, {"status": "failed", "error": error})
-            return _job_return(overrides, JobStatus.FAILED, RuntimeError(error))
+            replies: list[JobReturn] = []
+            for overrides in unit:
+                log.error(f"\t{' '.join(filter_overrides(list(overrides)))}: {error}")
+                if record_lost_job(sweep_dir, list(overrides), error):
+                    replies.append(_job_return(overrides, JobStatus.COMPLETED, {"status": "failed", "error": error}))
+                else:
+                    replies.append(_job_return(overrides, JobStatus.FAILED, RuntimeError(error)))
+            return replies
 
     def stop(self) -> None:
         if self.process.is_alive():
@@ -302,23 +342,29 @@ def _serve(conn: Connection, env: dict[str, str], log_path: str, payload: str) -
     threading.Thread(target=_interrupt_when_orphaned, args=(os.getppid(),), daemon=True).start()
     try:
         while message := conn.recv_bytes():
-            overrides, idx, config = pickle.loads(message)
+            jobs = pickle.loads(message)
             try:
-                ret = launcher.run_one(overrides, idx, config)
+                rets = launcher.run_unit(jobs)
             except Stop as stopped:  # the job ended the sweep (errors.Stop): the sweep's process says why
                 conn.send_bytes(cloudpickle.dumps(stopped))
                 return
-            try:
-                data = cloudpickle.dumps(ret)
-            except Exception as err:  # an exception that does not pickle: keep its text
-                try:
-                    ret.return_value  # noqa: B018  (a failed job's value is its exception, raised on access)
-                except Exception as exc:
-                    ret.return_value = RuntimeError(f"{type(exc).__name__}: {exc} ({err})")
-                data = cloudpickle.dumps(ret)
-            conn.send_bytes(data)
+            conn.send_bytes(cloudpickle.dumps([_picklable(ret) for ret in rets]))
     except (KeyboardInterrupt, Stop, EOFError, BrokenPipeError):  # the sweep was stopped, or its process is gone
         return
+
+
+def _picklable(ret: JobReturn) -> JobReturn:
+    """`ret`, with an exception that does not pickle replaced by its text."""
+    import cloudpickle
+
+    try:
+        cloudpickle.dumps(ret)
+    except Exception as err:
+        try:
+            ret.return_value  # noqa: B018  (a failed job's value is its exception, raised on access)
+        except Exception as exc:
+            ret.return_value = RuntimeError(f"{type(exc).__name__}: {exc} ({err})")
+    return ret
 
 
 def _interrupt_when_orphaned(parent: int) -> None:

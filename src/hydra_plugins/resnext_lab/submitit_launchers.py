@@ -16,6 +16,11 @@ hear the signal: the sweep's process leaves a file (`.submitit/interrupted`) bef
 a job that starts late reads. SLURM jobs do not see the terminal's Ctrl-C: the sweep's process stops waiting,
 says that they go on, and how to stop them.
 conf/hydra/launcher/{local,slurm}.yaml select these classes.
+
+Stacked seeds (`hydra.launcher.stack=N`, hydra_plugins/resnext_lab/stacks.py): jobs whose overrides differ only
+in `seed` go to one submitit job (one array task on SLURM), up to N at a time, and train as one stacked network;
+each keeps its own folder, results.json and JobReturn. A pre-empted or timed-out stack is requeued whole, as a
+lone job is, and resumes each seed from its own checkpoint.
 """
 
 from __future__ import annotations
@@ -29,9 +34,12 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import psutil
-from hydra.core.utils import JobReturn
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobReturn, filter_overrides, setup_globals
 from hydra_plugins.hydra_submitit_launcher import submitit_launcher
+from omegaconf import OmegaConf
 
+from hydra_plugins.resnext_lab.stacks import resolve_size, run_stack, stack_setting, sweep_stacks
 from resnext_lab import interrupts
 from resnext_lab.errors import Stop, stop
 from resnext_lab.files import fail_unwritable
@@ -40,11 +48,84 @@ _IGNORE_INT = "trap '' INT"
 
 
 class _OneLineStops(submitit_launcher.BaseSubmititLauncher):
-    def __call__(self, *args: Any, **kwargs: Any) -> JobReturn | Stop:  # type: ignore[override]
+    def __init__(self, **params: Any) -> None:
+        self.stack = stack_setting(params.pop("stack", 1))  # ours, not an executor parameter of submitit's
+        super().__init__(**params)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> JobReturn | list[JobReturn] | Stop:  # type: ignore[override]
         try:
+            if isinstance(args[2] if len(args) > 2 else kwargs.get("job_num"), list):  # a stack (_launch_stacks)
+                return self._run_stack(*args, **kwargs)
             return super().__call__(*args, **kwargs)
         except Stop as stopped:  # the job printed its line in its own log; the sweep's process says it again
             return stopped
+
+    def _run_stack(
+        self,
+        sweep_overrides: list[list[str]],
+        job_dir_key: str,
+        job_num: list[int],
+        job_id: str,
+        singleton_state: dict[Any, Any],
+    ) -> list[JobReturn]:
+        """In the submitit job: the stack's jobs composed as submitit's own __call__ composes one, then trained
+        as one stacked network (stacks.run_stack)."""
+        assert self.hydra_context is not None and self.config is not None
+        Singleton.set_state(singleton_state)
+        setup_globals()
+        loader = self.hydra_context.config_loader
+        jobs = [(o, n, loader.load_sweep_config(self.config, o)) for o, n in zip(sweep_overrides, job_num, strict=True)]
+        return run_stack(self.hydra_context, self.config, jobs)
+
+    def _launch_stacks(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[Any] | None:
+        """Each job's result, where the sweep has stacks to run (None: every job alone, submitit's own launch).
+        Submitit's launch, with one submitit job per stack."""
+        import submitit
+        from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+
+        assert self.hydra_context is not None and self.config is not None
+        if self.stack == 1:
+            return None
+        loader = self.hydra_context.config_loader
+        configs = []
+        for overrides in job_overrides:
+            try:
+                configs.append(loader.load_sweep_config(self.config, list(overrides)))
+            except Exception:  # noqa: BLE001  (the job itself reports what is wrong with it)
+                configs.append(None)
+        size, why = resolve_size(self.stack, job_overrides, configs, os.cpu_count() or 1)
+        submitit_launcher.log.info(f"stacked seeds: {why}")
+        units = sweep_stacks(job_overrides, configs, size)
+        if all(len(u) == 1 for u in units):
+            return None
+        params = self.params
+        init_keys = {"max_num_timeout", "submitit_folder"}
+        init = {"folder": params["submitit_folder"]}
+        init.update({f"{self._EXECUTOR}_{k}": v for k, v in params.items() if k == "max_num_timeout"})
+        executor = submitit.AutoExecutor(cluster=self._EXECUTOR, **init)
+        base = set(OmegaConf.structured(BaseQueueConf).keys())
+        executor.update_parameters(
+            **{k if k in base else f"{self._EXECUTOR}_{k}": v for k, v in params.items() if k not in init_keys}
+        )
+        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+        job_params = []
+        for unit in units:
+            nums = [initial_job_idx + i for i in unit]
+            for i in unit:
+                submitit_launcher.log.info(f"\t#{initial_job_idx + i} : {' '.join(filter_overrides(job_overrides[i]))}")
+            if len(unit) == 1:
+                job_params.append((list(job_overrides[unit[0]]), "hydra.sweep.dir", nums[0], f"job_id_for_{nums[0]}"))
+            else:
+                stacked = [list(job_overrides[i]) for i in unit]
+                job_params.append((stacked, "hydra.sweep.dir", nums, f"job_id_for_{nums[0]}"))
+        state = Singleton.get_state()
+        jobs = executor.map_array(self, *zip(*[(*p, state) for p in job_params], strict=True))
+        returns: list[Any] = [None] * len(job_overrides)
+        for unit, job in zip(units, jobs, strict=True):
+            result = job.results()[0]
+            for k, i in enumerate(unit):
+                returns[i] = result[k] if isinstance(result, list) else result
+        return returns
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from submitit.core.utils import UncompletedJobError
@@ -53,7 +134,9 @@ class _OneLineStops(submitit_launcher.BaseSubmititLauncher):
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         try:
             with interrupts.job_running():  # Ctrl-C while the jobs run: _interrupted
-                returns = super().launch(job_overrides, initial_job_idx)
+                returns = self._launch_stacks(job_overrides, initial_job_idx)
+                if returns is None:
+                    returns = super().launch(job_overrides, initial_job_idx)
         except KeyboardInterrupt:
             self._interrupted(sweep_dir)
         except UncompletedJobError as err:  # on a full disk submitit cannot write the job's result either

@@ -12,7 +12,10 @@ Each step's time comes from one of two models:
   cluster run.
 
 The sweep's wall time spreads the jobs over the launcher's slots (packed: jobs_per_device per device;
-local/slurm: all at once, or array_parallelism) longest first. Nothing is written but the cache. A paper
+local/slurm: all at once, or array_parallelism) longest first. With stacked seeds (`hydra.launcher.stack`),
+a stack is one unit: its step is timed as one step of the stacked network (`cost.calibrate(stack=S)`; on a
+named device, S times the FLOPs against one floor per step), its fixed cost paid once, and each seed's line
+shows its share. Nothing is written but the cache. A paper
 table's training sweep prints its plan before its first job (`plan_before_training`).
 """
 
@@ -44,9 +47,10 @@ from resnext_lab.errors import ConfigError, fail
 from resnext_lab.hardware import cpu_name, resolve_devices, resolve_precision
 from resnext_lab.job import check_job
 from resnext_lab.models import complexity
-from resnext_lab.overrides import comparable, job_order, override_values, varying_keys
+from resnext_lab.overrides import comparable, job_order, override_values, stacks, varying_keys
 from resnext_lab.render import terminal
 from resnext_lab.results import load_sweep
+from resnext_lab.stacking import stackable
 
 #: Where a plan's step times come from: measured here, or a named GPU's stated throughput.
 PLAN_DEVICES = ("here", *THROUGHPUT)
@@ -67,12 +71,20 @@ class JobPlan:
     devices: int = 1  # devices x nodes the job trains on (DDP)
     overhead_s: float = JOB_OVERHEAD_S  # of the seconds, those besides the steps
     startup_s: float = STARTUP_S  # per worker process, before its first job
+    stack: int = 1  # seeds trained together with it as one stacked network (1: alone)
+    unit: int = -1  # the stack it trains in (jobs of one unit run as one); -1: its own
 
 
 def plan_jobs(
-    configs: Sequence[tuple[list[str], Any]], device: str, slots: int, threads: int, packed: bool = False
+    configs: Sequence[tuple[list[str], Any]],
+    device: str,
+    slots: int,
+    threads: int,
+    packed: bool = False,
+    stack: int = 1,
 ) -> list[JobPlan]:
-    """One JobPlan per (overrides, composed config)."""
+    """One JobPlan per (overrides, composed config); with `stack` > 1, jobs that differ only in seed are priced
+    as stacks of up to `stack` (overrides.stacks), each seed with its share of its stack's time."""
     cache: dict[str, Any] = {}
     if device == "here":
         try:
@@ -83,7 +95,14 @@ def plan_jobs(
     job_s, startup_s = JOB_OVERHEAD_S, STARTUP_S
     if device == "here" and configs:
         job_s, startup_s = overheads(configs[0][0], to_python(configs[0][1]), cache, packed)
-    for overrides, cfg in configs:
+    units = (
+        stacks([o for o, _ in configs], stack, [stackable(c) for _, c in configs])
+        if stack > 1
+        else [[i] for i in range(len(configs))]
+    )
+    unit_of = {i: (u, len(unit)) for u, unit in enumerate(units) for i in unit}
+    for index, (overrides, cfg) in enumerate(configs):
+        unit, size = unit_of[index]
         job = check_job(cfg, check_data=False)
         spec = job.spec
         c = complexity(spec)
@@ -98,12 +117,13 @@ def plan_jobs(
             where = _here(resolved["trainer"])
             precision, _ = resolve_precision(str(resolved["trainer"]["precision"]), cuda=where == "cuda")
             channels_last = resolved["trainer"].get("channels_last", "auto") in ("auto", True)
-            t_train, t_eval = calibrate(spec, batch, precision, channels_last, threads, cache, where)
+            t_train, t_eval = calibrate(spec, batch, precision, channels_last, threads, cache, where, stack=size)
             t_eval *= eval_batch / batch
         else:
-            t_train, t_eval = flop_step(c["flops"], batch, device)
+            t_train, t_eval = flop_step(c["flops"] * size, batch, device)
         epochs = int(resolved["trainer"]["max_epochs"])
-        seconds = epochs * (train_steps * t_train + val_batches * t_eval) + test_batches * t_eval + job_s
+        # the stack's time (its steps and one job's fixed cost), each seed's share of it
+        seconds = (epochs * (train_steps * t_train + val_batches * t_eval) + test_batches * t_eval + job_s) / size
         plans.append(
             JobPlan(
                 overrides,
@@ -119,6 +139,8 @@ def plan_jobs(
                 world_size(resolved["trainer"]),
                 job_s,
                 startup_s,
+                size,
+                unit if size > 1 else -1,
             )
         )
     if device == "here":
@@ -136,12 +158,21 @@ def _here(trainer: Mapping[str, Any]) -> str:
 
 
 def sweep_seconds(plans: Sequence[JobPlan], slots: int) -> float:
-    """Wall time of the jobs on `slots` parallel workers, each taking the longest job left (LPT)."""
+    """Wall time of the jobs on `slots` parallel workers, each taking the longest job (or stack) left (LPT)."""
     finish = [plans[0].startup_s if plans else STARTUP_S] * max(1, slots)
-    for p in sorted(plans, key=lambda p: -p.seconds):
+    units: dict[Any, float] = {}
+    for k, p in enumerate(plans):
+        key = ("stack", p.unit) if p.unit >= 0 else ("job", k)
+        units[key] = units.get(key, 0.0) + p.seconds
+    for seconds in sorted(units.values(), reverse=True):
         i = finish.index(min(finish))
-        finish[i] += p.seconds
+        finish[i] += seconds
     return max(finish)
+
+
+def launcher_stack(hydra_cfg: Mapping[str, Any]) -> Any:
+    """`hydra.launcher.stack` of the sweep's launcher (1: every job alone, where the launcher has none)."""
+    return (hydra_cfg.get("launcher") or {}).get("stack", 1)
 
 
 def launcher_slots(hydra_cfg: Mapping[str, Any], jobs: int, assumed_gpus: bool = False) -> tuple[int, int, str]:
@@ -243,8 +274,31 @@ def estimate(
         raise ConfigError(f"plan.device={device!r}: must be one of {', '.join(PLAN_DEVICES)}")
     slots, threads, launcher = launcher_slots(hydra_cfg, len(configs), assumed_gpus=device != "here")
     packed = "PackedLauncher" in str((hydra_cfg.get("launcher") or {}).get("_target_", ""))
-    plans = plan_jobs(configs, device, slots, threads, packed)
+    size, why = stack_size(launcher_stack(hydra_cfg), configs, device, threads)
+    if size > 1 or why:
+        launcher += f"; {why}"
+    plans = plan_jobs(configs, device, slots, threads, packed, size)
     return plan_text(plans, device, slots, launcher), sweep_seconds(plans, slots)
+
+
+def stack_size(setting: Any, configs: Sequence[tuple[list[str], Any]], device: str, threads: int) -> tuple[int, str]:
+    """The stack size a sweep's plan prices, and what the plan says of it ("" for every job alone, as set).
+
+    `auto` is decided here as the launcher decides it (stacking.auto_stack_size); on a named device, where no
+    stacked step can be timed, the plan prices the seeds alone and says so."""
+    if setting in (1, None):
+        return 1, ""
+    seeds = max((len(u) for u in stacks([o for o, _ in configs], len(configs) or 1)), default=1)
+    if setting == "auto":
+        if device != "here":
+            return 1, f"hydra.launcher.stack=auto: priced alone (on {device} auto decides where the sweep runs)"
+        from resnext_lab.stacking import auto_stack_size
+
+        train = [cfg for _, cfg in configs if stackable(cfg)]
+        return auto_stack_size(train[0], seeds, threads) if train else (1, "")
+    if isinstance(setting, bool) or not isinstance(setting, int) or setting < 1:
+        raise ConfigError(f"hydra.launcher.stack={setting!r}: must be an integer >= 1 or auto")
+    return setting, f"stacks of up to {setting} seeds (hydra.launcher.stack={setting}), each stack's step timed as one"
 
 
 def plan_task(config: DictConfig, jobs: Sequence[tuple[list[str], Any]], hydra_cfg: Mapping[str, Any]) -> str:

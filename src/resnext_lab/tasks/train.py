@@ -116,6 +116,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "experiment": cfg.get("experiment_name"),
         "scale": cfg.get("scale_name"),
         "seed": cfg.seed,
+        "stacked": None,  # a lone job; a stacked one says with which seeds (tasks/train_stack.py)
         "task": "train",
         "versions": results.versions(),
         **git.record(),
@@ -317,8 +318,18 @@ def resume_point(run_dir: Path) -> tuple[Path | None, list[dict[str, str]]]:
     return None, set_aside
 
 
-def _trainer(t: Any, deterministic: bool, run_dir: Path, precision: str, benchmark: bool, loggers: list[Any]) -> Any:
-    """The Lightning Trainer of the `trainer` settings, with our callbacks and no checkpointing of its own."""
+def _trainer(
+    t: Any,
+    deterministic: bool,
+    run_dir: Path,
+    precision: str,
+    benchmark: bool,
+    loggers: list[Any],
+    last: pl.Callback | None = None,
+) -> Any:
+    """The Lightning Trainer of the `trainer` settings, with our callbacks and no checkpointing of its own.
+
+    `last`: what saves the checkpoint a rerun resumes from (LastCheckpoint of the run's folder by default)."""
     bar = [TimedProgressBar(t.progress_bar_interval_s)] if t.enable_progress_bar else []
     return pl.Trainer(
         accelerator=t.accelerator,
@@ -339,7 +350,13 @@ def _trainer(t: Any, deterministic: bool, run_dir: Path, precision: str, benchma
         enable_model_summary=False,
         enable_checkpointing=False,  # LastCheckpoint writes the one checkpoint a rerun needs
         logger=loggers or False,
-        callbacks=[LastCheckpoint(run_dir / CHECKPOINT), Throughput(), EpochLogInterval(), StopOnSignal(), *bar],
+        callbacks=[
+            last or LastCheckpoint(run_dir / CHECKPOINT),
+            Throughput(),
+            EpochLogInterval(),
+            StopOnSignal(),
+            *bar,
+        ],
         plugins=[AtomicCheckpointIO()],
         default_root_dir=str(run_dir),
     )
