@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import platform
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -117,3 +118,11 @@ def process_rank() -> int:
     from pytorch_lightning.utilities.rank_zero import rank_zero_only  # Lightning: only where a job trains
 
     return int(getattr(rank_zero_only, "rank", 0))
+
+
+def training_device(trainer: Mapping[str, Any]) -> str:
+    """The device a job of this trainer node trains on here: cuda when one is visible and allowed, else cpu."""
+    import torch
+
+    cuda_ok = trainer.get("accelerator", "auto") in ("auto", "gpu", "cuda")
+    return "cuda" if cuda_ok and torch.cuda.is_available() else "cpu"

@@ -58,9 +58,8 @@ def measured_steps(cfg: Any, seeds: int, threads: int) -> tuple[dict[int, float]
     (cached in cost.CACHE), and where it was timed."""
     from resnext_lab.config import to_python
     from resnext_lab.cost import CACHE, calibrate
-    from resnext_lab.hardware import resolve_precision
+    from resnext_lab.hardware import resolve_precision, training_device
     from resnext_lab.job import check_job
-    from resnext_lab.tasks.plan import _here
 
     try:
         cache = json.loads(CACHE.read_text())
@@ -68,7 +67,7 @@ def measured_steps(cfg: Any, seeds: int, threads: int) -> tuple[dict[int, float]
         cache = {}
     spec = check_job(cfg, check_data=False).spec
     resolved = to_python(cfg)
-    where = _here(resolved["trainer"])
+    where = training_device(resolved["trainer"])
     precision, _ = resolve_precision(str(resolved["trainer"]["precision"]), cuda=where == "cuda")
     channels_last = resolved["trainer"].get("channels_last", "auto") in ("auto", True)
     batch = int(resolved["data"]["batch_size"])

@@ -44,7 +44,7 @@ from resnext_lab.cost import (
     world_size,
 )
 from resnext_lab.errors import ConfigError, fail
-from resnext_lab.hardware import cpu_name, resolve_devices, resolve_precision
+from resnext_lab.hardware import cpu_name, resolve_devices, resolve_precision, training_device
 from resnext_lab.job import check_job
 from resnext_lab.models import complexity
 from resnext_lab.overrides import comparable, job_order, override_values, stacks, varying_keys
@@ -114,7 +114,7 @@ def plan_jobs(
         if job.reference is not None:
             deviation = c[job.match] / complexity(job.reference)[job.match] - 1
         if device == "here":
-            where = _here(resolved["trainer"])
+            where = training_device(resolved["trainer"])
             precision, _ = resolve_precision(str(resolved["trainer"]["precision"]), cuda=where == "cuda")
             channels_last = resolved["trainer"].get("channels_last", "auto") in ("auto", True)
             t_train, t_eval = calibrate(spec, batch, precision, channels_last, threads, cache, where, stack=size)
@@ -147,14 +147,6 @@ def plan_jobs(
         CACHE.parent.mkdir(parents=True, exist_ok=True)
         CACHE.write_text(json.dumps(cache))
     return plans
-
-
-def _here(trainer: Mapping[str, Any]) -> str:
-    """The device a job of this trainer node trains on here: cuda when one is visible and allowed, else cpu."""
-    import torch
-
-    cuda_ok = trainer.get("accelerator", "auto") in ("auto", "gpu", "cuda")
-    return "cuda" if cuda_ok and torch.cuda.is_available() else "cpu"
 
 
 def sweep_seconds(plans: Sequence[JobPlan], slots: int) -> float:
