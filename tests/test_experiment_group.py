@@ -43,7 +43,7 @@ def test_the_source_serves_the_checkouts_experiments_as_one_group() -> None:
     names = source.list("experiment", ObjectType.CONFIG)
     assert names == sorted(p.stem for p in (ROOT / "experiments").glob("*.yaml")) and "table3" in names
     assert "table3" in source.list("experiment", ObjectType.GROUP)
-    assert source.list("experiment/table3", ObjectType.CONFIG) == ["cpu", "paper", "proxy", "smoke"]
+    assert source.list("experiment/table3", ObjectType.CONFIG) == ["cpu", "gpu", "paper", "proxy", "smoke"]
     assert source.is_config("experiment/table3") and source.is_config("experiment/table3/smoke")
     loaded = source.load_config("experiment/table3/smoke")
     assert loaded.header["package"] == "_global_" and loaded.config.depths.d50 == 14

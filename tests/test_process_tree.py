@@ -30,14 +30,16 @@ def test_descendants_finds_children_and_grandchildren(tmp_path: Path) -> None:
             assert child.poll() is None and time.monotonic() < deadline, "the child did not start its grandchild"
             time.sleep(0.02)
         grandchild = int(pid_file.read_text())
-        found = _descendants(os.getpid(), os.getpgrp())
+        group = os.getpgid(child.pid)  # its own session: the launcher looks in one process group
+        found = _descendants(os.getpid(), group)
         assert child.pid in found and grandchild in found
         assert found.index(child.pid) < found.index(grandchild)
-        assert _descendants(child.pid, os.getpgrp()) == [grandchild]
+        assert _descendants(child.pid, group) == [grandchild]
+        assert child.pid not in _descendants(os.getpid(), os.getpgrp())  # another process group: not Ctrl-C's
     finally:
         os.killpg(child.pid, 9)
         child.wait()
-    assert _descendants(child.pid, os.getpgrp()) == []  # a process that is gone has none
+    assert _descendants(child.pid, group) == []  # a process that is gone has none
 
 
 def test_a_packed_workers_memory_is_recorded_through_psutil(tmp_path: Path) -> None:

@@ -28,7 +28,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from conftest import ROOT, cli_env, find_job, job_dirs, tiny, wandb_records, wandb_summary, wandb_values
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from resnext_lab.config import OptimSettings, parse
 from resnext_lab.data import build_datamodule
@@ -77,7 +77,13 @@ def test_every_config_composes_and_validates(
 ) -> None:
     cfg = compose_config(f"{group}={option}")
     OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
-    assert cfg.task in ("train", "complexity", "plan")
+    assert cfg.task in ("train", "complexity", "plan", "eval", "preregister")
+    if (
+        cfg.task == "eval"
+    ):  # its run's settings come from the checkpoint's job (tests/test_eval.py); the split is its own
+        assert cfg.data.split in ("test", "val", "train")
+        with open_dict(cfg):
+            del cfg.data["split"]
     validate(cfg)
     dm = build_datamodule(OmegaConf.to_container(cfg.data, resolve=True))  # validates; reads no file
     assert isinstance(cfg.logger.wandb.enabled, bool) and isinstance(cfg.logger.csv, bool)

@@ -83,9 +83,9 @@ class _OneLineStops(submitit_launcher.BaseSubmititLauncher):
         import submitit
         from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 
-        assert self.hydra_context is not None and self.config is not None
         if self.stack == 1:
             return None
+        assert self.hydra_context is not None and self.config is not None
         loader = self.hydra_context.config_loader
         configs = []
         for overrides in job_overrides:
