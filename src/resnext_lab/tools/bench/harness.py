@@ -240,21 +240,34 @@ def measure_group(
     if settings.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, num_classes, (batch,), device=device)
-    steps: list[Warm] = []
-    for label, make in nets:
-        with peak_memory(device) as memory:
-            net = make()
-            params = n_params(net)
-            step = make_step(prepare(net, settings), x, y, settings)
-            synchronize(device)
-            start = time.perf_counter()
-            step()
-            synchronize(device)
-            first = time.perf_counter() - start
-            for _ in range(settings.warmup_steps - 1):
-                step()
-        steps.append(Warm(label, params, step, first, memory["mb"], batch))
+    steps = [warm(label, make, make_step, x, y, batch, settings) for label, make in nets]
     return alternate(steps, settings, device)
+
+
+def warm(
+    label: str,
+    make: Callable[[], nn.Module],
+    step_of: Callable[..., Callable[[], Any]],
+    x: Tensor,
+    y: Tensor,
+    images: int,
+    settings: BenchSettings,
+) -> Warm:
+    """Build a network, time its first step (compilation, cuDNN's search) and warm it up, measuring its peak
+    memory; `images` is what one step trains on (a stack's step trains S batches)."""
+    device = x.device
+    with peak_memory(device) as memory:
+        net = make()
+        params = n_params(net)
+        step = step_of(prepare(net, settings), x, y, settings)
+        synchronize(device)
+        start = time.perf_counter()
+        step()
+        synchronize(device)
+        first = time.perf_counter() - start
+        for _ in range(settings.warmup_steps - 1):
+            step()
+    return Warm(label, params, step, first, memory["mb"], images)
 
 
 @dataclasses.dataclass

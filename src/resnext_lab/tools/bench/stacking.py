@@ -21,20 +21,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from resnext_lab.hardware import synchronize
 from resnext_lab.models import ModelSpec, build, complexity, spec_from_config
 from resnext_lab.models.stack import stack
 from resnext_lab.tools.bench.harness import (
     BenchSettings,
     Measurement,
     Row,
-    Warm,
     alternate,
     mark_step,
-    n_params,
     paired_ratio,
-    peak_memory,
-    prepare,
+    warm,
 )
 
 #: scale -> (the `model` node every cell shares, the cells' cardinalities, the batch per seed)
@@ -105,30 +101,6 @@ def lone_step(net: torch.nn.Module, x: Tensor, y: Tensor, settings: BenchSetting
     return step
 
 
-def _warm(
-    label: str,
-    make: Callable[[], torch.nn.Module],
-    step_of: Callable,
-    x: Tensor,
-    y: Tensor,
-    images: int,
-    settings: BenchSettings,
-) -> Warm:
-    device = x.device
-    with peak_memory(device) as memory:
-        net = make()
-        params = n_params(net)
-        step = step_of(prepare(net, settings), x, y, settings)
-        synchronize(device)
-        start = time.perf_counter()
-        step()
-        synchronize(device)
-        first = time.perf_counter() - start
-        for _ in range(settings.warmup_steps - 1):
-            step()
-    return Warm(label, params, step, first, memory["mb"], images)
-
-
 def measure_stack(spec: ModelSpec, size: int, batch: int, settings: BenchSettings) -> tuple[Measurement, Measurement]:
     """(the stack of `size` seeds, one lone network), each in seed-images/s, their windows alternating."""
     device = torch.device(settings.device)
@@ -138,8 +110,8 @@ def measure_stack(spec: ModelSpec, size: int, batch: int, settings: BenchSetting
     x = torch.randn(*shape, generator=g).flatten(1, 2).to(device).contiguous(memory_format=layout)
     y = torch.randint(0, spec.num_classes, (batch, size), generator=g).to(device)
     lone_x, lone_y = x[:, : spec.in_channels].contiguous(memory_format=layout), y[:, 0].contiguous()
-    stacked = _warm(f"stack of {size}", lambda: stack(spec, range(size)), stacked_step, x, y, size * batch, settings)
-    lone = _warm("lone", lambda: build(spec), lone_step, lone_x, lone_y, batch, settings)
+    stacked = warm(f"stack of {size}", lambda: stack(spec, range(size)), stacked_step, x, y, size * batch, settings)
+    lone = warm("lone", lambda: build(spec), lone_step, lone_x, lone_y, batch, settings)
     ours, base = alternate([stacked, lone], settings, device)
     return ours, base
 
