@@ -32,19 +32,19 @@ class ResNeXt(nn.Module):
         self.stem = nn.Sequential(*stem)
 
         block = BLOCK_FORMS[spec.block]
-        stages = []
-        cin = spec.stem_width
-        for i, (n, cout) in enumerate(zip(spec.stage_blocks, spec.stage_out_widths, strict=True)):
-            width = spec.width * 2**i
-            blocks = []
-            for j in range(n):
-                stride = 2 if (i > 0 and j == 0) else 1
-                blocks.append(block(cin, cout, stride, spec.cardinality, width, spec.residual))
-                cin = cout
-            stages.append(nn.Sequential(*blocks))
-        self.stages = nn.Sequential(*stages)
+        self.stages = nn.Sequential(
+            *(
+                nn.Sequential(
+                    *(
+                        block(cin, cout, stride, spec.cardinality, width, spec.residual)
+                        for cin, cout, stride, width in stage
+                    )
+                )
+                for stage in stage_layout(spec)
+            )
+        )
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(cin, spec.num_classes)
+        self.fc = nn.Linear(spec.stage_out_widths[-1], spec.num_classes)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -77,6 +77,18 @@ class ResNeXt(nn.Module):
 
     def blocks(self) -> list[Bottleneck]:
         return [m for m in self.modules() if isinstance(m, Bottleneck)]
+
+
+def stage_layout(spec: ModelSpec) -> list[list[tuple[int, int, int, int]]]:
+    """Each stage's blocks as (cin, cout, stride, width d): stage i > 0 halves the resolution in its first block,
+    and d doubles at each stage. The one layout of the lone network and the stacked one (models/stack.py)."""
+    layout, cin = [], spec.stem_width
+    for i, (n, cout) in enumerate(zip(spec.stage_blocks, spec.stage_out_widths, strict=True)):
+        layout.append(
+            [(cin if j == 0 else cout, cout, 2 if (i > 0 and j == 0) else 1, spec.width * 2**i) for j in range(n)]
+        )
+        cin = cout
+    return layout
 
 
 def build(spec: ModelSpec) -> ResNeXt:

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from resnext_lab.errors import ConfigError
-from resnext_lab.models.network import ResNeXt, build
+from resnext_lab.models.network import ResNeXt, build, stage_layout
 from resnext_lab.models.spec import ModelSpec
 
 #: Keys of the stacked state whose lone tensor is the fc's 2-d weight (stacked: a 4-d 1x1 conv's).
@@ -94,19 +94,19 @@ class StackedResNeXt(nn.Module):
         if imagenet:
             stem.append(nn.MaxPool2d(3, 2, 1))
         self.stem = nn.Sequential(*stem)
-        stages = []
-        cin = spec.stem_width
-        for i, (n, cout) in enumerate(zip(spec.stage_blocks, spec.stage_out_widths, strict=True)):
-            width = spec.width * 2**i
-            blocks = []
-            for j in range(n):
-                block_stride = 2 if (i > 0 and j == 0) else 1
-                blocks.append(StackedBlock(cin, cout, block_stride, spec.cardinality, width, spec.residual, s))
-                cin = cout
-            stages.append(nn.Sequential(*blocks))
-        self.stages = nn.Sequential(*stages)
+        self.stages = nn.Sequential(
+            *(
+                nn.Sequential(
+                    *(
+                        StackedBlock(cin, cout, stride, spec.cardinality, width, spec.residual, s)
+                        for cin, cout, stride, width in stage
+                    )
+                )
+                for stage in stage_layout(spec)
+            )
+        )
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Conv2d(s * cin, s * spec.num_classes, 1, groups=s)
+        self.fc = nn.Conv2d(s * spec.stage_out_widths[-1], s * spec.num_classes, 1, groups=s)
 
     @property
     def size(self) -> int:
