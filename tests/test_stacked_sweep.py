@@ -124,18 +124,6 @@ def test_a_stacked_sweep_leaves_every_job_and_the_report_of_the_same_sweep_run_l
     assert _report_columns(stacked) == _report_columns(lone)
 
 
-def _start(tmp_path: Path, *args: str) -> subprocess.Popen[bytes]:
-    log = (tmp_path / f"sweep-{time.monotonic_ns()}.log").open("wb")
-    return subprocess.Popen(
-        [sys.executable, "run.py", *args],
-        cwd=ROOT,
-        env=cli_env(tmp_path),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-
-
 def _status(job: Path) -> str | None:
     with contextlib.suppress(OSError, ValueError):
         return json.loads((job / "results.json").read_text()).get("status")
@@ -143,7 +131,7 @@ def _status(job: Path) -> str | None:
 
 
 @pytest.mark.e2e
-def test_a_stacked_sweep_killed_with_sigkill_resumes_and_no_seed_trains_twice(tmp_path: Path) -> None:
+def test_a_stacked_sweep_killed_with_sigkill_resumes_and_no_seed_trains_twice(start_cli, tmp_path: Path) -> None:  # noqa: ANN001
     """Two stacks of two seeds, one after the other: kill -9 the whole sweep once the first stack has completed
     and the second has written its first checkpoints; the rerun skips the first stack and resumes the second."""
     args = [
@@ -164,7 +152,7 @@ def test_a_stacked_sweep_killed_with_sigkill_resumes_and_no_seed_trains_twice(tm
         "trainer.enable_progress_bar=false",
     ]
     sweep = tmp_path / "killed"
-    proc = _start(tmp_path, *args)
+    proc = start_cli(*args)
     jobs = {s: sweep / f"seed={s}" for s in range(4)}
     try:
         deadline = time.monotonic() + 600
@@ -185,7 +173,7 @@ def test_a_stacked_sweep_killed_with_sigkill_resumes_and_no_seed_trains_twice(tm
     assert all(_status(j) == "running" for j in second), "the second stack ended before the kill: no resume tested"
     before = {s: (jobs[s] / "results.json").read_bytes() for s in (0, 1)}
 
-    rerun = _start(tmp_path, *args)
+    rerun = start_cli(*args)
     assert rerun.wait(timeout=900) == 0
     for s in (0, 1):  # completed before: skipped, results.json untouched
         assert (jobs[s] / "results.json").read_bytes() == before[s]
@@ -242,7 +230,7 @@ def test_the_plan_prices_a_stack_as_one_unit_of_one_stacked_step() -> None:
 
 
 @pytest.mark.e2e
-def test_a_seed_that_diverges_in_a_stack_is_recorded_and_the_others_finish(tmp_path: Path) -> None:
+def test_a_seed_that_diverges_in_a_stack_is_recorded_and_the_others_finish(start_cli, tmp_path: Path) -> None:  # noqa: ANN001
     """Two seeds stacked, killed once both have a checkpoint; seed 0's checkpoint then holds NaN weights (a loadable
     file gone bad). The rerun resumes both as one stack: seed 0's loss is NaN at its first step, so it is recorded
     as diverged, and seed 1 trains to the end."""
@@ -255,7 +243,7 @@ def test_a_seed_that_diverges_in_a_stack_is_recorded_and_the_others_finish(tmp_p
         "data.limit_eval=64", "data.batch_size=64", "trainer.max_epochs=6", "trainer.enable_progress_bar=false",
     ]  # fmt: skip
     jobs = [tmp_path / "nan" / f"seed={s}" for s in (0, 1)]
-    proc = _start(tmp_path, *args)
+    proc = start_cli(*args)
     try:
         deadline = time.monotonic() + 600
         while not all((j / "checkpoints" / "last.ckpt").is_file() for j in jobs):
@@ -271,7 +259,7 @@ def test_a_seed_that_diverges_in_a_stack_is_recorded_and_the_others_finish(tmp_p
     ckpts[0]["state_dict"]["net.fc.weight"].fill_(float("nan"))
     torch.save(ckpts[0], jobs[0] / "checkpoints" / "last.ckpt")
 
-    rerun = _start(tmp_path, *args)
+    rerun = start_cli(*args)
     assert rerun.wait(timeout=900) == 1  # a sweep with a diverged job ends non-zero, after its table
     r0, r1 = (json.loads((j / "results.json").read_text()) for j in jobs)
     assert r0["status"] == "diverged" and r0["error"].startswith("training loss is nan at step"), r0
