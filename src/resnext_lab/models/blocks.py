@@ -50,12 +50,12 @@ def _split_bn(state: dict[str, Tensor], bns: list[nn.BatchNorm2d]) -> None:
 class Bottleneck(nn.Module):
     """Shared shortcut and output logic; subclasses define `transform`."""
 
-    def __init__(self, cin: int, cout: int, stride: int, residual: bool) -> None:
+    def __init__(self, cin: int, cout: int, stride: int, residual: bool, stack: int = 1) -> None:
         super().__init__()
         self.residual = residual
         self.shortcut: nn.Module | None = None
         if residual and (stride != 1 or cin != cout):
-            self.shortcut = conv_bn(cin, cout, 1, stride)
+            self.shortcut = conv_bn(stack * cin, stack * cout, 1, stride, groups=stack)
         self.relu = nn.ReLU(inplace=True)
 
     def transform(self, x: Tensor) -> Tensor:
@@ -79,14 +79,20 @@ class Bottleneck(nn.Module):
 
 
 class GroupedBlock(Bottleneck):
-    """Form (c): one grouped 3x3 convolution with `cardinality` groups."""
+    """Form (c): one grouped 3x3 convolution with `cardinality` groups.
 
-    def __init__(self, cin: int, cout: int, stride: int, cardinality: int, width: int, residual: bool) -> None:
-        super().__init__(cin, cout, stride, residual)
-        group_width = cardinality * width
-        self.conv1 = conv_bn(cin, group_width, 1)
-        self.conv2 = conv_bn(group_width, group_width, 3, stride, groups=cardinality)
-        self.conv3 = conv_bn(group_width, cout, 1)
+    `stack` S > 1 puts S such blocks side by side as one (models/stack.py): every conv has S times the
+    channels and S times the groups, every BN S times the features, so slice s computes block s alone.
+    """
+
+    def __init__(
+        self, cin: int, cout: int, stride: int, cardinality: int, width: int, residual: bool, stack: int = 1
+    ) -> None:
+        super().__init__(cin, cout, stride, residual, stack)
+        group_width = stack * cardinality * width
+        self.conv1 = conv_bn(stack * cin, group_width, 1, groups=stack)
+        self.conv2 = conv_bn(group_width, group_width, 3, stride, groups=stack * cardinality)
+        self.conv3 = conv_bn(group_width, stack * cout, 1, groups=stack)
 
     def transform(self, x: Tensor) -> Tensor:
         x = self.relu(self.conv1(x))

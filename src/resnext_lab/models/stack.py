@@ -27,42 +27,12 @@ import torch
 from torch import Tensor, nn
 
 from resnext_lab.errors import ConfigError
+from resnext_lab.models.blocks import GroupedBlock, conv_bn
 from resnext_lab.models.network import ResNeXt, build, stage_layout
 from resnext_lab.models.spec import ModelSpec
 
 #: Keys of the stacked state whose lone tensor is the fc's 2-d weight (stacked: a 4-d 1x1 conv's).
 FC_WEIGHT = "fc.weight"
-
-
-def _conv_bn(cin: int, cout: int, kernel: int, stride: int, groups: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)
-    )
-
-
-class StackedBlock(nn.Module):
-    """S grouped bottlenecks side by side; its modules are named and registered as `GroupedBlock`'s, so
-    that a stack's state and parameter order are the lone network's, slice by slice."""
-
-    def __init__(self, cin: int, cout: int, stride: int, cardinality: int, width: int, residual: bool, s: int) -> None:
-        super().__init__()
-        self.residual = residual
-        self.shortcut: nn.Module | None = None
-        if residual and (stride != 1 or cin != cout):
-            self.shortcut = _conv_bn(s * cin, s * cout, 1, stride, s)
-        self.relu = nn.ReLU(inplace=True)
-        group_width = cardinality * width
-        self.conv1 = _conv_bn(s * cin, s * group_width, 1, 1, s)
-        self.conv2 = _conv_bn(s * group_width, s * group_width, 3, stride, s * cardinality)
-        self.conv3 = _conv_bn(s * group_width, s * cout, 1, 1, s)
-
-    def forward(self, x: Tensor) -> Tensor:
-        out = self.relu(self.conv1(x))
-        out = self.relu(self.conv2(out))
-        out = self.conv3(out)
-        if self.residual:
-            out = out + (x if self.shortcut is None else self.shortcut(x))
-        return self.relu(out)
 
 
 class StackedResNeXt(nn.Module):
@@ -90,7 +60,7 @@ class StackedResNeXt(nn.Module):
         s = len(seeds)
         imagenet = spec.template == "imagenet"
         kernel, stride = (7, 2) if imagenet else (3, spec.stem_stride)
-        stem = [*_conv_bn(s * spec.in_channels, s * spec.stem_width, kernel, stride, s), nn.ReLU(inplace=True)]
+        stem = [*conv_bn(s * spec.in_channels, s * spec.stem_width, kernel, stride, groups=s), nn.ReLU(inplace=True)]
         if imagenet:
             stem.append(nn.MaxPool2d(3, 2, 1))
         self.stem = nn.Sequential(*stem)
@@ -98,7 +68,7 @@ class StackedResNeXt(nn.Module):
             *(
                 nn.Sequential(
                     *(
-                        StackedBlock(cin, cout, stride, spec.cardinality, width, spec.residual, s)
+                        GroupedBlock(cin, cout, stride, spec.cardinality, width, spec.residual, s)
                         for cin, cout, stride, width in stage
                     )
                 )
